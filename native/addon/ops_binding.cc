@@ -1,0 +1,186 @@
+// N-API entry points of the dense ops: read arguments, check once, allocate outputs, queue.
+// Argument order and types mirror lib/native.ts (the typed raw binding) exactly.
+#include <memory>
+
+#include "bindings.h"
+#include "call.h"
+#include "dsv2/ops.h"
+#include "dsv2/status.h"
+#include "job.h"
+
+namespace dsv2::addon {
+namespace {
+
+// Binds one op: `body(call)` reads args, checks, allocates and returns call.start(...).
+Napi::Value op(const Napi::CallbackInfo& info, const std::function<Napi::Value(Call&)>& body) {
+  Call call(info);
+  return rejecting(info.Env(), [&] { return body(call); });
+}
+
+// embedding(ids, table, impl)
+Napi::Value Embedding(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    EmbeddingParams p;
+    auto outs = c.outputs(ops::check_embedding(c.tensor(0, "ids"), c.tensor(1, "table"), &p));
+    p.out = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::embedding(p, impl); });
+  });
+}
+
+// rmsNorm(x, weight, eps, impl)
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    RmsNormParams p;
+    auto outs = c.outputs(ops::check_rms_norm(c.tensor(0, "x"), c.tensor(1, "weight"), c.number(2, "eps"), &p));
+    p.y = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(3);
+    return c.start([p, impl] { ops::rms_norm(p, impl); });
+  });
+}
+
+// ropeTable({dim, maxPositions, theta, yarn?}) -> [cos, sin]
+Napi::Value RopeTable(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    Napi::Object o = c.object(0, "options");
+    RopeTableParams p;
+    p.dim = static_cast<int64_t>(get_number(o, "dim", "dim", -1));
+    p.max_pos = static_cast<int64_t>(get_number(o, "maxPositions", "maxPositions", -1));
+    p.theta = get_number(o, "theta", "theta", 10000);
+    if (has(o, "yarn")) {
+      DSV2_CHECK(o.Get("yarn").IsObject(), kArg, "yarn must be an object");
+      Napi::Object y = o.Get("yarn").As<Napi::Object>();
+      p.yarn.enabled = true;
+      p.yarn.factor = get_number(y, "factor", "yarn.factor", 1);
+      p.yarn.original_max_position_embeddings =
+          get_number(y, "originalMaxPositionEmbeddings", "yarn.originalMaxPositionEmbeddings", 4096);
+      p.yarn.beta_fast = get_number(y, "betaFast", "yarn.betaFast", 32);
+      p.yarn.beta_slow = get_number(y, "betaSlow", "yarn.betaSlow", 1);
+      p.yarn.mscale = get_number(y, "mscale", "yarn.mscale", 1);
+      p.yarn.mscale_all_dim = get_number(y, "mscaleAllDim", "yarn.mscaleAllDim", 0);
+    }
+    auto outs = c.outputs(ops::check_rope_table(&p));
+    p.cos = static_cast<float*>(outs[0]);
+    p.sin = static_cast<float*>(outs[1]);
+    return c.start([p] { ops::rope_table(p); });
+  });
+}
+
+// rope(x, positions, cos, sin, interleaved, impl)
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    RopeParams p;
+    auto outs = c.outputs(ops::check_rope(c.tensor(0, "x"), c.tensor(1, "positions"), c.tensor(2, "cos"),
+                                          c.tensor(3, "sin"), c.boolean(4, "interleaved"), &p));
+    p.out = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(5);
+    return c.start([p, impl] { ops::rope(p, impl); });
+  });
+}
+
+// siluMul(gate, up | null, impl)
+Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    SiluMulParams p;
+    TensorView up;
+    TensorView gate = c.tensor(0, "gate");
+    bool has_up = c.optional_tensor(1, "up", &up);
+    auto outs = c.outputs(ops::check_silu_mul(gate, has_up ? &up : nullptr, &p));
+    p.out = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::silu_mul(p, impl); });
+  });
+}
+
+// gemm(x, weight, impl)
+Napi::Value Gemm(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    GemmParams p;
+    auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
+    p.y = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::gemm(p, impl); });
+  });
+}
+
+// softmax(x, scale, impl)
+Napi::Value Softmax(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    SoftmaxParams p;
+    auto outs = c.outputs(ops::check_softmax(c.tensor(0, "x"), c.number(1, "scale"), &p));
+    p.y = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::softmax(p, impl); });
+  });
+}
+
+// sample(logits, {temperature, topK, topP, seed: bigint}, impl)
+Napi::Value Sample(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    Napi::Object o = c.object(1, "options");
+    SampleParams p;
+    p.temperature = get_number(o, "temperature", "temperature", 0);
+    double k = get_number(o, "topK", "topK", 0);
+    DSV2_CHECK(k == static_cast<double>(static_cast<int64_t>(k)), kRange, "topK = " << k << " must be an integer");
+    p.top_k = static_cast<int64_t>(k);
+    p.top_p = get_number(o, "topP", "topP", 1);
+    Napi::Value seed = o.Get("seed");
+    if (seed.IsBigInt()) {
+      bool lossless = true;
+      p.seed = seed.As<Napi::BigInt>().Uint64Value(&lossless);
+      DSV2_CHECK(lossless, kRange, "seed must fit in 64 unsigned bits");
+    } else {
+      DSV2_CHECK(seed.IsUndefined(), kArg, "seed must be a bigint");
+    }
+    auto outs = c.outputs(ops::check_sample(c.tensor(0, "logits"), &p));
+    p.out = static_cast<int32_t*>(outs[0]);
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::sample(p, impl); });
+  });
+}
+
+// cast(x, dtype, impl)
+Napi::Value Cast(const Napi::CallbackInfo& info) {
+  return op(info, [](Call& c) {
+    CastParams p;
+    std::string to = c.string(1, "dtype");
+    DType t;
+    DSV2_CHECK(parse_dtype(to, &t), kDtype, "dtype '" << to << "' is not a dsv2 dtype");
+    auto outs = c.outputs(ops::check_cast(c.tensor(0, "x"), t, &p));
+    p.dst = outs[0];
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::cast(p, impl); });
+  });
+}
+
+// copyBandwidth(bytes, iters) -> seconds per copy
+Napi::Value CopyBandwidth(const Napi::CallbackInfo& info) {
+  Call c(info);
+  return rejecting(info.Env(), [&]() -> Napi::Value {
+    double bytes = c.number(0, "bytes"), iters = c.number(1, "iters");
+    DSV2_CHECK(bytes >= 1 && bytes <= 17179869184.0, kRange, "bytes = " << bytes << " must be in [1, 16 GiB]");
+    auto secs = std::make_shared<double>(0);
+    auto* job = new Job(
+        info.Env(),
+        [secs, bytes, iters] { *secs = ops::copy_bandwidth_seconds(static_cast<size_t>(bytes), static_cast<int>(iters)); },
+        [secs](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *secs); });
+    return job->start();
+  });
+}
+
+}  // namespace
+
+void register_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("embedding", Napi::Function::New(env, Embedding, "embedding"));
+  exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm, "rmsNorm"));
+  exports.Set("ropeTable", Napi::Function::New(env, RopeTable, "ropeTable"));
+  exports.Set("rope", Napi::Function::New(env, Rope, "rope"));
+  exports.Set("siluMul", Napi::Function::New(env, SiluMul, "siluMul"));
+  exports.Set("gemm", Napi::Function::New(env, Gemm, "gemm"));
+  exports.Set("softmax", Napi::Function::New(env, Softmax, "softmax"));
+  exports.Set("sample", Napi::Function::New(env, Sample, "sample"));
+  exports.Set("cast", Napi::Function::New(env, Cast, "cast"));
+  exports.Set("copyBandwidth", Napi::Function::New(env, CopyBandwidth, "copyBandwidth"));
+}
+
+}  // namespace dsv2::addon
