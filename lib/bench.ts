@@ -1,0 +1,13 @@
+/** Measurement helpers shared by the benchmark scripts and `dsv2 info`. */
+import { native } from './errors';
+import { binding } from './native';
+
+/**
+ * This machine's copy bandwidth in bytes/s: a multi-threaded memcpy of `bytes` (default
+ * 256 MiB, far beyond the caches), best of `iters`. Counts read + write traffic (2 × bytes),
+ * the convention STREAM's Copy uses.
+ */
+export async function copyBandwidth(bytes = 256 * 2 ** 20, iters = 5): Promise<number> {
+  const seconds = await native(binding().copyBandwidth(bytes, iters));
+  return (2 * bytes) / seconds;
+}

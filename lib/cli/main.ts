@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+/**
+ * The `dsv2` command line. Results go to stdout (`--json`: one JSON document and nothing
+ * else); logs and errors go to stderr. Exit codes: 0 ok, 1 a Dsv2Error (its code is printed),
+ * 2 bad usage.
+ */
+import { Command, CommanderError } from 'commander';
+import { Dsv2Error } from '../errors';
+import { VERSION } from '../paths';
+import { infoCommand } from './info';
+
+export function program(): Command {
+  const cmd = new Command('dsv2')
+    .description('DeepSeek-V2 inference for Node.js (MLA latent KV cache, device-limited MoE, FP8 KV)')
+    .version(VERSION, '-V, --version')
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  infoCommand(cmd);
+  return cmd;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const cmd = program().exitOverride();
+  try {
+    await cmd.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof Dsv2Error) {
+      process.stderr.write(`dsv2: ${e.code}: ${e.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`dsv2: unexpected error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

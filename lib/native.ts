@@ -1,0 +1,138 @@
+/**
+ * Loads the native addon and types its raw binding exactly. Nothing here validates
+ * arguments: the public API in ops/ does, and the addon checks again in C++.
+ *
+ * Load order: the file named by `DSV2_ADDON` if set; else node-gyp-build, which takes
+ * build/Release/dsv2.node (a local cmake-js build, with CUDA when nvcc was present) and
+ * falls back to prebuilds/<platform>-<arch>/dsv2.node.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Dsv2Error } from './errors';
+import { PACKAGE_ROOT } from './paths';
+
+/** A tensor as the addon sees it: host data in a typed array. */
+export interface RawTensor {
+  dtype: string;
+  shape: number[];
+  data: Float32Array | Uint16Array | Uint8Array | Int32Array | BigInt64Array;
+  device?: 'cpu' | 'cuda';
+}
+
+export type RawImpl = 'auto' | 'reference' | 'fast';
+
+export interface RawYarn {
+  factor: number;
+  originalMaxPositionEmbeddings: number;
+  betaFast: number;
+  betaSlow: number;
+  mscale: number;
+  mscaleAllDim: number;
+}
+
+export interface RawBuildInfo {
+  version: string;
+  cuda: boolean;
+  cudaArchs: string;
+  threads: number;
+  cpuIsa: 'avx512' | 'avx2' | 'scalar';
+  compiler: string;
+}
+
+export interface RawCudaDevice {
+  index: number;
+  name: string;
+  computeCapability: string;
+  totalMemory: number;
+  freeMemory: number;
+  multiprocessors: number;
+  kernelOk: boolean;
+  kernelError: string | null;
+}
+
+export interface RawCudaInfo {
+  compiled: boolean;
+  archs: string;
+  runtimeVersion: number;
+  driverVersion: number;
+  unavailable: string | null;
+  devices: RawCudaDevice[];
+}
+
+/** The addon's exports (native/addon/*_binding.cc), argument for argument. */
+export interface Binding {
+  embedding(ids: RawTensor, table: RawTensor, impl?: RawImpl): Promise<RawTensor>;
+  rmsNorm(x: RawTensor, weight: RawTensor, eps: number, impl?: RawImpl): Promise<RawTensor>;
+  ropeTable(opts: { dim: number; maxPositions: number; theta: number; yarn?: RawYarn | null }): Promise<[RawTensor, RawTensor]>;
+  rope(x: RawTensor, positions: RawTensor, cos: RawTensor, sin: RawTensor, interleaved: boolean, impl?: RawImpl): Promise<RawTensor>;
+  siluMul(gate: RawTensor, up: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
+  gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl): Promise<RawTensor>;
+  softmax(x: RawTensor, scale: number, impl?: RawImpl): Promise<RawTensor>;
+  sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint }, impl?: RawImpl): Promise<RawTensor>;
+  cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
+  copyBandwidth(bytes: number, iters: number): Promise<number>;
+  buildInfo(): RawBuildInfo;
+  cudaInfo(): Promise<RawCudaInfo>;
+}
+
+
+let cached: { binding: Binding; path: string } | undefined;
+
+function candidates(): string[] {
+  const plat = `${process.platform}-${process.arch}`;
+  return [
+    path.join(PACKAGE_ROOT, 'build', 'Release', 'dsv2.node'),
+    path.join(PACKAGE_ROOT, 'build', 'Debug', 'dsv2.node'),
+    path.join(PACKAGE_ROOT, 'prebuilds', plat, 'dsv2.node'),
+    path.join(PACKAGE_ROOT, 'prebuilds', plat, 'node.napi.node'),
+  ];
+}
+
+/** Loads (once) and returns the addon and the file it came from. */
+export function loadAddon(): { binding: Binding; path: string } {
+  if (cached) return cached;
+  const override = process.env.DSV2_ADDON;
+  const tried: string[] = [];
+  let cause: unknown;
+  if (override) {
+    tried.push(`${override} (DSV2_ADDON)`);
+    try {
+      cached = { binding: require(path.resolve(override)) as Binding, path: path.resolve(override) };
+      return cached;
+    } catch (e) {
+      cause = e;
+    }
+  } else {
+    try {
+      // node-gyp-build resolves build/ first, then prebuilds/ for this platform and ABI.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const nodeGypBuild = require('node-gyp-build') as { (dir: string): Binding; resolve(dir: string): string };
+      const file = nodeGypBuild.resolve(PACKAGE_ROOT);
+      cached = { binding: require(file) as Binding, path: file };
+      return cached;
+    } catch (e) {
+      cause = e;
+      for (const c of candidates()) tried.push(`${c}${fs.existsSync(c) ? ' (exists, failed to load)' : ' (missing)'}`);
+    }
+  }
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  throw new Dsv2Error(
+    'E_LOAD',
+    [
+      `dsv2: could not load the native addon for ${process.platform}-${process.arch}, node ${process.version}.`,
+      `Reason: ${reason}`,
+      'Tried:',
+      ...tried.map((t) => `  - ${t}`),
+      'Possible solutions:',
+      `  - Build it from source: (cd ${PACKAGE_ROOT} && npm run build:native)  (needs cmake >= 3.20 and a C++17 compiler; nvcc adds CUDA)`,
+      '  - Reinstall the package so its install script builds it: npm rebuild dsv2',
+      '  - Point DSV2_ADDON at a dsv2.node built elsewhere.',
+    ].join('\n'),
+    { cause },
+  );
+}
+
+/** The typed raw binding (loads the addon on first use). */
+export function binding(): Binding {
+  return loadAddon().binding;
+}
