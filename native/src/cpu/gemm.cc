@@ -13,6 +13,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cpu_ops.h"
@@ -37,14 +39,20 @@ namespace {
 
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
+// DSV2_CPU_ISA=scalar|avx2|avx512 lowers (never raises) the ISA: tests use it to run every
+// kernel variant on one machine.
 Isa detect_isa() {
+  Isa best = Isa::kScalar;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return Isa::kAvx2;
+  if (__builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    best = Isa::kAvx2;
 #endif
-  return Isa::kScalar;
+  const char* want = std::getenv("DSV2_CPU_ISA");
+  if (!want) return best;
+  Isa w = std::string(want) == "avx2" ? Isa::kAvx2 : std::string(want) == "scalar" ? Isa::kScalar : Isa::kAvx512;
+  return static_cast<int>(w) < static_cast<int>(best) ? w : best;
 }
 
 Isa isa() {
@@ -157,9 +165,76 @@ void kernel_scalar(const GemmParams& p, const float* const* w, int nw, int64_t c
   }
 }
 
+// ---- bf16 weights, AVX-512: widening in registers ------------------------------------
+// A 512-bit load holds 32 bf16 weights as 16 32-bit lanes, each (w[2j] low, w[2j+1] high).
+// `lane << 16` is w[2j] as f32 and `lane & 0xffff0000` is w[2j+1]: two ops widen 32
+// weights. x is pre-split to match (xs: per 32-chunk, 16 even then 16 odd elements), so
+// the products pair up; K % 32 leftovers are added in scalar code.
+void split_even_odd(const GemmParams& p, float* xs) {
+  const int64_t kc = p.k / 32 * 32;
+  for (int64_t m = 0; m < p.m; ++m) {
+    const float* x = p.x + m * p.k;
+    float* d = xs + m * kc;
+    for (int64_t c = 0; c < kc; c += 32)
+      for (int j = 0; j < 16; ++j) {
+        d[c + j] = x[c + 2 * j];
+        d[c + 16 + j] = x[c + 2 * j + 1];
+      }
+  }
+}
+
+// One pass of MR activation rows (m0..m0+MR) against kRows weight rows: MR·kRows
+// accumulators; each widened weight vector feeds MR FMAs so wider MR amortises the widening.
+template <int MR>
+__attribute__((target("avx512f"))) void bf16_rows_avx512(const GemmParams& p, const float* xs, const uint16_t* const* w,
+                                                        int nw, int64_t col, int64_t m0) {
+  const int64_t K = p.k, kc = K / 32 * 32;
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  __m512 acc[kRows][MR];
+  for (int r = 0; r < kRows; ++r)
+    for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; k += 32) {
+    __m512 xe[MR], xo[MR];
+    for (int i = 0; i < MR; ++i) {
+      xe[i] = _mm512_loadu_ps(xs + (m0 + i) * kc + k);
+      xo[i] = _mm512_loadu_ps(xs + (m0 + i) * kc + k + 16);
+    }
+    for (int r = 0; r < kRows; ++r) {
+      __m512i v = _mm512_loadu_si512(w[r] + k);
+      __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+      for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_fmadd_ps(we, xe[i], _mm512_fmadd_ps(wo, xo[i], acc[r][i]));
+    }
+  }
+  for (int r = 0; r < nw; ++r) {
+    for (int i = 0; i < MR; ++i) {
+      const float* x = p.x + (m0 + i) * K;
+      float s = _mm512_reduce_add_ps(acc[r][i]);
+      for (int64_t k = kc; k < K; ++k) s += bf16_to_f32(w[r][k]) * x[k];
+      p.y[(m0 + i) * p.n + col + r] = s;
+    }
+  }
+}
+
+// 4 weight rows × all M rows, 4 activation rows at a time (16 accumulators + 8 activation
+// vectors + 2 weight vectors fit AVX-512's 32 registers), then 2, then 1.
+__attribute__((target("avx512f"))) void kernel_bf16_avx512(const GemmParams& p, const float* xs, int64_t col, int nw) {
+  const uint16_t* w[kRows];
+  for (int r = 0; r < kRows; ++r) w[r] = static_cast<const uint16_t*>(p.w) + (col + std::min(r, nw - 1)) * p.k;
+  int64_t m = 0;
+  for (; m + 4 <= p.m; m += 4) bf16_rows_avx512<4>(p, xs, w, nw, col, m);
+  for (; m + 2 <= p.m; m += 2) bf16_rows_avx512<2>(p, xs, w, nw, col, m);
+  for (; m < p.m; ++m) bf16_rows_avx512<1>(p, xs, w, nw, col, m);
+}
+
 // Computes output columns [4*q0, 4*q1) of every row.
-void gemm_quads(const GemmParams& p, int64_t q0, int64_t q1) {
+void gemm_quads(const GemmParams& p, const float* xs, int64_t q0, int64_t q1) {
   const Isa which = isa();
+  if (xs) {  // bf16 weights on AVX-512
+    for (int64_t q = q0; q < q1; ++q)
+      kernel_bf16_avx512(p, xs, q * kRows, static_cast<int>(std::min<int64_t>(kRows, p.n - q * kRows)));
+    return;
+  }
   thread_local std::vector<float> buf;
   const bool wide = p.w_dtype == DType::kF32;
   if (!wide && buf.size() < static_cast<size_t>(kRows * p.k)) buf.resize(kRows * p.k);
@@ -206,8 +281,14 @@ void gemm_fast(const GemmParams& p) {
   }
   const int64_t quads = (p.n + kRows - 1) / kRows;
   const int64_t flops_per_quad = 2 * kRows * p.k * p.m;
+  std::vector<float> xs;
+  if (p.w_dtype == DType::kBF16 && isa() == Isa::kAvx512) {
+    xs.resize(p.m * (p.k / 32 * 32));
+    split_even_odd(p, xs.data());
+  }
+  const float* xsp = p.w_dtype == DType::kBF16 && isa() == Isa::kAvx512 ? xs.data() : nullptr;
   parallel_for(quads, std::max<int64_t>(1, kMinFlopsPerChunk / flops_per_quad),
-               [&](int64_t b, int64_t e) { gemm_quads(p, b, e); });
+               [&](int64_t b, int64_t e) { gemm_quads(p, xsp, b, e); });
 }
 
 }  // namespace dsv2::cpu

@@ -1,0 +1,28 @@
+/**
+ * `npm run bench -- <name...> [--quick]`: runs the named benchmarks (all when none given).
+ * Each prints a table and writes JSON under bench/results/.
+ */
+import { benchGemm } from './gemm';
+
+const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
+  gemm: benchGemm,
+};
+
+async function run(argv: string[]): Promise<number> {
+  const quick = argv.includes('--quick');
+  const names = argv.filter((a) => !a.startsWith('--'));
+  if (argv.includes('--help')) {
+    console.log(`usage: npm run bench -- [${Object.keys(BENCHES).join('|')}]... [--quick]`);
+    return 0;
+  }
+  for (const n of names) {
+    if (!BENCHES[n]) {
+      console.error(`unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(', ')}`);
+      return 2;
+    }
+  }
+  for (const n of names.length ? names : Object.keys(BENCHES)) await BENCHES[n]({ quick });
+  return 0;
+}
+
+run(process.argv.slice(2)).then((c) => { process.exitCode = c; }, (e) => { console.error(e); process.exitCode = 1; });
