@@ -14,13 +14,16 @@ export function program(): Command {
     .description('DeepSeek-V2 inference for Node.js (MLA latent KV cache, device-limited MoE, FP8 KV)')
     .version(VERSION, '-V, --version')
     .showHelpAfterError()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    // Before adding commands: subcommands inherit it, so no path of commander calls
+    // process.exit() (main() turns its errors into exit codes).
+    .exitOverride();
   infoCommand(cmd);
   return cmd;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const cmd = program().exitOverride();
+  const cmd = program();
   try {
     await cmd.parseAsync(argv, { from: 'user' });
     return 0;

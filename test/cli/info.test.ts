@@ -1,0 +1,85 @@
+/**
+ * `dsv2 info`: the CLI contract (clean JSON on stdout, help everywhere, exit codes) and what
+ * it must say on this machine: CUDA compiled in (nvcc is present wherever CI runs) but no
+ * device, with the reason.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { main } from '../../lib/cli/main';
+
+const ROOT = path.resolve(__dirname, '../..');
+const BIN = path.join(ROOT, 'dist/lib/cli/main.js');
+const hasNvcc = spawnSync('sh', ['-c', 'command -v nvcc'], { stdio: 'ignore' }).status === 0;
+const hasGpu = spawnSync('sh', ['-c', 'nvidia-smi -L'], { stdio: 'ignore' }).status === 0;
+
+/** Runs the CLI in-process, capturing stdout and stderr. */
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => { out += String(s); return true; });
+  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => { err += String(s); return true; });
+  try {
+    const code = await main(argv);
+    return { code, out, err };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+}
+
+describe('dsv2 info', () => {
+  test('--json prints one parseable object and nothing else on stdout', async () => {
+    const r = await run(['info', '--json']);
+    expect(r.code).toBe(0);
+    const i = JSON.parse(r.out);
+    expect(i.version).toBe(JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version);
+    expect(fs.existsSync(i.addon)).toBe(true);
+    expect(i.cpu.threads).toBeGreaterThanOrEqual(1);
+    expect(['avx512', 'avx2', 'scalar']).toContain(i.cpu.isa);
+    expect(Array.isArray(i.cuda.devices)).toBe(true);
+  });
+
+  (hasNvcc ? test : test.skip)('says CUDA is compiled in (nvcc is on PATH here)', async () => {
+    const i = JSON.parse((await run(['info', '--json'])).out);
+    expect(i.cuda.compiled).toBe(true);
+    expect(i.cuda.archs).toEqual(expect.arrayContaining(['80-real', '90a-real', '90-virtual']));
+    expect(i.cuda.runtime).toMatch(/^\d+\.\d+$/);
+  });
+
+  (hasGpu ? test.skip : test)('with no GPU: no device, CUDA not in use, and a reason', async () => {
+    const i = JSON.parse((await run(['info', '--json'])).out);
+    expect(i.cuda.devices).toEqual([]);
+    expect(i.cuda.usable).toBe(false);
+    expect(typeof i.cuda.reason).toBe('string');
+    expect(i.cuda.reason.length).toBeGreaterThan(10);
+  });
+
+  test('human output names the build and the reason CUDA is not used', async () => {
+    const r = await run(['info']);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^dsv2 \d+\.\d+\.\d+/);
+    expect(r.out).toMatch(/cuda in use {2}(yes|no: .+)/);
+  });
+
+  test('--help everywhere; unknown commands exit 2 with usage on stderr', async () => {
+    for (const argv of [['--help'], ['info', '--help'], ['help', 'info']]) {
+      const r = await run(argv);
+      expect(r.code).toBe(0);
+      expect(r.out).toContain('Usage: dsv2');
+    }
+    const bad = await run(['no-such-command']);
+    expect(bad.code).toBe(2);
+    expect(bad.out).toBe('');
+    expect(bad.err).toContain("unknown command 'no-such-command'");
+  });
+});
+
+// The installed bin (dist/, built by `npm ci`'s prepare step): the shebang and wiring work.
+(fs.existsSync(BIN) ? describe : describe.skip)('the dsv2 bin (dist/)', () => {
+  test('dsv2 info --json from a child process', () => {
+    const r = spawnSync(process.execPath, [BIN, 'info', '--json'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).cuda.compiled).toBe(hasNvcc);
+  });
+});
