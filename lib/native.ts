@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Dsv2Error } from './errors';
+import type { YarnConfig } from './ops/rope';
 import { PACKAGE_ROOT } from './paths';
 
 /** A tensor as the addon sees it: host data in a typed array. */
@@ -21,14 +22,8 @@ export interface RawTensor {
 
 export type RawImpl = 'auto' | 'reference' | 'fast';
 
-export interface RawYarn {
-  factor: number;
-  originalMaxPositionEmbeddings: number;
-  betaFast: number;
-  betaSlow: number;
-  mscale: number;
-  mscaleAllDim: number;
-}
+/** YaRN settings as the addon reads them (the public YarnConfig). */
+export type RawYarn = YarnConfig;
 
 export interface RawBuildInfo {
   version: string;
