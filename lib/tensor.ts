@@ -34,6 +34,11 @@ const ARRAY_OF: Record<DType, { new (n: number): HostData; name: string }> = {
   i64: BigInt64Array,
 };
 
+/** 'Float32Array', 'Uint16Array', ... for typed arrays of any realm; 'Array' etc. otherwise. */
+function arrayKind(v: unknown): string {
+  return Object.prototype.toString.call(v).slice(8, -1);
+}
+
 function checkShape(shape: readonly number[], what: string): number {
   if (!Array.isArray(shape)) throw new Dsv2Error('E_ARG', `${what}: shape must be an array of integers`);
   if (shape.length > 8) throw new Dsv2Error('E_SHAPE', `${what}: rank ${shape.length} exceeds 8`);
@@ -61,7 +66,9 @@ export class Tensor {
     }
     const n = checkShape(shape, 'Tensor');
     const Ctor = ARRAY_OF[dtype];
-    if (!(data instanceof Ctor)) {
+    // By tag, not instanceof: typed arrays from another realm (vm contexts, jest's
+    // sandboxes, the addon's own constructors) are still the right kind.
+    if (arrayKind(data) !== Ctor.name) {
       const got = (data as object | null)?.constructor?.name ?? typeof data;
       throw new Dsv2Error('E_DTYPE', `Tensor: dtype ${dtype} needs its data in a ${Ctor.name}, got ${got}`);
     }
@@ -79,8 +86,8 @@ export class Tensor {
    * Float32Array/number[], i32 for Int32Array, i64 for BigInt64Array.
    */
   static from(values: HostData | readonly number[] | readonly bigint[], shape?: readonly number[], dtype?: DType): Tensor {
-    const dt: DType = dtype ??
-      (values instanceof Int32Array ? 'i32' : values instanceof BigInt64Array ? 'i64' : 'f32');
+    const kind = arrayKind(values);
+    const dt: DType = dtype ?? (kind === 'Int32Array' ? 'i32' : kind === 'BigInt64Array' ? 'i64' : 'f32');
     const sh = shape ?? [values.length];
     if (Array.isArray(values)) {
       const Ctor = ARRAY_OF[dt];

@@ -73,25 +73,35 @@ export function expectShape(t: Tensor, shape: readonly number[], ctx?: unknown):
 
 /**
  * `fn()` must return a promise (not throw synchronously) that rejects with a Dsv2Error of
- * `code` whose message contains each of `mentions`.
+ * `code` whose message matches each of `mentions` (a substring, or a RegExp).
  */
-export async function expectRejects(fn: () => Promise<unknown>, code: string, mentions: readonly string[] = []): Promise<Dsv2Error> {
+export async function expectRejects(
+  fn: () => Promise<unknown>,
+  code: string,
+  mentions: readonly (string | RegExp)[] = [],
+  ctx?: unknown,
+): Promise<Dsv2Error> {
+  const where = ctx === undefined ? '' : `; case ${caseName(ctx as object)}`;
   let p: Promise<unknown>;
   try {
     p = fn();
   } catch (e) {
-    throw new Error(`threw synchronously instead of returning a rejected promise: ${String(e)}`);
+    throw new Error(`threw synchronously instead of returning a rejected promise: ${String(e)}${where}`);
   }
-  expect(p).toBeInstanceOf(Promise);
-  await expect(p).rejects.toMatchObject({ code });
-  const err = await p.then(
-    () => null,
-    (e: unknown) => e,
+  if (!(p instanceof Promise)) throw new Error(`did not return a promise${where}`);
+  const outcome = await p.then(
+    (v: unknown) => ({ resolved: true as const, v }),
+    (e: unknown) => ({ resolved: false as const, e }),
   );
-  expect(err).toBeInstanceOf(Dsv2Error);
-  const msg = (err as Error).message;
+  if (outcome.resolved) throw new Error(`resolved (${String(outcome.v)}), expected a rejection with ${code}${where}`);
+  const err = outcome.e;
+  if (!(err instanceof Dsv2Error)) throw new Error(`rejected with a non-Dsv2Error ${String(err)}${where}`);
+  if (err.code !== code) throw new Error(`rejected with ${err.code} (${err.message}), expected ${code}${where}`);
   for (const m of mentions) {
-    if (!msg.includes(m)) throw new Error(`error message ${JSON.stringify(msg)} does not mention ${JSON.stringify(m)}`);
+    const ok = typeof m === 'string' ? err.message.includes(m) : m.test(err.message);
+    if (!ok) throw new Error(`error message ${JSON.stringify(err.message)} does not mention ${String(m)}${where}`);
   }
-  return err as Dsv2Error;
+  // the jest idiom, for good measure
+  await expect(p).rejects.toMatchObject({ code });
+  return err;
 }
