@@ -8,4 +8,5 @@ export { Dsv2Error, ERROR_CODES, type Dsv2ErrorCode } from './errors';
 export { Tensor, DTYPES, DTYPE_SIZE, type DType, type Device, type HostData } from './tensor';
 export * as ops from './ops';
 export { info, type Info } from './info';
+export { KvCache, type KvCacheOptions, type KvCacheDtype } from './kv-cache';
 export { copyBandwidth } from './bench';

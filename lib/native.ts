@@ -54,6 +54,38 @@ export interface RawCudaInfo {
   devices: RawCudaDevice[];
 }
 
+/** The native KvCache object (native/addon/kv_cache_binding.cc). */
+export interface RawKvCache {
+  stats(): { bytesPerToken: number; pageBytes: number; bytes: number; pagesFree: number; pagesUsed: number };
+  allocPages(n: number): Int32Array;
+  freePages(ids: Int32Array): void;
+  append(layer: number, cKv: RawTensor, kPe: RawTensor, slots: RawTensor, impl?: RawImpl): Promise<void>;
+  read(layer: number, slots: RawTensor, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
+  readRawPage(layer: number, page: number): Uint8Array;
+  poison(): Promise<void>;
+  dispose(): void;
+}
+
+export interface RawKvCacheOptions {
+  layers: number;
+  pages: number;
+  dC: number;
+  dR: number;
+  dtype: 'f32' | 'bf16' | 'fp8';
+  pageSize: number;
+  pow2Scales: boolean;
+}
+
+export interface RawMoeRouteOptions {
+  topK: number;
+  method: string;
+  scoring: string;
+  nGroup: number;
+  topkGroup: number;
+  normTopkProb: boolean;
+  routedScalingFactor: number;
+}
+
 /** The addon's exports (native/addon/*_binding.cc), argument for argument. */
 export interface Binding {
   embedding(ids: RawTensor, table: RawTensor, impl?: RawImpl): Promise<RawTensor>;
@@ -66,6 +98,17 @@ export interface Binding {
   sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint }, impl?: RawImpl): Promise<RawTensor>;
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
   copyBandwidth(bytes: number, iters: number): Promise<number>;
+  KvCache: new (opts: RawKvCacheOptions) => RawKvCache;
+  headsGemm(x: RawTensor, weight: RawTensor, impl?: RawImpl): Promise<RawTensor>;
+  mlaDecode(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,
+    splitTokens: number, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
+  mlaPrefill(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor,
+    cuSeqlensQ: RawTensor, kvB: RawTensor, scale: number, dNope: number, dV: number, impl?: RawImpl): Promise<RawTensor>;
+  fp8Quantize(x: RawTensor, granularity: string, tileSize: number, pow2Scale: boolean, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
+  fp8Dequantize(codes: RawTensor, scales: RawTensor, granularity: string, tileSize: number, impl?: RawImpl): Promise<RawTensor>;
+  moeRoute(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, impl?: RawImpl): Promise<[RawTensor, RawTensor, RawTensor, RawTensor]>;
+  moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
+    sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;
   cudaInfo(): Promise<RawCudaInfo>;
 }

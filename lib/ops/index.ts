@@ -168,3 +168,8 @@ export async function cast(x: Tensor, dtype: 'f32' | 'bf16' | 'f16', opts?: OpOp
   const b = binding();
   return Tensor.fromRaw(await native(b.cast(tensorArg(x, 'x'), dtype, implArg(opts))));
 }
+
+export { headsGemm, mlaDecode, mlaPrefill, fp8Quantize, fp8Dequantize, type MlaDecodeOptions, type MlaPrefillOptions,
+  type Fp8Granularity, type Fp8Options } from './mla';
+export { moeRoute, moeExperts, type MoeMethod, type MoeRouteOptions, type MoeRouting, type ExpertWeights,
+  type SharedExpertWeights } from './moe';

@@ -9,6 +9,8 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   dsv2::addon::register_ops(env, exports);
   dsv2::addon::register_info(env, exports);
+  dsv2::addon::register_mla_moe(env, exports);
+  dsv2::addon::register_kv_cache(env, exports);
   return exports;
 }
 

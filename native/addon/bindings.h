@@ -5,4 +5,6 @@
 namespace dsv2::addon {
 void register_ops(Napi::Env env, Napi::Object exports);
 void register_info(Napi::Env env, Napi::Object exports);
+void register_mla_moe(Napi::Env env, Napi::Object exports);
+void register_kv_cache(Napi::Env env, Napi::Object exports);
 }  // namespace dsv2::addon

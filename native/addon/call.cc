@@ -157,11 +157,18 @@ std::vector<void*> Call::outputs(const std::vector<OutSpec>& specs) {
   return ptrs;
 }
 
-Napi::Value Call::start(std::function<void()> work) {
-  auto* job = new Job(env_, std::move(work), nullptr);
+Napi::Value Call::start(std::function<void()> work, bool resolve_undefined) {
+  Job::Finish finish = nullptr;
+  if (resolve_undefined) finish = [](Napi::Env env) -> Napi::Value { return env.Undefined(); };
+  auto* job = new Job(env_, std::move(work), finish);
   for (auto& o : keep_) job->keep(o);
   for (auto& o : outs_) job->result(o);
   return job->start();
+}
+
+Napi::Value run_op(const Napi::CallbackInfo& info, const std::function<Napi::Value(Call&)>& body) {
+  Call call(info);
+  return rejecting(info.Env(), [&] { return body(call); });
 }
 
 }  // namespace dsv2::addon

@@ -29,8 +29,9 @@ class Call {
 
   // Allocates the outputs (zero-filled typed arrays) and returns their data pointers.
   std::vector<void*> outputs(const std::vector<OutSpec>& specs);
-  // Queues work; the promise resolves to the single output, or an array of them.
-  Napi::Value start(std::function<void()> work);
+  // Queues work; the promise resolves to the single output, an array of them, or
+  // undefined when `resolve_undefined` (ops that only write into an object, e.g. a cache).
+  Napi::Value start(std::function<void()> work, bool resolve_undefined = false);
 
  private:
   const Napi::CallbackInfo& info_;
@@ -38,6 +39,10 @@ class Call {
   std::vector<Napi::Object> keep_;
   std::vector<Napi::Object> outs_;
 };
+
+// Binds one op: `body(call)` reads arguments, checks, allocates outputs and returns
+// call.start(...); anything thrown before the work is queued becomes a rejected promise.
+Napi::Value run_op(const Napi::CallbackInfo& info, const std::function<Napi::Value(Call&)>& body);
 
 // Reads a number property (`name` for messages), or `fallback` when absent.
 double get_number(Napi::Object o, const char* key, const std::string& name, double fallback);

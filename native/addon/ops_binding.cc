@@ -11,15 +11,9 @@
 namespace dsv2::addon {
 namespace {
 
-// Binds one op: `body(call)` reads args, checks, allocates and returns call.start(...).
-Napi::Value op(const Napi::CallbackInfo& info, const std::function<Napi::Value(Call&)>& body) {
-  Call call(info);
-  return rejecting(info.Env(), [&] { return body(call); });
-}
-
 // embedding(ids, table, impl)
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     EmbeddingParams p;
     auto outs = c.outputs(ops::check_embedding(c.tensor(0, "ids"), c.tensor(1, "table"), &p));
     p.out = static_cast<float*>(outs[0]);
@@ -30,7 +24,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
 
 // rmsNorm(x, weight, eps, impl)
 Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     RmsNormParams p;
     auto outs = c.outputs(ops::check_rms_norm(c.tensor(0, "x"), c.tensor(1, "weight"), c.number(2, "eps"), &p));
     p.y = static_cast<float*>(outs[0]);
@@ -41,7 +35,7 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
 
 // ropeTable({dim, maxPositions, theta, yarn?}) -> [cos, sin]
 Napi::Value RopeTable(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     Napi::Object o = c.object(0, "options");
     RopeTableParams p;
     p.dim = static_cast<int64_t>(get_number(o, "dim", "dim", -1));
@@ -68,7 +62,7 @@ Napi::Value RopeTable(const Napi::CallbackInfo& info) {
 
 // rope(x, positions, cos, sin, interleaved, impl)
 Napi::Value Rope(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     RopeParams p;
     auto outs = c.outputs(ops::check_rope(c.tensor(0, "x"), c.tensor(1, "positions"), c.tensor(2, "cos"),
                                           c.tensor(3, "sin"), c.boolean(4, "interleaved"), &p));
@@ -80,7 +74,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 
 // siluMul(gate, up | null, impl)
 Napi::Value SiluMul(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     SiluMulParams p;
     TensorView up;
     TensorView gate = c.tensor(0, "gate");
@@ -94,7 +88,7 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
 
 // gemm(x, weight, impl)
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     GemmParams p;
     auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
     p.y = static_cast<float*>(outs[0]);
@@ -105,7 +99,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
 
 // softmax(x, scale, impl)
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     SoftmaxParams p;
     auto outs = c.outputs(ops::check_softmax(c.tensor(0, "x"), c.number(1, "scale"), &p));
     p.y = static_cast<float*>(outs[0]);
@@ -116,7 +110,7 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
 
 // sample(logits, {temperature, topK, topP, seed: bigint}, impl)
 Napi::Value Sample(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     Napi::Object o = c.object(1, "options");
     SampleParams p;
     p.temperature = get_number(o, "temperature", "temperature", 0);
@@ -141,7 +135,7 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
 
 // cast(x, dtype, impl)
 Napi::Value Cast(const Napi::CallbackInfo& info) {
-  return op(info, [](Call& c) {
+  return run_op(info, [](Call& c) {
     CastParams p;
     std::string to = c.string(1, "dtype");
     DType t;

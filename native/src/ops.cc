@@ -8,53 +8,13 @@
 #include <initializer_list>
 #include <memory>
 
+#include "check.h"
 #include "cpu/cpu_ops.h"
 #include "core/thread_pool.h"
 #include "dsv2/config.h"
 #include "dsv2/status.h"
 
 namespace dsv2::ops {
-namespace {
-
-void require_cpu(const TensorView& t, const char* name) {
-  DSV2_CHECK(t.device == Device::kCpu, kDevice,
-             name << ": tensor is on cuda, but this op runs on cpu in this build");
-}
-
-void require_dtype(const TensorView& t, const char* name, std::initializer_list<DType> ok) {
-  for (DType d : ok)
-    if (t.dtype == d) return;
-  std::ostringstream allowed;
-  bool first = true;
-  for (DType d : ok) {
-    allowed << (first ? "" : ", ") << dtype_name(d);
-    first = false;
-  }
-  DSV2_FAIL(kDtype, name << ": dtype " << dtype_name(t.dtype) << " is not accepted (expected "
-                         << allowed.str() << ")");
-}
-
-void require_rank(const TensorView& t, const char* name, int lo, int hi) {
-  DSV2_CHECK(t.rank() >= lo && t.rank() <= hi, kShape,
-             name << ": rank " << t.rank() << " (shape " << shape_str(t.shape) << ") is not accepted (expected "
-                  << (lo == hi ? std::to_string(lo) : std::to_string(lo) + ".." + std::to_string(hi)) << ")");
-}
-
-const std::initializer_list<DType> kFloatWeights = {DType::kF32, DType::kBF16, DType::kF16};
-const std::initializer_list<DType> kIndex = {DType::kI32, DType::kI64};
-
-void require_finite(double v, const char* name) {
-  DSV2_CHECK(std::isfinite(v), kRange, name << " = " << v << " must be a finite number");
-}
-
-bool parallel(Impl impl) { return impl != Impl::kReference; }
-
-std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t last) {
-  s.back() = last;
-  return s;
-}
-
-}  // namespace
 
 std::vector<OutSpec> check_embedding(const TensorView& ids, const TensorView& table, EmbeddingParams* p) {
   require_cpu(ids, "ids");

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "dsv2/dense.h"
+#include "dsv2/mla.h"
+#include "dsv2/moe.h"
 #include "dsv2/tensor.h"
 
 namespace dsv2::ops {
@@ -43,6 +45,47 @@ void sample(const SampleParams& p, Impl impl);
 
 std::vector<OutSpec> check_cast(const TensorView& x, DType to, CastParams* p);
 void cast(const CastParams& p, Impl impl);
+
+// ---- MLA, FP8 and the paged latent cache (ops_mla.cc) ---------------------------------
+// Checks a cache layout and size (dtype f32 | bf16 | fp8_e4m3, positive sizes).
+void check_kv_layout(const KvLayout& layout, int64_t layers, int64_t pages);
+
+std::vector<OutSpec> check_kv_append(const KvCacheView& cache, const TensorView& c_kv, const TensorView& k_pe,
+                                     const TensorView& slots, KvAppendParams* p);
+void kv_append(const KvAppendParams& p, Impl impl);
+
+std::vector<OutSpec> check_kv_read(const KvCacheView& cache, const TensorView& slots, KvReadParams* p);
+void kv_read(const KvReadParams& p, Impl impl);
+
+std::vector<OutSpec> check_heads_gemm(const TensorView& x, const TensorView& w, HeadsGemmParams* p);
+void heads_gemm(const HeadsGemmParams& p, Impl impl);
+
+std::vector<OutSpec> check_mla_decode(const TensorView& q, const KvCacheView& cache, const TensorView& block_table,
+                                      const TensorView& seqlens, double scale, int64_t split_tokens, MlaDecodeParams* p);
+void mla_decode(const MlaDecodeParams& p, Impl impl);
+
+std::vector<OutSpec> check_mla_prefill(const TensorView& q, const KvCacheView& cache, const TensorView& block_table,
+                                       const TensorView& seqlens, const TensorView& cu_seqlens_q, const TensorView& kv_b,
+                                       double scale, int64_t d_nope, int64_t d_v, MlaPrefillParams* p);
+void mla_prefill(const MlaPrefillParams& p, Impl impl);
+
+std::vector<OutSpec> check_fp8_quantize(const TensorView& x, Fp8Granularity g, int64_t tile, bool pow2,
+                                        Fp8QuantParams* p);
+void fp8_quantize(const Fp8QuantParams& p, Impl impl);
+
+std::vector<OutSpec> check_fp8_dequantize(const TensorView& codes, const TensorView& scales, Fp8Granularity g,
+                                          int64_t tile, Fp8DequantParams* p);
+void fp8_dequantize(const Fp8DequantParams& p, Impl impl);
+
+// ---- MoE (ops_moe.cc) ---------------------------------------------------------------
+// p: method, scoring, top_k, n_group, topk_group, norm, factor set by the caller.
+std::vector<OutSpec> check_moe_route(const TensorView& logits, const TensorView* bias, MoeRouteParams* p);
+void moe_route(const MoeRouteParams& p, Impl impl);
+
+std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
+                                       const TensorView& gate_up, const TensorView& down, const TensorView* shared_gate_up,
+                                       const TensorView* shared_down, MoeExpertsParams* p);
+void moe_experts(const MoeExpertsParams& p, Impl impl);
 
 // Multi-threaded memcpy of `bytes` bytes, `iters` times: the machine's copy bandwidth, the
 // roofline the benchmarks report against. Returns seconds per copy (best of iters).

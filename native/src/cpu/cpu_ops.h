@@ -4,6 +4,8 @@
 // body run across the thread pool.
 #pragma once
 #include "dsv2/dense.h"
+#include "dsv2/mla.h"
+#include "dsv2/moe.h"
 
 namespace dsv2::cpu {
 
@@ -17,8 +19,29 @@ void sample(const SampleParams& p, bool parallel);
 void cast(const CastParams& p, bool parallel);
 
 void gemm_ref(const GemmParams& p);
-void gemm_fast(const GemmParams& p);  // SIMD (AVX-512 / AVX2 chosen at run time) + threads
+// SIMD (AVX-512 / AVX2 chosen at run time); on the thread pool when `parallel`, else in the
+// calling thread (for callers that already run inside a parallel_for chunk).
+void gemm_fast(const GemmParams& p, bool parallel = true);
 const char* gemm_fast_isa();         // "avx512", "avx2" or "scalar"
+
+// ---- MLA, FP8, paged latent cache (dsv2/mla.h) -------------------------------------
+void encode_token(const KvLayout& L, const float* c_kv, const float* k_pe, uint8_t* dst);
+void decode_token(const KvLayout& L, const uint8_t* src, float* c_kv, float* k_pe);
+void kv_append(const KvAppendParams& p, bool parallel);
+void kv_read(const KvReadParams& p, bool parallel);
+void kv_poison(const KvCacheView& c);
+void fp8_quantize(const Fp8QuantParams& p, bool parallel);
+void fp8_dequantize(const Fp8DequantParams& p, bool parallel);
+void heads_gemm(const HeadsGemmParams& p, bool fast);
+void mla_decode_ref(const MlaDecodeParams& p);
+void mla_decode_fast(const MlaDecodeParams& p);
+void mla_prefill_ref(const MlaPrefillParams& p);
+void mla_prefill_fast(const MlaPrefillParams& p);
+
+// ---- MoE (dsv2/moe.h) --------------------------------------------------------------
+void moe_route(const MoeRouteParams& p, bool parallel);
+void moe_experts_ref(const MoeExpertsParams& p);
+void moe_experts_fast(const MoeExpertsParams& p);
 
 // YaRN helpers of DeepseekV2YarnRotaryEmbedding, shared with the TS-facing softmax scale.
 double yarn_get_mscale(double scale, double mscale);

@@ -273,7 +273,7 @@ const char* gemm_fast_isa() {
   }
 }
 
-void gemm_fast(const GemmParams& p) {
+void gemm_fast(const GemmParams& p, bool parallel) {
   if (p.m == 0 || p.n == 0) return;
   if (p.k == 0) {
     std::fill(p.y, p.y + p.m * p.n, 0.0f);
@@ -287,6 +287,7 @@ void gemm_fast(const GemmParams& p) {
     split_even_odd(p, xs.data());
   }
   const float* xsp = p.w_dtype == DType::kBF16 && isa() == Isa::kAvx512 ? xs.data() : nullptr;
+  if (!parallel) return gemm_quads(p, xsp, 0, quads);
   parallel_for(quads, std::max<int64_t>(1, kMinFlopsPerChunk / flops_per_quad),
                [&](int64_t b, int64_t e) { gemm_quads(p, xsp, b, e); });
 }

@@ -1,0 +1,158 @@
+// N-API entry points of the MLA, FP8 and MoE ops (argument order as in lib/native.ts).
+#include <memory>
+
+#include "bindings.h"
+#include "call.h"
+#include "dsv2/ops.h"
+#include "dsv2/status.h"
+#include "kv_cache.h"
+
+namespace dsv2::addon {
+namespace {
+
+Fp8Granularity granularity(const std::string& s) {
+  if (s == "tensor") return Fp8Granularity::kTensor;
+  if (s == "token") return Fp8Granularity::kToken;
+  if (s == "tile") return Fp8Granularity::kTile;
+  DSV2_FAIL(kArg, "granularity '" << s << "' is not one of tensor, token, tile");
+}
+
+int64_t integer(Call& c, size_t i, const char* name) {
+  const double v = c.number(i, name);
+  DSV2_CHECK(v == static_cast<double>(static_cast<int64_t>(v)), kRange, name << " = " << v << " must be an integer");
+  return static_cast<int64_t>(v);
+}
+
+// headsGemm(x, weight, impl)
+Napi::Value HeadsGemm(const Napi::CallbackInfo& info) {
+  return run_op(info, [](Call& c) {
+    HeadsGemmParams p;
+    auto outs = c.outputs(ops::check_heads_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
+    p.y = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(2);
+    return c.start([p, impl] { ops::heads_gemm(p, impl); });
+  });
+}
+
+// mlaDecode(q, cache, layer, blockTable, seqlens, scale, splitTokens, impl) -> [out, lse]
+Napi::Value MlaDecode(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) {
+    auto s = kv_storage_of(info.Env(), info[1], "cache");
+    MlaDecodeParams p;
+    auto outs = c.outputs(ops::check_mla_decode(c.tensor(0, "q"), kv_layer_of(*s, info[2]), c.tensor(3, "blockTable"),
+                                                c.tensor(4, "seqlens"), c.number(5, "scale"),
+                                                integer(c, 6, "splitTokens"), &p));
+    p.out = static_cast<float*>(outs[0]);
+    p.lse = static_cast<float*>(outs[1]);
+    Impl impl = c.impl(7);
+    return c.start([p, impl, s] { ops::mla_decode(p, impl); });
+  });
+}
+
+// mlaPrefill(q, cache, layer, blockTable, seqlens, cuSeqlensQ, kvB, scale, dNope, dV, impl)
+Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) {
+    auto s = kv_storage_of(info.Env(), info[1], "cache");
+    MlaPrefillParams p;
+    auto outs = c.outputs(ops::check_mla_prefill(
+        c.tensor(0, "q"), kv_layer_of(*s, info[2]), c.tensor(3, "blockTable"), c.tensor(4, "seqlens"),
+        c.tensor(5, "cuSeqlensQ"), c.tensor(6, "kvB"), c.number(7, "scale"), integer(c, 8, "dNope"),
+        integer(c, 9, "dV"), &p));
+    p.out = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(10);
+    return c.start([p, impl, s] { ops::mla_prefill(p, impl); });
+  });
+}
+
+// fp8Quantize(x, granularity, tileSize, pow2, impl) -> [codes, scales]
+Napi::Value Fp8Quantize(const Napi::CallbackInfo& info) {
+  return run_op(info, [](Call& c) {
+    Fp8QuantParams p;
+    auto outs = c.outputs(ops::check_fp8_quantize(c.tensor(0, "x"), granularity(c.string(1, "granularity")),
+                                                  integer(c, 2, "tileSize"), c.boolean(3, "pow2Scale"), &p));
+    p.codes = static_cast<uint8_t*>(outs[0]);
+    p.scales = static_cast<float*>(outs[1]);
+    Impl impl = c.impl(4);
+    return c.start([p, impl] { ops::fp8_quantize(p, impl); });
+  });
+}
+
+// fp8Dequantize(codes, scales, granularity, tileSize, impl)
+Napi::Value Fp8Dequantize(const Napi::CallbackInfo& info) {
+  return run_op(info, [](Call& c) {
+    Fp8DequantParams p;
+    auto outs = c.outputs(ops::check_fp8_dequantize(c.tensor(0, "codes"), c.tensor(1, "scales"),
+                                                    granularity(c.string(2, "granularity")), integer(c, 3, "tileSize"), &p));
+    p.y = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(4);
+    return c.start([p, impl] { ops::fp8_dequantize(p, impl); });
+  });
+}
+
+// moeRoute(logits, {topK, method, scoring, nGroup, topkGroup, normTopkProb, routedScalingFactor}, bias | null, impl)
+//   -> [ids, weights, tokensPerExpert, tokensPerGroup]
+Napi::Value MoeRoute(const Napi::CallbackInfo& info) {
+  return run_op(info, [](Call& c) {
+    Napi::Object o = c.object(1, "options");
+    MoeRouteParams p;
+    auto int_opt = [&](const char* key, double fallback) {
+      const double v = get_number(o, key, key, fallback);
+      DSV2_CHECK(v == static_cast<double>(static_cast<int64_t>(v)), kRange, key << " = " << v << " must be an integer");
+      return static_cast<int64_t>(v);
+    };
+    p.top_k = int_opt("topK", -1);
+    p.n_group = int_opt("nGroup", 1);
+    p.topk_group = int_opt("topkGroup", 1);
+    const std::string method = o.Get("method").IsString() ? o.Get("method").As<Napi::String>().Utf8Value() : "";
+    if (method == "greedy") p.method = MoeMethod::kGreedy;
+    else if (method == "group_limited_greedy") p.method = MoeMethod::kGroupLimitedGreedy;
+    else if (method == "noaux_tc") p.method = MoeMethod::kNoauxTc;
+    else DSV2_FAIL(kArg, "method '" << method << "' is not one of greedy, group_limited_greedy, noaux_tc");
+    const std::string scoring =
+        o.Get("scoring").IsString() ? o.Get("scoring").As<Napi::String>().Utf8Value() : "softmax";
+    if (scoring == "softmax") p.scoring = MoeScoring::kSoftmax;
+    else if (scoring == "sigmoid") p.scoring = MoeScoring::kSigmoid;
+    else DSV2_FAIL(kArg, "scoring '" << scoring << "' is not one of softmax, sigmoid");
+    p.norm_topk_prob = o.Get("normTopkProb").ToBoolean().Value();
+    p.routed_scaling_factor = static_cast<float>(get_number(o, "routedScalingFactor", "routedScalingFactor", 1));
+    TensorView bias;
+    const bool has_bias = c.optional_tensor(2, "bias", &bias);
+    auto outs = c.outputs(ops::check_moe_route(c.tensor(0, "logits"), has_bias ? &bias : nullptr, &p));
+    p.ids = static_cast<int32_t*>(outs[0]);
+    p.weights = static_cast<float*>(outs[1]);
+    p.tokens_per_expert = static_cast<int32_t*>(outs[2]);
+    p.tokens_per_group = static_cast<int32_t*>(outs[3]);
+    Impl impl = c.impl(3);
+    return c.start([p, impl] { ops::moe_route(p, impl); });
+  });
+}
+
+// moeExperts(x, ids, weights, gateUp, down, sharedGateUp | null, sharedDown | null, impl)
+Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
+  return run_op(info, [](Call& c) {
+    MoeExpertsParams p;
+    TensorView sgu, sd;
+    const bool has_sgu = c.optional_tensor(5, "shared.gateUp", &sgu);
+    const bool has_sd = c.optional_tensor(6, "shared.down", &sd);
+    auto outs = c.outputs(ops::check_moe_experts(c.tensor(0, "x"), c.tensor(1, "ids"), c.tensor(2, "weights"),
+                                                 c.tensor(3, "experts.gateUp"), c.tensor(4, "experts.down"),
+                                                 has_sgu ? &sgu : nullptr, has_sd ? &sd : nullptr, &p));
+    p.y = static_cast<float*>(outs[0]);
+    Impl impl = c.impl(7);
+    return c.start([p, impl] { ops::moe_experts(p, impl); });
+  });
+}
+
+}  // namespace
+
+void register_mla_moe(Napi::Env env, Napi::Object exports) {
+  exports.Set("headsGemm", Napi::Function::New(env, HeadsGemm, "headsGemm"));
+  exports.Set("mlaDecode", Napi::Function::New(env, MlaDecode, "mlaDecode"));
+  exports.Set("mlaPrefill", Napi::Function::New(env, MlaPrefill, "mlaPrefill"));
+  exports.Set("fp8Quantize", Napi::Function::New(env, Fp8Quantize, "fp8Quantize"));
+  exports.Set("fp8Dequantize", Napi::Function::New(env, Fp8Dequantize, "fp8Dequantize"));
+  exports.Set("moeRoute", Napi::Function::New(env, MoeRoute, "moeRoute"));
+  exports.Set("moeExperts", Napi::Function::New(env, MoeExperts, "moeExperts"));
+}
+
+}  // namespace dsv2::addon
