@@ -3,9 +3,14 @@
  * Each prints a table and writes JSON under bench/results/.
  */
 import { benchGemm } from './gemm';
+import { benchKvAppend, benchMlaDecode } from './mla';
+import { benchMoeRoute } from './moe';
 
 const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   gemm: benchGemm,
+  mla_decode: benchMlaDecode,
+  kv_append: benchKvAppend,
+  moe_route: benchMoeRoute,
 };
 
 async function run(argv: string[]): Promise<number> {

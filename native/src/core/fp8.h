@@ -34,7 +34,8 @@ inline uint8_t f32_to_e4m3(float x) {
   return sign | static_cast<uint8_t>(r);
 }
 
-inline float e4m3_to_f32(uint8_t c) {
+// Decoding by formula (the definition; used to build the table below).
+inline float e4m3_to_f32_formula(uint8_t c) {
   const bool neg = c & 0x80u;
   const uint32_t e = (c >> 3) & 0xfu, m = c & 0x7u;
   float v;
@@ -43,6 +44,19 @@ inline float e4m3_to_f32(uint8_t c) {
   else v = std::ldexp(1.0f + static_cast<float>(m) * 0.125f, static_cast<int>(e) - 7);
   return neg ? -v : v;
 }
+
+// Decoding through a 256-entry table: the hot path of fp8 cache reads.
+struct E4m3Table {
+  float v[256];
+  E4m3Table() {
+    for (int c = 0; c < 256; ++c) v[c] = e4m3_to_f32_formula(static_cast<uint8_t>(c));
+  }
+};
+inline const float* e4m3_table() {
+  static const E4m3Table t;
+  return t.v;
+}
+inline float e4m3_to_f32(uint8_t c) { return e4m3_table()[c]; }
 
 // Group scale: amax / 448 over the finite |values| (rounded up to a power of two when
 // pow2), or 1 when the group has no finite non-zero value.

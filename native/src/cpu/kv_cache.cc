@@ -69,10 +69,11 @@ void decode_token(const KvLayout& L, const uint8_t* src, float* c_kv, float* k_p
     }
     case DType::kFP8E4M3: {
       const uint8_t* scales = src + L.d_c;
+      const float* lut = e4m3_table();
       for (int64_t t = 0; t < L.n_tiles(); ++t) {
         float s;
         std::memcpy(&s, scales + 4 * t, 4);
-        for (int64_t i = t * kFp8Tile, e = std::min(L.d_c, i + kFp8Tile); i < e; ++i) c_kv[i] = e4m3_to_f32(src[i]) * s;
+        for (int64_t i = t * kFp8Tile, e = std::min(L.d_c, i + kFp8Tile); i < e; ++i) c_kv[i] = lut[src[i]] * s;
       }
       const uint8_t* pe = scales + 4 * L.n_tiles();
       uint16_t h;

@@ -7,9 +7,14 @@
 // runs two small GEMMs on the SIMD kernel: S = Q·Kᵀ over d_c + d_r dims and O = P·V over the
 // d_c latent dims, giving a partial (O, LSE) per item; a combine step merges the splits by
 // log-sum-exp — the decomposition the split-KV CUDA kernel uses.
+// GCC 12 warns inside its own AVX-512 headers (see gemm.cc).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cpu_ops.h"
@@ -20,6 +25,8 @@ namespace dsv2::cpu {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+// Keys per sub-chunk inside a split: 256 keys × 576 dims × 4 bytes = 590 KB of decoded keys.
+constexpr int64_t kSubChunk = 256;
 
 // Slot of token t of sequence i, checking the block-table entry it needs.
 int64_t slot_of(const KvCacheView& c, const int32_t* block_table, int64_t max_blocks, int64_t i, int64_t t) {
@@ -48,6 +55,58 @@ void check_seqlens(const MlaDecodeParams& p) {
     DSV2_CHECK(s_k >= 0 && s_k <= p.max_blocks * p.cache.layout.page_size, kRange,
                "seqlens[" << i << "] = " << s_k << " must be in [0, " << p.max_blocks * p.cache.layout.page_size
                           << "] (block_table has " << p.max_blocks << " columns of " << p.cache.layout.page_size << " tokens)");
+  }
+}
+
+// O[rows, d_c] = P[rows, c] · V where V row t is kv[t · d, t · d + d_c), read in place (no
+// transpose). AVX-512: blocks of 4 query rows × 64 latent dims keep 16 accumulators in
+// registers; each V vector loaded feeds 4 FMAs. Elsewhere a plain axpy loop.
+__attribute__((target("avx512f"))) void accumulate_pv_avx512(const float* P, int64_t rows, int64_t c, const float* kv,
+                                                           int64_t d, int64_t d_c, float* O) {
+  const int64_t kmain = d_c / 64 * 64;
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const int nr = static_cast<int>(std::min<int64_t>(4, rows - r0));
+    const float* pr[4];
+    for (int i = 0; i < 4; ++i) pr[i] = P + (r0 + std::min(i, nr - 1)) * c;
+    for (int64_t k0 = 0; k0 < kmain; k0 += 64) {
+      __m512 acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+      for (int64_t t = 0; t < c; ++t) {
+        const float* v = kv + t * d + k0;
+        const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16), v2 = _mm512_loadu_ps(v + 32),
+                     v3 = _mm512_loadu_ps(v + 48);
+        for (int i = 0; i < 4; ++i) {
+          const __m512 w = _mm512_set1_ps(pr[i][t]);
+          acc[i][0] = _mm512_fmadd_ps(w, v0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(w, v1, acc[i][1]);
+          acc[i][2] = _mm512_fmadd_ps(w, v2, acc[i][2]);
+          acc[i][3] = _mm512_fmadd_ps(w, v3, acc[i][3]);
+        }
+      }
+      for (int i = 0; i < nr; ++i)
+        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(O + (r0 + i) * d_c + k0 + 16 * j, acc[i][j]);
+    }
+    for (int i = 0; i < nr; ++i)  // latent dims past the last multiple of 64
+      for (int64_t k = kmain; k < d_c; ++k) {
+        float a = 0.0f;
+        for (int64_t t = 0; t < c; ++t) a += pr[i][t] * kv[t * d + k];
+        O[(r0 + i) * d_c + k] = a;
+      }
+  }
+}
+
+void accumulate_pv(const float* P, int64_t rows, int64_t c, const float* kv, int64_t d, int64_t d_c, float* O) {
+  if (std::string(gemm_fast_isa()) == "avx512") return accumulate_pv_avx512(P, rows, c, kv, d, d_c, O);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = O + r * d_c;
+    std::fill(o, o + d_c, 0.0f);
+    const float* pr = P + r * c;
+    for (int64_t t = 0; t < c; ++t) {
+      const float w = pr[t];
+      const float* v = kv + t * d;
+      for (int64_t k = 0; k < d_c; ++k) o[k] += w * v[k];
+    }
   }
 }
 
@@ -140,13 +199,10 @@ void mla_decode_fast(const MlaDecodeParams& p) {
   std::vector<float> part_out(p.b * n_splits * rows * p.d_c, 0.0f);
 
   parallel_for(p.b * n_splits, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> kv, vt, s, o;
-    for (int64_t item = b0; item < b1; ++item) {
-      const int64_t i = item / n_splits, sp = item % n_splits;
-      const int64_t s_k = p.seqlens[i];
-      const int64_t t0 = sp * split, t1 = std::min(s_k, t0 + split);
-      if (t0 >= t1) continue;
-      const int64_t c = t1 - t0;
+    std::vector<float> kv, s, o_sub(rows * p.d_c), lse_sub(rows);
+    // Normalised output and LSE of sequence i's keys [t0, t1) for every query row.
+    auto partial = [&](int64_t i, int64_t t0, int64_t t1, float* o, float* lse) {
+      const int64_t s_k = p.seqlens[i], c = t1 - t0;
       kv.resize(c * d);
       gather_keys(p, i, t0, t1, kv.data());
       // S[rows, c] = Q_i · K_chunkᵀ
@@ -161,14 +217,14 @@ void mla_decode_fast(const MlaDecodeParams& p) {
       g.y = s.data();
       gemm_fast(g, false);
       // Causal softmax per row, keeping the partial LSE.
-      float* lse = part_lse.data() + item * rows;
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t j = r / p.h_q;
         const int64_t n_vis = std::min(t1, s_k - p.s_q + j + 1) - t0;  // keys of this chunk row r sees
         float* sr = s.data() + r * c;
+        lse[r] = -kInf;  // stays -inf when the row sees none of these keys: no contribution
         if (n_vis <= 0) {
           std::fill(sr, sr + c, 0.0f);
-          continue;  // lse stays -inf: this split contributes nothing to the row
+          continue;
         }
         float mx = -kInf;
         for (int64_t t = 0; t < n_vis; ++t) mx = std::max(mx, sr[t] *= p.scale);
@@ -179,17 +235,34 @@ void mla_decode_fast(const MlaDecodeParams& p) {
         std::fill(sr + n_vis, sr + c, 0.0f);
         lse[r] = static_cast<float>(mx + std::log(sum));
       }
-      // O[rows, d_c] = P · V with V = the chunk's c_kv: the kernel wants Vᵀ [d_c, c].
-      vt.resize(p.d_c * c);
-      for (int64_t t = 0; t < c; ++t)
-        for (int64_t k = 0; k < p.d_c; ++k) vt[k * c + t] = kv[t * d + k];
-      g.m = rows;
-      g.n = p.d_c;
-      g.k = c;
-      g.x = s.data();
-      g.w = vt.data();
-      g.y = part_out.data() + item * rows * p.d_c;
-      gemm_fast(g, false);
+      accumulate_pv(s.data(), rows, c, kv.data(), d, p.d_c, o);
+    };
+    for (int64_t item = b0; item < b1; ++item) {
+      const int64_t i = item / n_splits, sp = item % n_splits;
+      const int64_t t0 = sp * split, t1 = std::min<int64_t>(p.seqlens[i], t0 + split);
+      float* o = part_out.data() + item * rows * p.d_c;
+      float* lse = part_lse.data() + item * rows;
+      // A split is walked in sub-chunks small enough for the decoded keys and the score
+      // block to stay in L2; each sub-chunk's partial is merged by log-sum-exp.
+      for (int64_t u0 = t0; u0 < t1; u0 += kSubChunk) {
+        const int64_t u1 = std::min(t1, u0 + kSubChunk);
+        if (u0 == t0) {
+          partial(i, u0, u1, o, lse);
+          continue;
+        }
+        partial(i, u0, u1, o_sub.data(), lse_sub.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const float la = lse[r], lb = lse_sub[r];
+          if (lb == -kInf) continue;
+          const float m = std::max(la, lb);
+          const float l = m + std::log(std::exp(la - m) + std::exp(lb - m));
+          const float wa = std::exp(la - l), wb = std::exp(lb - l);
+          float* oa = o + r * p.d_c;
+          const float* ob = o_sub.data() + r * p.d_c;
+          for (int64_t k = 0; k < p.d_c; ++k) oa[k] = wa * oa[k] + wb * ob[k];
+          lse[r] = l;
+        }
+      }
     }
   });
 
