@@ -10,3 +10,10 @@ export * as ops from './ops';
 export { info, type Info } from './info';
 export { KvCache, type KvCacheOptions, type KvCacheDtype } from './kv-cache';
 export { copyBandwidth } from './bench';
+export { Model, type ModelLoadOptions, type GenerateOptions, type GenerateChunk, type GenerateResult, type Generation,
+  type DeviceChoice } from './model/model';
+export { Tokenizer, type ChatMessage } from './model/tokenizer';
+export { Checkpoint } from './model/checkpoint';
+export { parseConfig, type DeepSeekConfig } from './model/config';
+export { makeTiny, TINY_KINDS, type TinyKind, type MakeTinyOptions } from './model/tiny';
+export { SafetensorsFile, writeSafetensors } from './model/safetensors';

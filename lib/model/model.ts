@@ -1,0 +1,306 @@
+/**
+ * A loaded DeepSeek-V2/V3 checkpoint: weights, tokenizer, a paged latent KV cache, and the
+ * forward pass — `logits()` and streaming `generate()`. All async; dispose() frees it all.
+ */
+import { info } from '../info';
+import { Dsv2Error } from '../errors';
+import { KvCache, type KvCacheDtype } from '../kv-cache';
+import * as ops from '../ops';
+import { Tensor } from '../tensor';
+import { Checkpoint } from './checkpoint';
+import type { DeepSeekConfig } from './config';
+import { forward, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
+import { Tokenizer, type ChatMessage } from './tokenizer';
+import { checkTensors, loadWeights, type ModelWeights } from './weights';
+
+export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
+
+export interface ModelLoadOptions {
+  /** Where to run: cpu, cuda, or auto (cuda when usable). Default auto. */
+  device?: DeviceChoice;
+  /** KV cache storage; default bf16. */
+  kvCache?: KvCacheDtype;
+  /** Cache capacity in tokens, over all sequences at once; default 4096 (at most max_position_embeddings per sequence). */
+  maxTokens?: number;
+  signal?: AbortSignal;
+  /** Progress of reading weights: bytes done, bytes total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface GenerateOptions {
+  /** Plain text prompt (BOS added as the tokenizer config says). */
+  prompt?: string;
+  /** Chat messages, rendered with the checkpoint's chat template. */
+  messages?: ChatMessage[];
+  /** Prompt token ids. */
+  tokens?: readonly number[];
+  /** Default 128. */
+  maxNewTokens?: number;
+  /** 0 (default) is greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  /** Seed of the sampling draws; default 0. */
+  seed?: number | bigint;
+  /** Stop when the text contains one of these (the stop string is not returned). */
+  stop?: string[];
+  signal?: AbortSignal;
+}
+
+export interface GenerateChunk {
+  /** The new token id. */
+  token: number;
+  /** Text this token completes (may be empty while a multi-byte character is incomplete). */
+  text: string;
+}
+
+export interface GenerateResult {
+  /** New token ids (prompt excluded). */
+  tokens: number[];
+  text: string;
+  /** Why generation stopped. */
+  finishReason: 'eos' | 'length' | 'stop';
+  promptTokens: number;
+}
+
+/** A running generation: iterate it for chunks; `result` resolves to the whole answer. */
+export interface Generation extends AsyncIterable<GenerateChunk> {
+  readonly result: Promise<GenerateResult>;
+}
+
+const U64 = (1n << 64n) - 1n;
+
+export class Model {
+  readonly dir: string;
+  readonly config: DeepSeekConfig;
+  readonly tokenizer: Tokenizer | null;
+  readonly device: 'cpu';
+  /** Checkpoint tensors the config does not use (reported, not loaded). */
+  readonly extraTensors: readonly string[];
+  #ctx: ForwardContext | null;
+
+  private constructor(dir: string, ctx: ForwardContext, tokenizer: Tokenizer | null, extras: string[]) {
+    this.dir = dir;
+    this.config = ctx.config;
+    this.tokenizer = tokenizer;
+    this.device = 'cpu';
+    this.extraTensors = extras;
+    this.#ctx = ctx;
+  }
+
+  static async load(dir: string, opts: ModelLoadOptions = {}): Promise<Model> {
+    const device = opts.device ?? 'auto';
+    if (device === 'cuda') {
+      const i = await info();
+      throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': the CUDA model runtime is not in this release${i.cuda.usable ? '' : ` (and CUDA is not usable here: ${i.cuda.reason})`}; use --device cpu`);
+    }
+    const ck = await Checkpoint.open(dir);
+    let weights: ModelWeights;
+    let extras: string[];
+    try {
+      extras = checkTensors(ck).extras;
+      weights = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress });
+    } finally {
+      await ck.close();
+    }
+    const c = ck.config;
+    const tokenizer = (() => {
+      try {
+        return Tokenizer.load(dir);
+      } catch (e) {
+        if (e instanceof Dsv2Error && /tokenizer\.json is missing/.test(e.message)) return null;
+        throw e;
+      }
+    })();
+    const maxTokens = opts.maxTokens ?? 4096;
+    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new Dsv2Error('E_RANGE', `maxTokens = ${maxTokens} must be a positive integer`);
+    const pageSize = 64;
+    const cache = await KvCache.create({
+      layers: c.numLayers, pages: Math.ceil(maxTokens / pageSize), dC: c.kvLoraRank, dR: c.qkRopeHeadDim,
+      dtype: opts.kvCache ?? 'bf16', pageSize,
+    });
+    const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: Math.min(maxTokens, c.maxPositionEmbeddings), theta: c.rope.theta, yarn: c.rope.yarn });
+    return new Model(dir, { config: c, weights, cache, rope }, tokenizer, extras);
+  }
+
+  #context(): ForwardContext {
+    if (!this.#ctx) throw new Dsv2Error('E_DISPOSED', `model ${this.dir} was disposed`);
+    return this.#ctx;
+  }
+
+  /** The KV cache (for memory accounting: pagesFree, bytes, bytesPerToken). */
+  get cache(): KvCache {
+    return this.#context().cache;
+  }
+
+  #checkTokens(tokens: readonly number[] | Int32Array, what: string): Int32Array {
+    const v = this.config.vocabSize;
+    const arr = Int32Array.from(tokens as ArrayLike<number>);
+    arr.forEach((t, i) => {
+      if (!Number.isInteger(tokens[i]) || t < 0 || t >= v) throw new Dsv2Error('E_RANGE', `${what}[${i}] = ${tokens[i]} is outside the vocabulary [0, ${v})`);
+    });
+    return arr;
+  }
+
+  /**
+   * Logits for every position: f32 [T, vocab]. `prefill` runs all tokens in one pass;
+   * `decode` prefills the first token and feeds every later one alone through the cache.
+   */
+  async logits(tokens: readonly number[] | Int32Array, opts: { mode?: AttentionMode } = {}): Promise<Tensor> {
+    const ctx = this.#context();
+    const ids = this.#checkTokens(tokens, 'tokens');
+    if (ids.length === 0) return Tensor.zeros([0, this.config.vocabSize]);
+    const seq: SeqState = { pages: [], length: 0 };
+    try {
+      reserve(ctx, seq, ids.length);
+      if ((opts.mode ?? 'prefill') === 'prefill') return await forward(ctx, seq, ids, 'prefill');
+      const V = this.config.vocabSize;
+      const out = new Float32Array(ids.length * V);
+      for (let i = 0; i < ids.length; i++) {
+        const l = await forward(ctx, seq, ids.subarray(i, i + 1), i === 0 ? 'prefill' : 'decode');
+        out.set(l.data as Float32Array, i * V);
+      }
+      return new Tensor('f32', [ids.length, V], out);
+    } finally {
+      if (seq.pages.length) ctx.cache.freePages(seq.pages);
+    }
+  }
+
+  /**
+   * Starts generating. Iterate the Generation for chunks as tokens arrive (once), and/or
+   * await `.result` for the whole answer (awaiting it alone runs the generation to the end).
+   * Leaving the loop early (break) ends the generation and frees its cache pages; `.result`
+   * then rejects with E_ABORTED.
+   */
+  generate(opts: GenerateOptions): Generation {
+    const it = this.#run(opts);
+    let claimed = false;
+    let resolveFinal!: (r: GenerateResult) => void;
+    let rejectFinal!: (e: unknown) => void;
+    const final = new Promise<GenerateResult>((res, rej) => { resolveFinal = res; rejectFinal = rej; });
+    final.catch(() => {}); // a rejection nobody awaits is not an unhandled one
+    const stepper: AsyncIterator<GenerateChunk, GenerateResult> = {
+      next: async () => {
+        try {
+          const r = await it.next();
+          if (r.done) resolveFinal(r.value);
+          return r;
+        } catch (e) {
+          rejectFinal(e);
+          throw e;
+        }
+      },
+      return: async (v?: GenerateResult | PromiseLike<GenerateResult>) => {
+        rejectFinal(new Dsv2Error('E_ABORTED', 'the generation was left before it finished'));
+        return it.return(v as GenerateResult);
+      },
+    };
+    const claim = () => {
+      if (claimed) throw new Dsv2Error('E_ARG', 'a Generation can be iterated once');
+      claimed = true;
+    };
+    return {
+      [Symbol.asyncIterator]: () => {
+        claim();
+        return stepper;
+      },
+      get result() {
+        if (!claimed) {
+          claimed = true;
+          void (async () => {
+            try {
+              while (!(await stepper.next()).done);
+            } catch {
+              // already delivered through `final`
+            }
+          })();
+        }
+        return final;
+      },
+    };
+  }
+
+  async *#run(opts: GenerateOptions): AsyncGenerator<GenerateChunk, GenerateResult> {
+    const ctx = this.#context();
+    const tok = this.tokenizer;
+    let prompt: number[];
+    if (opts.tokens) prompt = [...opts.tokens];
+    else if (opts.messages) {
+      if (!tok) throw new Dsv2Error('E_CHECKPOINT', `${this.dir}: tokenizer.json is missing (needed for messages)`);
+      prompt = tok.encodeChat(opts.messages);
+    } else if (typeof opts.prompt === 'string') {
+      if (!tok) throw new Dsv2Error('E_CHECKPOINT', `${this.dir}: tokenizer.json is missing (needed for a text prompt)`);
+      prompt = tok.encode(opts.prompt);
+    } else throw new Dsv2Error('E_ARG', 'generate needs prompt, messages or tokens');
+    const ids = this.#checkTokens(prompt, 'tokens');
+    if (ids.length === 0) throw new Dsv2Error('E_RANGE', 'the prompt has no tokens');
+    const maxNew = opts.maxNewTokens ?? 128;
+    if (!Number.isSafeInteger(maxNew) || maxNew < 0) throw new Dsv2Error('E_RANGE', `maxNewTokens = ${maxNew} must be a non-negative integer`);
+    const seed = BigInt(opts.seed ?? 0);
+    const eos = new Set<number>();
+    const e = this.config.eosTokenId;
+    if (typeof e === 'number') eos.add(e);
+    else if (Array.isArray(e)) e.forEach((x) => eos.add(x));
+    if (tok?.eosId !== null && tok?.eosId !== undefined) eos.add(tok.eosId);
+    const stops = (opts.stop ?? []).filter((s) => s.length > 0);
+    const aborted = () => {
+      if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', 'generation was aborted');
+    };
+    const seq: SeqState = { pages: [], length: 0 };
+    const out: number[] = [];
+    let emitted = '';
+    let finish: GenerateResult['finishReason'] = 'length';
+    try {
+      aborted();
+      reserve(ctx, seq, ids.length);
+      let logits = await forward(ctx, seq, ids, 'prefill');
+      for (let step = 0; step < maxNew; step++) {
+        aborted();
+        const V = this.config.vocabSize;
+        const last = new Tensor('f32', [1, V], (logits.data as Float32Array).subarray(logits.numel - V));
+        const stepSeed = (seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
+        const next = (await ops.sample(last, { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1, seed: stepSeed })).data[0] as number;
+        if (eos.has(next)) {
+          finish = 'eos';
+          break;
+        }
+        out.push(next);
+        let text = tok ? tok.decode(out) : '';
+        let stopHit = false;
+        for (const s of stops) {
+          const at = text.indexOf(s);
+          if (at >= 0) {
+            text = text.slice(0, at);
+            stopHit = true;
+          }
+        }
+        // Hold back a trailing replacement character: a multi-byte character still incomplete.
+        const ready = stopHit ? text : text.replace(/\uFFFD+$/, '');
+        const piece = ready.length > emitted.length ? ready.slice(emitted.length) : '';
+        emitted += piece;
+        yield { token: next, text: piece };
+        if (stopHit) {
+          finish = 'stop';
+          break;
+        }
+        if (step + 1 === maxNew) break;
+        reserve(ctx, seq, 1);
+        logits = await forward(ctx, seq, Int32Array.of(next), 'decode');
+      }
+      const text = finish === 'stop' ? emitted : tok ? tok.decode(out) : '';
+      return { tokens: out, text, finishReason: finish, promptTokens: ids.length };
+    } finally {
+      if (seq.pages.length && this.#ctx) ctx.cache.freePages(seq.pages);
+    }
+  }
+
+  /** Frees the weights' references and the KV cache. */
+  async dispose(): Promise<void> {
+    this.#ctx?.cache.dispose();
+    this.#ctx = null;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
