@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander';
 import { Dsv2Error } from '../errors';
 import { VERSION } from '../paths';
 import { infoCommand } from './info';
+import { modelCommands } from './model-commands';
 
 export function program(): Command {
   const cmd = new Command('dsv2')
@@ -19,6 +20,7 @@ export function program(): Command {
     // process.exit() (main() turns its errors into exit codes).
     .exitOverride();
   infoCommand(cmd);
+  modelCommands(cmd);
   return cmd;
 }
 

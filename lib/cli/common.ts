@@ -1,0 +1,108 @@
+/** Shared pieces of the model commands: option parsers, model loading with progress, the default model. */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { InvalidArgumentError } from 'commander';
+import { SingleBar } from 'cli-progress';
+import { Dsv2Error } from '../errors';
+import type { KvCacheDtype } from '../kv-cache';
+import { Model, type DeviceChoice } from '../model/model';
+import { makeTiny } from '../model/tiny';
+
+export function intOpt(name: string, min = 0) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    return n;
+  };
+}
+
+export function floatOpt(name: string, min = -Infinity, max = Infinity) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+    return n;
+  };
+}
+
+export function choiceOpt<T extends string>(name: string, choices: readonly T[]) {
+  return (v: string): T => {
+    if (!choices.includes(v as T)) throw new InvalidArgumentError(`${name} must be one of ${choices.join(', ')}`);
+    return v as T;
+  };
+}
+
+export function tokensOpt(v: string): number[] {
+  const ids = v.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  if (ids.length === 0 || !ids.every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new InvalidArgumentError('tokens must be a comma-separated list of non-negative integers, e.g. 1,2,3');
+  }
+  return ids;
+}
+
+export function log(msg: string): void {
+  process.stderr.write(`dsv2: ${msg}\n`);
+}
+
+/** Where the built-in default model lives: $DSV2_CACHE_DIR, else $XDG_CACHE_HOME/dsv2, else ~/.cache/dsv2. */
+export function cacheDir(): string {
+  return process.env.DSV2_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'dsv2');
+}
+
+/** The built-in default: a small V2-shaped model with random weights, made once and cached. */
+export async function defaultModelDir(): Promise<string> {
+  const dir = path.join(cacheDir(), 'default-v2-tiny');
+  if (!fs.existsSync(path.join(dir, 'config.json'))) {
+    log(`no --model given: creating the built-in default model (a tiny DeepSeek-V2-shaped model with RANDOM weights) in ${dir}`);
+    const tmp = `${dir}.tmp-${process.pid}`;
+    await makeTiny(tmp, { kind: 'v2', seed: 0 });
+    fs.mkdirSync(path.dirname(dir), { recursive: true });
+    try {
+      fs.renameSync(tmp, dir);
+    } catch {
+      fs.rmSync(tmp, { recursive: true, force: true }); // another process made it first
+    }
+  } else {
+    log(`no --model given: using the built-in default model (tiny, RANDOM weights) in ${dir}`);
+  }
+  return dir;
+}
+
+export interface ModelOpts {
+  model?: string;
+  kvCache: KvCacheDtype;
+  device: DeviceChoice;
+}
+
+/** Loads --model (or the default), with a progress bar on a terminal; Ctrl-C aborts the load. */
+export async function loadModel(o: ModelOpts): Promise<Model> {
+  const dir = o.model ?? (await defaultModelDir());
+  const ac = new AbortController();
+  const onSig = () => ac.abort();
+  process.once('SIGINT', onSig);
+  const bar = process.stderr.isTTY ? new SingleBar({ format: 'dsv2: loading [{bar}] {percentage}% {value}/{total} MiB', stream: process.stderr, hideCursor: true }) : null;
+  let started = false;
+  try {
+    const t0 = Date.now();
+    const m = await Model.load(dir, {
+      device: o.device, kvCache: o.kvCache, signal: ac.signal,
+      onProgress: (done, total) => {
+        if (!bar) return;
+        if (!started) {
+          bar.start(Math.max(1, Math.round(total / 2 ** 20)), 0);
+          started = true;
+        }
+        bar.update(Math.round(done / 2 ** 20));
+      },
+    });
+    bar?.stop();
+    log(`loaded ${dir} (${m.config.architecture}, ${m.config.numLayers} layers) on ${m.device} in ${((Date.now() - t0) / 1000).toFixed(2)} s; KV cache ${o.kvCache}`);
+    return m;
+  } catch (e) {
+    bar?.stop();
+    if (ac.signal.aborted && !(e instanceof Dsv2Error)) throw new Dsv2Error('E_ABORTED', 'loading was aborted');
+    throw e;
+  } finally {
+    process.removeListener('SIGINT', onSig);
+  }
+}

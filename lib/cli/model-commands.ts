@@ -1,0 +1,165 @@
+/**
+ * The model commands: generate, logits, kv-table, make-tiny. Their flags and JSON shapes are
+ * a stable contract (scripts depend on them).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { Dsv2Error } from '../errors';
+import { Checkpoint } from '../model/checkpoint';
+import type { DeepSeekConfig } from '../model/config';
+import { makeTiny, TINY_KINDS, type TinyKind } from '../model/tiny';
+import { choiceOpt, floatOpt, intOpt, loadModel, log, tokensOpt } from './common';
+
+const KV = ['bf16', 'fp8', 'f32'] as const;
+const DEVICES = ['auto', 'cpu', 'cuda'] as const;
+
+function modelOptions(cmd: Command): Command {
+  return cmd
+    .option('--model <dir>', 'checkpoint directory (config.json, *.safetensors, tokenizer.json); default: the built-in tiny model')
+    .option('--kv-cache <dtype>', 'KV cache storage: bf16, fp8 or f32', choiceOpt('--kv-cache', KV), 'bf16')
+    .option('--device <device>', 'auto, cpu or cuda', choiceOpt('--device', DEVICES), 'auto');
+}
+
+export function modelCommands(program: Command): void {
+  modelOptions(program.command('generate'))
+    .description('generate text; streams it to stdout (--json: one object {"tokens": [...], "text": "..."})')
+    .option('--prompt <text>', 'plain text prompt')
+    .option('--chat <text>', 'a user message, formatted with the checkpoint\'s chat template')
+    .option('--tokens <ids>', 'prompt token ids, e.g. 1,2,3', tokensOpt)
+    .option('--max-new-tokens <n>', 'tokens to generate at most', intOpt('--max-new-tokens'), 64)
+    .option('--temperature <t>', '0 is greedy', floatOpt('--temperature', 0), 0)
+    .option('--top-k <k>', 'keep the k most likely tokens (0: all)', intOpt('--top-k'), 0)
+    .option('--top-p <p>', 'keep the smallest set with probability >= p', floatOpt('--top-p', 0, 1), 1)
+    .option('--seed <s>', 'seed of the sampling draws', intOpt('--seed'), 0)
+    .option('--json', 'print one JSON object instead of streaming text')
+    .action(async (o) => {
+      const given = [o.prompt !== undefined, o.chat !== undefined, o.tokens !== undefined].filter(Boolean).length;
+      if (given !== 1) throw new Dsv2Error('E_ARG', 'generate needs exactly one of --prompt, --chat or --tokens');
+      const model = await loadModel(o);
+      try {
+        const ac = new AbortController();
+        const onSig = () => ac.abort();
+        process.once('SIGINT', onSig);
+        try {
+          const gen = model.generate({
+            prompt: o.prompt, messages: o.chat !== undefined ? [{ role: 'user', content: o.chat }] : undefined, tokens: o.tokens,
+            maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: ac.signal,
+          });
+          const t0 = Date.now();
+          let n = 0;
+          if (o.json) {
+            const r = await gen.result;
+            n = r.tokens.length;
+            process.stdout.write(`${JSON.stringify({ tokens: r.tokens, text: r.text })}\n`);
+          } else {
+            for await (const c of gen) {
+              process.stdout.write(c.text);
+              n++;
+            }
+            process.stdout.write('\n');
+          }
+          const s = (Date.now() - t0) / 1000;
+          log(`${n} tokens in ${s.toFixed(2)} s (${(n / Math.max(s, 1e-9)).toFixed(1)} tokens/s)`);
+        } finally {
+          process.removeListener('SIGINT', onSig);
+        }
+      } finally {
+        await model.dispose();
+      }
+    });
+
+  modelOptions(program.command('logits'))
+    .description('logits for every position: {"logits": [[vocab floats] per position]}')
+    .requiredOption('--tokens <ids>', 'token ids, e.g. 1,2,3', tokensOpt)
+    .option('--mode <mode>', 'prefill: all tokens in one pass; decode: the first prefilled, each later one through the KV cache',
+      choiceOpt('--mode', ['prefill', 'decode'] as const), 'prefill')
+    .option('--json', 'print JSON (the contract); without it, the top 5 tokens per position')
+    .action(async (o) => {
+      const model = await loadModel(o);
+      try {
+        const l = await model.logits(o.tokens, { mode: o.mode });
+        const V = model.config.vocabSize;
+        const data = l.data as Float32Array;
+        const rows = Array.from({ length: o.tokens.length }, (_, i) => Array.from(data.subarray(i * V, (i + 1) * V)));
+        if (o.json) {
+          process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);
+        } else {
+          rows.forEach((r, i) => {
+            const top = r.map((v, id) => [v, id]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+            process.stdout.write(`${i}\t${o.tokens[i]}\t${top.map(([v, id]) => `${id}:${v.toFixed(3)}`).join(' ')}\n`);
+          });
+        }
+      } finally {
+        await model.dispose();
+      }
+    });
+
+  program.command('kv-table')
+    .description('the paper\'s Table 1 for a config: KV cache per token for MHA, GQA, MQA and MLA (bf16, fp8)')
+    .requiredOption('--model <dir|config.json>', 'checkpoint directory or config.json')
+    .option('--context <n>', 'tokens for the whole-model totals', intOpt('--context', 1), 4096)
+    .option('--json', 'print one JSON object')
+    .action(async (o) => {
+      const c = Checkpoint.readConfig(o.model);
+      const t = kvTable(c, o.context);
+      if (o.json) {
+        process.stdout.write(`${JSON.stringify(t, null, 2)}\n`);
+        return;
+      }
+      process.stdout.write(`KV cache per token (${c.numLayers} layers, ${c.numHeads} heads, d_h = ${t.dH}, d_c = ${c.kvLoraRank}, d_R = ${c.qkRopeHeadDim}), context ${o.context}\n`);
+      const rows = t.rows.map((r) => [r.mechanism, String(r.elementsPerTokenPerLayer), String(r.bytesPerTokenPerLayer),
+        String(r.bytesPerToken), `${(r.bytesAtContext / 2 ** 30).toFixed(3)} GiB`, `${r.reductionVsMha.toFixed(1)}x`]);
+      const head = ['mechanism', 'elements/token/layer', 'bytes/token/layer', 'bytes/token', `at ${o.context} tokens`, 'vs MHA'];
+      const w = head.map((h, k) => Math.max(h.length, ...rows.map((r) => r[k].length)));
+      for (const r of [head, ...rows]) process.stdout.write(`${r.map((x, k) => (k ? x.padStart(w[k]) : x.padEnd(w[k]))).join('  ')}\n`);
+    });
+
+  program.command('make-tiny')
+    .description('write a small random-weight checkpoint in the real layout (config, safetensors, tokenizer)')
+    .requiredOption('--out <dir>', 'directory to write')
+    .option('--kind <kind>', `${TINY_KINDS.join(', ')}`, choiceOpt('--kind', TINY_KINDS), 'v2')
+    .option('--seed <s>', 'weights seed', intOpt('--seed'), 0)
+    .option('--dtype <dtype>', 'weight dtype: bf16 or f32', choiceOpt('--dtype', ['bf16', 'f32'] as const), 'bf16')
+    .option('--shards <n>', 'safetensors shards (with an index when > 1)', intOpt('--shards', 1), 1)
+    .action(async (o: { out: string; kind: TinyKind; seed: number; dtype: 'bf16' | 'f32'; shards: number }) => {
+      await makeTiny(o.out, { kind: o.kind, seed: o.seed, dtype: o.dtype, shards: o.shards });
+      const files = fs.readdirSync(o.out).sort();
+      log(`wrote a tiny ${o.kind} checkpoint to ${path.resolve(o.out)}: ${files.join(', ')}`);
+    });
+}
+
+export interface KvTableRow {
+  mechanism: string;
+  elementsPerTokenPerLayer: number;
+  bytesPerTokenPerLayer: number;
+  bytesPerToken: number;
+  bytesAtContext: number;
+  reductionVsMha: number;
+}
+
+/**
+ * Table 1 of the DeepSeek-V2 paper for config c: per token and layer, MHA caches 2·n_h·d_h
+ * elements, GQA 2·n_g·d_h, MQA 2·d_h, MLA d_c + d_R (d_h = qk_nope_head_dim, the per-head
+ * dim the paper compares with). Bytes: 2 per element (bf16); MLA fp8 is the cache's real
+ * token size (e4m3 latent + f32 tile scales + bf16 RoPE key).
+ */
+export function kvTable(c: DeepSeekConfig, context: number): { dH: number; context: number; rows: KvTableRow[] } {
+  const dH = c.qkNopeHeadDim || c.vHeadDim;
+  const L = c.numLayers;
+  const row = (mechanism: string, elements: number, bytesPerLayer: number): KvTableRow => ({
+    mechanism, elementsPerTokenPerLayer: elements, bytesPerTokenPerLayer: bytesPerLayer, bytesPerToken: bytesPerLayer * L,
+    bytesAtContext: bytesPerLayer * L * context, reductionVsMha: 0,
+  });
+  const rows = [row(`MHA (${c.numHeads} heads)`, 2 * c.numHeads * dH, 2 * 2 * c.numHeads * dH)];
+  for (const g of [8, 4, 2]) {
+    if (g < c.numHeads && c.numHeads % g === 0) rows.push(row(`GQA (${g} groups)`, 2 * g * dH, 2 * 2 * g * dH));
+  }
+  rows.push(row('MQA', 2 * dH, 2 * 2 * dH));
+  const mla = c.kvLoraRank + c.qkRopeHeadDim;
+  rows.push(row('MLA bf16', mla, 2 * mla));
+  const fp8 = c.kvLoraRank + 4 * Math.ceil(c.kvLoraRank / 128) + 2 * c.qkRopeHeadDim;
+  rows.push(row('MLA fp8', mla, fp8));
+  for (const r of rows) r.reductionVsMha = rows[0].bytesPerTokenPerLayer / r.bytesPerTokenPerLayer;
+  return { dH, context, rows };
+}
