@@ -135,7 +135,15 @@ export interface MakeTinyOptions {
 export async function makeTiny(dir: string, opts: MakeTinyOptions = {}): Promise<void> {
   const kind = opts.kind ?? 'v2';
   if (!TINY_KINDS.includes(kind)) throw new Dsv2Error('E_ARG', `kind '${kind}' is not one of ${TINY_KINDS.join(', ')}`);
-  const raw = tinyConfig(kind);
+  await writeRandomCheckpoint(dir, tinyConfig(kind), opts);
+}
+
+/**
+ * Writes a random-weight checkpoint for any DeepSeek config.json object (tiny models,
+ * benchmark slices of real configs): every tensor the config implies, std 1/sqrt(fan_in)
+ * (embedding and router std 1), norms ≈ 1, plus the tiny byte-level tokenizer.
+ */
+export async function writeRandomCheckpoint(dir: string, raw: Record<string, unknown>, opts: Omit<MakeTinyOptions, 'kind'> = {}): Promise<void> {
   const cfg = parseConfig(raw);
   const rand = normals(opts.seed ?? 0);
   const tensors: Record<string, Tensor> = {};

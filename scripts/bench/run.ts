@@ -2,6 +2,7 @@
  * `npm run bench -- <name...> [--quick]`: runs the named benchmarks (all when none given).
  * Each prints a table and writes JSON under bench/results/.
  */
+import { benchE2e } from './e2e';
 import { benchGemm } from './gemm';
 import { benchKvAppend, benchMlaDecode } from './mla';
 import { benchMoeRoute } from './moe';
@@ -11,6 +12,7 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   mla_decode: benchMlaDecode,
   kv_append: benchKvAppend,
   moe_route: benchMoeRoute,
+  e2e: benchE2e,
 };
 
 async function run(argv: string[]): Promise<number> {
