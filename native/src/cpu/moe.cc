@@ -177,13 +177,15 @@ void moe_experts(const MoeExpertsParams& p, bool fast) {
   };
   std::vector<float> shared(p.shared_gate_up ? p.t * p.hidden : 0);
   if (fast) {
-    // Experts in parallel (largest first for balance), the shared expert split by tokens.
-    std::vector<int64_t> ex_order(p.n_experts);
-    std::iota(ex_order.begin(), ex_order.end(), 0);
-    std::stable_sort(ex_order.begin(), ex_order.end(),
+    // Only experts that got tokens, largest first, one per chunk: at decode (6 of 64 or 160
+    // experts busy) adjacent idle experts must not pull the busy ones into one thread.
+    std::vector<int64_t> busy;
+    for (int64_t ex = 0; ex < p.n_experts; ++ex)
+      if (!members[ex].empty()) busy.push_back(ex);
+    std::stable_sort(busy.begin(), busy.end(),
                      [&](int64_t a, int64_t b) { return members[a].size() > members[b].size(); });
-    parallel_for(p.n_experts, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) run_expert(ex_order[i]);
+    parallel_for(static_cast<int64_t>(busy.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) run_expert(busy[i]);
     });
     if (p.shared_gate_up)
       swiglu(p.x, p.t, p.hidden, p.inter_shared, p.shared_gate_up, p.shared_down, p.shared_dtype, shared.data(),
