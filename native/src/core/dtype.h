@@ -5,21 +5,29 @@
 #include <cstring>
 #include "dsv2/tensor.h"
 
+// Functions marked DSV2_HD compile for the host and, in .cu files, for the device too: the
+// CUDA kernels share these exact conversions with the CPU ops (bit-identical results).
+#ifdef __CUDACC__
+#define DSV2_HD __host__ __device__
+#else
+#define DSV2_HD
+#endif
+
 namespace dsv2 {
 
-inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-inline float bits_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+DSV2_HD inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+DSV2_HD inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-inline float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) << 16); }
+DSV2_HD inline float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) << 16); }
 
-inline uint16_t f32_to_bf16(float f) {
+DSV2_HD inline uint16_t f32_to_bf16(float f) {
   uint32_t x = f32_bits(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
   x += 0x7fffu + ((x >> 16) & 1u);
   return static_cast<uint16_t>(x >> 16);
 }
 
-inline float f16_to_f32(uint16_t h) {
+DSV2_HD inline float f16_to_f32(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
   if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (man << 13));  // inf / NaN
@@ -32,7 +40,7 @@ inline float f16_to_f32(uint16_t h) {
   return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
-inline uint16_t f32_to_f16(float f) {
+DSV2_HD inline uint16_t f32_to_f16(float f) {
   uint32_t x = f32_bits(f);
   uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   uint32_t a = x & 0x7fffffffu;

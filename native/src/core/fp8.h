@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "dtype.h"
 
@@ -12,7 +13,7 @@ namespace dsv2 {
 
 constexpr float kFp8Max = 448.0f;
 
-inline uint8_t f32_to_e4m3(float x) {
+DSV2_HD inline uint8_t f32_to_e4m3(float x) {
   uint32_t bits = f32_bits(x);
   uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
   uint32_t a = bits & 0x7fffffffu;
@@ -21,7 +22,7 @@ inline uint8_t f32_to_e4m3(float x) {
   if (a < 0x3c800000u) {                              // below 2^-6: subnormal grid of 2^-9
     // |x| / 2^-9, rounded to nearest even: exact in f32 arithmetic (scaling by a power of two
     // is exact and nearbyint rounds ties to even in the default mode).
-    float q = std::nearbyint(bits_f32(a) * 512.0f);
+    float q = nearbyintf(bits_f32(a) * 512.0f);
     return sign | static_cast<uint8_t>(q);            // q <= 8: 8 is the smallest normal, 0x08
   }
   // normal: keep 3 mantissa bits of the f32's 23, rounding the other 20 to nearest even
@@ -34,15 +35,16 @@ inline uint8_t f32_to_e4m3(float x) {
   return sign | static_cast<uint8_t>(r);
 }
 
-// Decoding by formula (the definition; used to build the table below).
-inline float e4m3_to_f32_formula(uint8_t c) {
-  const bool neg = c & 0x80u;
+// Decoding by formula (the definition; the host builds its table from it, the device uses it).
+DSV2_HD inline float e4m3_to_f32_formula(uint8_t c) {
+  const uint32_t sign = static_cast<uint32_t>(c & 0x80u) << 24;
   const uint32_t e = (c >> 3) & 0xfu, m = c & 0x7u;
-  float v;
-  if (e == 0xf && m == 0x7) return std::nanf("");
-  if (e == 0) v = static_cast<float>(m) * 0.001953125f;  // m * 2^-9
-  else v = std::ldexp(1.0f + static_cast<float>(m) * 0.125f, static_cast<int>(e) - 7);
-  return neg ? -v : v;
+  if (e == 0xf && m == 0x7) return bits_f32(sign | 0x7fc00000u);   // NaN
+  if (e == 0) {                                                   // subnormal: m · 2^-9, exact
+    const float v = static_cast<float>(m) * 0.001953125f;
+    return sign ? -v : v;
+  }
+  return bits_f32(sign | ((e - 7 + 127) << 23) | (m << 20));     // (1 + m/8) · 2^(e-7)
 }
 
 // Decoding through a 256-entry table: the hot path of fp8 cache reads.
@@ -56,17 +58,28 @@ inline const float* e4m3_table() {
   static const E4m3Table t;
   return t.v;
 }
+#ifndef __CUDA_ARCH__
 inline float e4m3_to_f32(uint8_t c) { return e4m3_table()[c]; }
+#endif
 
 // Group scale: amax / 448 over the finite |values| (rounded up to a power of two when
 // pow2), or 1 when the group has no finite non-zero value.
-inline float fp8_scale(float amax, bool pow2) {
+DSV2_HD inline float fp8_scale(float amax, bool pow2) {
   if (!(amax > 0.0f) || !std::isfinite(amax)) return 1.0f;
   float s = amax / kFp8Max;
   if (pow2) {
-    int e;
-    float f = std::frexp(s, &e);  // s = f * 2^e, f in [0.5, 1)
-    s = f == 0.5f ? s : std::ldexp(1.0f, e);
+    // 2^ceil(log2 s), by bits: a normal s keeps its exponent when its mantissa is zero and
+    // steps it up otherwise; a subnormal s (amax below ~5e-36) rounds up to the power of two
+    // above its highest mantissa bit.
+    const uint32_t b = f32_bits(s);
+    const uint32_t man = b & 0x007fffffu;
+    if ((b & 0x7f800000u) != 0) {
+      s = man == 0 ? s : bits_f32((b & 0x7f800000u) + 0x00800000u);
+    } else {
+      uint32_t top = 0x00400000u;
+      while (!(man & top)) top >>= 1;              // man != 0: s > 0
+      s = bits_f32(man == top ? top : top << 1);   // top << 1 may be 0x00800000 = 2^-126
+    }
   }
   return s;
 }
