@@ -11,3 +11,8 @@ export async function copyBandwidth(bytes = 256 * 2 ** 20, iters = 5): Promise<n
   const seconds = await native(binding().copyBandwidth(bytes, iters));
   return (2 * bytes) / seconds;
 }
+
+/** The GPU's device-to-device copy bandwidth in bytes/s (read + write), the decode roofline. */
+export async function cudaCopyBandwidth(bytes = 1024 * 2 ** 20, iters = 20): Promise<number> {
+  return native(binding().cudaCopyBandwidth(bytes, iters));
+}

@@ -38,6 +38,13 @@ export interface KvCacheOptions {
   pageSize?: number;
   /** fp8: round tile scales up to a power of two (exact rescaling); default false. */
   pow2Scales?: boolean;
+  /**
+   * Where the pages live: host memory (default) or GPU memory. With `cuda`, append/read/
+   * poison and mlaDecode run CUDA kernels (inputs and outputs stay host tensors, copied per
+   * call); mlaPrefill on a cuda cache is E_UNSUPPORTED for now. E_UNSUPPORTED when CUDA is
+   * not usable here (the message says why).
+   */
+  device?: 'cpu' | 'cuda';
 }
 
 export class KvCache {
@@ -48,6 +55,7 @@ export class KvCache {
   readonly dR: number;
   readonly dtype: KvCacheDtype;
   readonly pow2Scales: boolean;
+  readonly device: 'cpu' | 'cuda';
   /** Bytes of one token of one layer (656 for fp8 at V2 dims, 1152 for bf16). */
   readonly bytesPerToken: number;
   /** Bytes of the whole cache: layers · pages · pageSize · bytesPerToken. */
@@ -63,6 +71,7 @@ export class KvCache {
     this.dR = o.dR;
     this.dtype = o.dtype;
     this.pow2Scales = o.pow2Scales;
+    this.device = o.device;
     const s = raw.stats();
     this.bytesPerToken = s.bytesPerToken;
     this.bytes = s.bytes;
@@ -73,6 +82,7 @@ export class KvCache {
     const o: Required<KvCacheOptions> = {
       layers: opts?.layers, pages: opts?.pages, dC: opts?.dC, dR: opts?.dR,
       dtype: opts?.dtype ?? 'bf16', pageSize: opts?.pageSize ?? 64, pow2Scales: opts?.pow2Scales ?? false,
+      device: opts?.device ?? 'cpu',
     };
     for (const k of ['layers', 'pages', 'dC', 'dR', 'pageSize'] as const) {
       if (typeof o[k] !== 'number') throw new Dsv2Error('E_ARG', `${k} must be a number, got ${typeof o[k]}`);

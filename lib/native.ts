@@ -74,6 +74,7 @@ export interface RawKvCacheOptions {
   dtype: 'f32' | 'bf16' | 'fp8';
   pageSize: number;
   pow2Scales: boolean;
+  device: 'cpu' | 'cuda';
 }
 
 export interface RawMoeRouteOptions {
@@ -107,6 +108,9 @@ export interface Binding {
   fp8Quantize(x: RawTensor, granularity: string, tileSize: number, pow2Scale: boolean, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
   fp8Dequantize(codes: RawTensor, scales: RawTensor, granularity: string, tileSize: number, impl?: RawImpl): Promise<RawTensor>;
   moeRoute(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, impl?: RawImpl): Promise<[RawTensor, RawTensor, RawTensor, RawTensor]>;
+  benchMlaDecodeCuda(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,
+    splitTokens: number, iters: number): Promise<{ ms: number; items: number; kernel: string }>;
+  cudaCopyBandwidth(bytes: number, iters: number): Promise<number>;
   moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
     sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;

@@ -14,11 +14,12 @@ namespace dsv2::addon {
 struct KvStorage {
   KvLayout layout;
   int64_t layers = 0, pages = 0;
-  uint8_t* data = nullptr;  // [layers, pages, page_size, bytes_per_token]
+  uint8_t* data = nullptr;  // [layers, pages, page_size, bytes_per_token], host or device
+  Device device = Device::kCpu;
 
   ~KvStorage();
   KvCacheView layer(int64_t l) const {
-    return KvCacheView{layout, data + l * pages * layout.page_bytes(), pages};
+    return KvCacheView{layout, data + l * pages * layout.page_bytes(), pages, device};
   }
 };
 

@@ -13,10 +13,14 @@
 #include "job.h"
 #include "kv_cache.h"
 #include "../src/cpu/cpu_ops.h"
+#include "../src/ops_cuda.h"
 
 namespace dsv2::addon {
 
-KvStorage::~KvStorage() { std::free(data); }
+KvStorage::~KvStorage() {
+  if (device == Device::kCuda) ops::device_free(data);
+  else std::free(data);
+}
 
 namespace {
 
@@ -67,7 +71,14 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       s->layers = static_cast<int64_t>(layers);
       s->pages = static_cast<int64_t>(pages);
       const double bytes = layers * pages * static_cast<double>(L.page_bytes());
-      s->data = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(s->layers * s->pages), L.page_bytes()));
+      const std::string dev = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
+      DSV2_CHECK(dev == "cpu" || dev == "cuda", kArg, "device '" << dev << "' must be cpu or cuda");
+      if (dev == "cuda") {
+        s->device = Device::kCuda;
+        s->data = static_cast<uint8_t*>(ops::device_alloc_zeroed(static_cast<size_t>(s->layers * s->pages * L.page_bytes())));
+      } else {
+        s->data = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(s->layers * s->pages), L.page_bytes()));
+      }
       DSV2_CHECK(s->data != nullptr, kOom,
                  "could not allocate the KV cache: " << layers << " layers × " << pages << " pages × "
                                                      << L.page_bytes() << " bytes = " << bytes / (1 << 20) << " MiB");
@@ -106,6 +117,7 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       o.Set("bytes", static_cast<double>(s->layers * s->pages * s->layout.page_bytes()));
       o.Set("pagesFree", static_cast<double>(free_.size()));
       o.Set("pagesUsed", static_cast<double>(s->pages - static_cast<int64_t>(free_.size())));
+      o.Set("device", s->device == Device::kCuda ? "cuda" : "cpu");
       return o;
     });
   }
@@ -190,7 +202,8 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
                  "page = " << page << " is outside [0, " << s->pages << ")");
       const size_t n = s->layout.page_bytes();
       auto out = Napi::Uint8Array::New(info.Env(), n);
-      std::memcpy(out.Data(), v.data + static_cast<int64_t>(page) * n, n);
+      if (v.device == Device::kCuda) ops::kv_read_raw_cuda(v, static_cast<int64_t>(page), out.Data());
+      else std::memcpy(out.Data(), v.data + static_cast<int64_t>(page) * n, n);
       return out;
     });
   }
@@ -201,7 +214,10 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
     return rejecting(info.Env(), [&] {
       auto s = storage("cache");
       return c.start([s] {
-        for (int64_t l = 0; l < s->layers; ++l) cpu::kv_poison(s->layer(l));
+        for (int64_t l = 0; l < s->layers; ++l) {
+          if (s->device == Device::kCuda) ops::kv_poison_cuda(s->layer(l));
+          else cpu::kv_poison(s->layer(l));
+        }
       }, true);
     });
   }

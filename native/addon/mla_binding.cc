@@ -5,7 +5,9 @@
 #include "call.h"
 #include "dsv2/ops.h"
 #include "dsv2/status.h"
+#include "job.h"
 #include "kv_cache.h"
+#include "../src/ops_cuda.h"
 
 namespace dsv2::addon {
 namespace {
@@ -143,6 +145,45 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   });
 }
 
+// benchMlaDecodeCuda(q, cache, layer, blockTable, seqlens, scale, splitTokens, iters)
+//   -> {ms, items, kernel}: kernel-only time, inputs resident on the device (a cuda cache).
+Napi::Value BenchMlaDecodeCuda(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) -> Napi::Value {
+    auto s = kv_storage_of(info.Env(), info[1], "cache");
+    DSV2_CHECK(s->device == Device::kCuda, kDevice, "cache: the decode benchmark needs a cuda KV cache");
+    MlaDecodeParams p;
+    c.outputs(ops::check_mla_decode(c.tensor(0, "q"), kv_layer_of(*s, info[2]), c.tensor(3, "blockTable"),
+                                    c.tensor(4, "seqlens"), c.number(5, "scale"), integer(c, 6, "splitTokens"), &p));
+    const int iters = static_cast<int>(integer(c, 7, "iters"));
+    auto r = std::make_shared<ops::DecodeBench>();
+    auto* job = new Job(
+        info.Env(), [p, iters, s, r] { *r = ops::mla_decode_cuda_bench(p, iters); },
+        [r](Napi::Env env) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("ms", r->ms);
+          o.Set("items", static_cast<double>(r->n_items));
+          o.Set("kernel", r->kernel);
+          return o;
+        });
+    for (int k = 0; k < 5; ++k) job->keep(info[k].As<Napi::Object>());
+    return job->start();
+  });
+}
+
+// cudaCopyBandwidth(bytes, iters) -> bytes/s (read + write) of device-to-device copies.
+Napi::Value CudaCopyBandwidth(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) -> Napi::Value {
+    const double bytes = c.number(0, "bytes");
+    DSV2_CHECK(bytes >= 1 && bytes <= 68719476736.0, kRange, "bytes = " << bytes << " must be in [1, 64 GiB]");
+    const int iters = static_cast<int>(integer(c, 1, "iters"));
+    auto bw = std::make_shared<double>(0);
+    auto* job = new Job(
+        info.Env(), [bytes, iters, bw] { *bw = ops::copy_bandwidth_cuda(static_cast<size_t>(bytes), iters); },
+        [bw](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *bw); });
+    return job->start();
+  });
+}
+
 }  // namespace
 
 void register_mla_moe(Napi::Env env, Napi::Object exports) {
@@ -153,6 +194,8 @@ void register_mla_moe(Napi::Env env, Napi::Object exports) {
   exports.Set("fp8Dequantize", Napi::Function::New(env, Fp8Dequantize, "fp8Dequantize"));
   exports.Set("moeRoute", Napi::Function::New(env, MoeRoute, "moeRoute"));
   exports.Set("moeExperts", Napi::Function::New(env, MoeExperts, "moeExperts"));
+  exports.Set("benchMlaDecodeCuda", Napi::Function::New(env, BenchMlaDecodeCuda, "benchMlaDecodeCuda"));
+  exports.Set("cudaCopyBandwidth", Napi::Function::New(env, CudaCopyBandwidth, "cudaCopyBandwidth"));
 }
 
 }  // namespace dsv2::addon

@@ -5,6 +5,7 @@
 #include "check.h"
 #include "cpu/cpu_ops.h"
 #include "dsv2/ops.h"
+#include "ops_cuda.h"
 
 namespace dsv2::ops {
 namespace {
@@ -42,7 +43,10 @@ std::vector<OutSpec> check_kv_append(const KvCacheView& c, const TensorView& c_k
   return {};
 }
 
-void kv_append(const KvAppendParams& p, Impl impl) { cpu::kv_append(p, parallel(impl)); }
+void kv_append(const KvAppendParams& p, Impl impl) {
+  if (p.cache.device == Device::kCuda) return kv_append_cuda(p);
+  cpu::kv_append(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_kv_read(const KvCacheView& c, const TensorView& slots, KvReadParams* p) {
   require_cpu(slots, "slots");
@@ -55,7 +59,10 @@ std::vector<OutSpec> check_kv_read(const KvCacheView& c, const TensorView& slots
   return {{DType::kF32, {p->n_tokens, c.layout.d_c}}, {DType::kF32, {p->n_tokens, c.layout.d_r}}};
 }
 
-void kv_read(const KvReadParams& p, Impl impl) { cpu::kv_read(p, parallel(impl)); }
+void kv_read(const KvReadParams& p, Impl impl) {
+  if (p.cache.device == Device::kCuda) return kv_read_cuda(p);
+  cpu::kv_read(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_heads_gemm(const TensorView& x, const TensorView& w, HeadsGemmParams* p) {
   require_cpu(x, "x");
@@ -121,6 +128,7 @@ std::vector<OutSpec> check_mla_decode(const TensorView& q, const KvCacheView& c,
 }
 
 void mla_decode(const MlaDecodeParams& p, Impl impl) {
+  if (p.cache.device == Device::kCuda) return mla_decode_cuda(p);
   if (impl == Impl::kReference) cpu::mla_decode_ref(p);
   else cpu::mla_decode_fast(p);
 }
@@ -167,6 +175,8 @@ std::vector<OutSpec> check_mla_prefill(const TensorView& q, const KvCacheView& c
 }
 
 void mla_prefill(const MlaPrefillParams& p, Impl impl) {
+  DSV2_CHECK(p.cache.device == Device::kCpu, kUnsupported,
+             "mlaPrefill on a cuda KV cache: the CUDA prefill kernel is not written yet; use a cpu cache");
   if (impl == Impl::kReference) cpu::mla_prefill_ref(p);
   else cpu::mla_prefill_fast(p);
 }

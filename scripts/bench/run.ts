@@ -5,6 +5,7 @@
 import { benchE2e } from './e2e';
 import { benchGemm } from './gemm';
 import { benchKvAppend, benchMlaDecode } from './mla';
+import { benchMlaDecodeCuda } from './mla_cuda';
 import { benchMoeRoute } from './moe';
 
 const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
@@ -13,6 +14,7 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   kv_append: benchKvAppend,
   moe_route: benchMoeRoute,
   e2e: benchE2e,
+  mla_decode_cuda: benchMlaDecodeCuda,
 };
 
 async function run(argv: string[]): Promise<number> {
@@ -28,6 +30,7 @@ async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
+  // With no name: every CPU benchmark (the GPU ones skip themselves where CUDA is not usable).
   for (const n of names.length ? names : Object.keys(BENCHES)) await BENCHES[n]({ quick });
   return 0;
 }

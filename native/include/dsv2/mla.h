@@ -17,6 +17,14 @@
 
 #include "dsv2/tensor.h"
 
+#ifndef DSV2_HD  // host + device in .cu files (the kernels use the layout too)
+#ifdef __CUDACC__
+#define DSV2_HD __host__ __device__
+#else
+#define DSV2_HD
+#endif
+#endif
+
 namespace dsv2 {
 
 constexpr int64_t kFp8Tile = 128;  // c_kv elements per fp8 scale
@@ -26,22 +34,23 @@ struct KvLayout {
   DType dtype = DType::kBF16;  // kF32, kBF16 or kFP8E4M3
   bool pow2_scales = false;
 
-  int64_t n_tiles() const { return (d_c + kFp8Tile - 1) / kFp8Tile; }
-  int64_t bytes_per_token() const {
+  DSV2_HD int64_t n_tiles() const { return (d_c + kFp8Tile - 1) / kFp8Tile; }
+  DSV2_HD int64_t bytes_per_token() const {
     switch (dtype) {
       case DType::kF32: return 4 * (d_c + d_r);
       case DType::kFP8E4M3: return d_c + 4 * n_tiles() + 2 * d_r;
       default: return 2 * (d_c + d_r);
     }
   }
-  int64_t page_bytes() const { return page_size * bytes_per_token(); }
+  DSV2_HD int64_t page_bytes() const { return page_size * bytes_per_token(); }
 };
 
-// One layer of a cache: `pages` pages starting at data.
+// One layer of a cache: `pages` pages starting at data, in host or device memory.
 struct KvCacheView {
   KvLayout layout;
   uint8_t* data = nullptr;  // [pages, page_size, bytes_per_token]
   int64_t pages = 0;
+  Device device = Device::kCpu;
 };
 
 // Writes tokens to their slots (slot = page · page_size + offset), quantizing when fp8.

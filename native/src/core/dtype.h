@@ -7,10 +7,12 @@
 
 // Functions marked DSV2_HD compile for the host and, in .cu files, for the device too: the
 // CUDA kernels share these exact conversions with the CPU ops (bit-identical results).
+#ifndef DSV2_HD
 #ifdef __CUDACC__
 #define DSV2_HD __host__ __device__
 #else
 #define DSV2_HD
+#endif
 #endif
 
 namespace dsv2 {

@@ -1,0 +1,52 @@
+// Entry points of the CUDA side, callable from plain C++ (no CUDA headers here). All
+// pointers in the params structs are device pointers; `stream` is a cudaStream_t. In a build
+// without CUDA these are not compiled; callers check DSV2_WITH_CUDA (see device_memory.h).
+#pragma once
+#include <cstddef>
+#include <functional>
+
+#include "dsv2/mla.h"
+
+namespace dsv2::cuda {
+
+// Device memory and copies; errors become dsv2::Error E_CUDA / E_OOM with the CUDA error name.
+void* alloc(size_t bytes);
+void free(void* p) noexcept;
+void memset(void* p, int value, size_t bytes, void* stream);
+void copy_h2d(void* dst, const void* src, size_t bytes, void* stream);
+void copy_d2h(void* dst, const void* src, size_t bytes, void* stream);
+void copy_d2d(void* dst, const void* src, size_t bytes, void* stream);
+// Milliseconds per call of `enqueue` (which launches work on `stream`), timed with CUDA events
+// over `iters` calls.
+double time_ms(void* stream, int iters, const std::function<void()>& enqueue);
+void* stream_create();
+void stream_destroy(void* s) noexcept;
+void stream_sync(void* s);
+
+// Paged latent cache (kv_cache.cu): bit-identical to the CPU ops.
+void kv_append(const KvAppendParams& p, void* stream);  // slots: device i64 or i32
+void kv_read(const KvReadParams& p, void* stream);
+void kv_poison(const KvCacheView& c, void* stream);
+
+// Split plan of a decode call, made on the host from the (host) seqlens: work item k covers
+// keys [item_t0[k], item_t1[k]) of sequence item_seq[k]; sequence i owns items
+// [seq_item_begin[i], seq_item_begin[i + 1]).
+struct DecodePlan {
+  const int32_t* item_seq = nullptr;        // [n_items], device
+  const int32_t* item_t0 = nullptr;         // [n_items], device
+  const int32_t* item_t1 = nullptr;         // [n_items], device
+  const int32_t* seq_item_begin = nullptr;  // [b + 1], device
+  int64_t n_items = 0;
+  float* part_out = nullptr;                // [n_items, s_q · h_q, d_c], device scratch
+  float* part_lse = nullptr;                // [n_items, s_q · h_q], device scratch
+};
+
+// Largest d_c the generic decode kernel takes (its per-lane accumulators are sized for it).
+constexpr int64_t kDecodeGenericMaxDc = 1024;
+// Absorbed MLA decode, split-KV + log-sum-exp combine (mla_decode.cu). p's pointers and the
+// plan's arrays are device memory.
+void mla_decode(const MlaDecodeParams& p, const DecodePlan& plan, void* stream);
+// Which kernel mla_decode runs for these sizes (for benchmarks and logs).
+const char* mla_decode_kernel_name(const MlaDecodeParams& p);
+
+}  // namespace dsv2::cuda

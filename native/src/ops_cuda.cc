@@ -1,0 +1,273 @@
+// The CUDA path of the ops that take a device-resident KV cache, for host inputs: validate on
+// the host, copy inputs to the device, run the kernel on a stream, copy the outputs back.
+// (The model runtime's device path keeps activations on the device; this is the op-level
+// entry the tests compare with the CPU ops.) Without CUDA in the build every entry throws
+// E_UNSUPPORTED.
+#include "ops_cuda.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/device.h"
+#include "dsv2/status.h"
+#ifdef DSV2_WITH_CUDA
+#include "cuda/cuda_ops.h"
+#endif
+
+namespace dsv2::ops {
+
+void require_cuda_usable(const char* what) {
+#ifdef DSV2_WITH_CUDA
+  const CudaInfo& info = cuda_info();
+  DSV2_CHECK(info.unavailable.empty(), kUnsupported, what << " needs CUDA, which is not usable here: " << info.unavailable);
+#else
+  DSV2_FAIL(kUnsupported, what << " needs CUDA, but this addon was built without it (npm run build:native with nvcc on PATH)");
+#endif
+}
+
+#ifdef DSV2_WITH_CUDA
+namespace {
+
+// Device scratch and a stream for one call, released on every path.
+class Scope {
+ public:
+  Scope() : stream_(cuda::stream_create()) {}
+  ~Scope() {
+    if (stream_) cuda::stream_sync(stream_);  // noexcept-safe: errors here are already reported
+    for (void* p : bufs_) cuda::free(p);
+    cuda::stream_destroy(stream_);
+  }
+  void* stream() const { return stream_; }
+  template <class T>
+  T* alloc(size_t n) {
+    bufs_.push_back(cuda::alloc(n * sizeof(T)));
+    return static_cast<T*>(bufs_.back());
+  }
+  template <class T>
+  T* upload(const T* host, size_t n) {
+    T* d = alloc<T>(n);
+    cuda::copy_h2d(d, host, n * sizeof(T), stream_);
+    return d;
+  }
+  void finish() { cuda::stream_sync(stream_); }
+
+ private:
+  void* stream_ = nullptr;
+  std::vector<void*> bufs_;
+};
+
+size_t index_bytes(DType t) { return t == DType::kI64 ? 8 : 4; }
+
+}  // namespace
+#endif
+
+void* device_alloc_zeroed(size_t bytes) {
+  require_cuda_usable("a cuda KV cache");
+#ifdef DSV2_WITH_CUDA
+  void* p = cuda::alloc(bytes);
+  cuda::memset(p, 0, bytes, nullptr);
+  return p;
+#else
+  (void)bytes;
+  return nullptr;
+#endif
+}
+
+void device_free(void* p) noexcept {
+#ifdef DSV2_WITH_CUDA
+  cuda::free(p);
+#else
+  (void)p;
+#endif
+}
+
+void kv_append_cuda(const KvAppendParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  const KvLayout& L = hp.cache.layout;
+  for (int64_t i = 0; i < hp.n_tokens; ++i) {  // the same checks as the CPU op, before any write
+    const int64_t s = hp.slots_dtype == DType::kI64 ? static_cast<const int64_t*>(hp.slots)[i]
+                                                    : static_cast<const int32_t*>(hp.slots)[i];
+    DSV2_CHECK(s >= 0 && s < hp.cache.pages * L.page_size, kRange,
+               "slots[" << i << "] = " << s << " is outside the cache [0, " << hp.cache.pages * L.page_size << ")");
+  }
+  if (hp.n_tokens == 0) return;
+  Scope sc;
+  KvAppendParams p = hp;
+  p.c_kv = sc.upload(hp.c_kv, hp.n_tokens * L.d_c);
+  p.k_pe = sc.upload(hp.k_pe, hp.n_tokens * L.d_r);
+  p.slots = sc.upload(static_cast<const uint8_t*>(hp.slots), hp.n_tokens * index_bytes(hp.slots_dtype));
+  cuda::kv_append(p, sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("kv_append");
+#endif
+}
+
+void kv_read_cuda(const KvReadParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  const KvLayout& L = hp.cache.layout;
+  for (int64_t i = 0; i < hp.n_tokens; ++i) {
+    const int64_t s = hp.slots_dtype == DType::kI64 ? static_cast<const int64_t*>(hp.slots)[i]
+                                                    : static_cast<const int32_t*>(hp.slots)[i];
+    DSV2_CHECK(s >= 0 && s < hp.cache.pages * L.page_size, kRange,
+               "slots[" << i << "] = " << s << " is outside the cache [0, " << hp.cache.pages * L.page_size << ")");
+  }
+  if (hp.n_tokens == 0) return;
+  Scope sc;
+  KvReadParams p = hp;
+  p.slots = sc.upload(static_cast<const uint8_t*>(hp.slots), hp.n_tokens * index_bytes(hp.slots_dtype));
+  p.c_kv = sc.alloc<float>(hp.n_tokens * L.d_c);
+  p.k_pe = sc.alloc<float>(hp.n_tokens * L.d_r);
+  cuda::kv_read(p, sc.stream());
+  cuda::copy_d2h(hp.c_kv, p.c_kv, hp.n_tokens * L.d_c * sizeof(float), sc.stream());
+  cuda::copy_d2h(hp.k_pe, p.k_pe, hp.n_tokens * L.d_r * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("kv_read");
+#endif
+}
+
+void kv_poison_cuda(const KvCacheView& c) {
+#ifdef DSV2_WITH_CUDA
+  Scope sc;
+  cuda::kv_poison(c, sc.stream());
+  sc.finish();
+#else
+  (void)c;
+  require_cuda_usable("kv_poison");
+#endif
+}
+
+void kv_read_raw_cuda(const KvCacheView& c, int64_t page, uint8_t* dst) {
+#ifdef DSV2_WITH_CUDA
+  Scope sc;
+  cuda::copy_d2h(dst, c.data + page * c.layout.page_bytes(), c.layout.page_bytes(), sc.stream());
+  sc.finish();
+#else
+  (void)c, (void)page, (void)dst;
+  require_cuda_usable("readRawPage");
+#endif
+}
+
+#ifdef DSV2_WITH_CUDA
+namespace {
+
+// Checks the tables the kernel indexes with (the CPU op makes the same checks) and builds
+// the split plan on the host; returns the longest sequence.
+struct HostPlan {
+  std::vector<int32_t> item_seq, item_t0, item_t1, begin;
+};
+
+HostPlan plan_decode(const MlaDecodeParams& hp) {
+  const int64_t page = hp.cache.layout.page_size;
+  int64_t max_sk = 0;
+  for (int64_t i = 0; i < hp.b; ++i) {
+    const int64_t s_k = hp.seqlens[i];
+    DSV2_CHECK(s_k >= 0 && s_k <= hp.max_blocks * page, kRange,
+               "seqlens[" << i << "] = " << s_k << " must be in [0, " << hp.max_blocks * page << "]");
+    for (int64_t blk = 0; blk < (s_k + page - 1) / page; ++blk) {
+      const int64_t pg = hp.block_table[i * hp.max_blocks + blk];
+      DSV2_CHECK(pg >= 0 && pg < hp.cache.pages, kRange,
+                 "block_table[" << i << ", " << blk << "] = " << pg << " is outside the cache's pages [0, " << hp.cache.pages << ")");
+    }
+    max_sk = std::max(max_sk, s_k);
+  }
+  // Enough items to fill the device (≈ 2 per SM), splits of at least 64 keys.
+  const CudaInfo& info = cuda_info();
+  const int64_t sms = info.devices.empty() ? 108 : std::max(1, info.devices[0].multiprocessors);
+  int64_t split = hp.split_tokens;
+  if (split <= 0) {
+    const int64_t want = std::max<int64_t>(1, (2 * sms + hp.b - 1) / std::max<int64_t>(1, hp.b));
+    split = std::max<int64_t>(64, (max_sk + want - 1) / want);
+  }
+  HostPlan h;
+  h.begin.assign(hp.b + 1, 0);
+  for (int64_t i = 0; i < hp.b; ++i) {
+    h.begin[i] = static_cast<int32_t>(h.item_seq.size());
+    for (int64_t t0 = 0; t0 < hp.seqlens[i]; t0 += split) {
+      h.item_seq.push_back(static_cast<int32_t>(i));
+      h.item_t0.push_back(static_cast<int32_t>(t0));
+      h.item_t1.push_back(static_cast<int32_t>(std::min<int64_t>(hp.seqlens[i], t0 + split)));
+    }
+  }
+  h.begin[hp.b] = static_cast<int32_t>(h.item_seq.size());
+  return h;
+}
+
+// Uploads the inputs and plan; returns device params (outputs allocated on the device).
+MlaDecodeParams upload_decode(Scope& sc, const MlaDecodeParams& hp, const HostPlan& h, cuda::DecodePlan* plan) {
+  const int64_t rows = hp.s_q * hp.h_q, d = hp.d_c + hp.d_r;
+  plan->n_items = static_cast<int64_t>(h.item_seq.size());
+  plan->item_seq = sc.upload(h.item_seq.data(), h.item_seq.size());
+  plan->item_t0 = sc.upload(h.item_t0.data(), h.item_t0.size());
+  plan->item_t1 = sc.upload(h.item_t1.data(), h.item_t1.size());
+  plan->seq_item_begin = sc.upload(h.begin.data(), h.begin.size());
+  plan->part_out = sc.alloc<float>(std::max<int64_t>(1, plan->n_items * rows * hp.d_c));
+  plan->part_lse = sc.alloc<float>(std::max<int64_t>(1, plan->n_items * rows));
+  MlaDecodeParams p = hp;
+  p.q = sc.upload(hp.q, hp.b * rows * d);
+  p.block_table = sc.upload(hp.block_table, hp.b * hp.max_blocks);
+  p.seqlens = sc.upload(hp.seqlens, hp.b);
+  p.out = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows * hp.d_c));
+  p.lse = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows));
+  return p;
+}
+
+}  // namespace
+#endif
+
+void mla_decode_cuda(const MlaDecodeParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  const HostPlan h = plan_decode(hp);
+  const int64_t rows = hp.s_q * hp.h_q;
+  Scope sc;
+  cuda::DecodePlan plan;
+  MlaDecodeParams p = upload_decode(sc, hp, h, &plan);
+  cuda::mla_decode(p, plan, sc.stream());
+  cuda::copy_d2h(hp.out, p.out, hp.b * rows * hp.d_c * sizeof(float), sc.stream());
+  cuda::copy_d2h(hp.lse, p.lse, hp.b * rows * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("mla_decode");
+#endif
+}
+
+DecodeBench mla_decode_cuda_bench(const MlaDecodeParams& hp, int iters) {
+#ifdef DSV2_WITH_CUDA
+  DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
+  const HostPlan h = plan_decode(hp);
+  Scope sc;
+  cuda::DecodePlan plan;
+  MlaDecodeParams p = upload_decode(sc, hp, h, &plan);
+  cuda::mla_decode(p, plan, sc.stream());  // warm-up
+  DecodeBench r;
+  r.ms = cuda::time_ms(sc.stream(), iters, [&] { cuda::mla_decode(p, plan, sc.stream()); });
+  r.n_items = plan.n_items;
+  r.kernel = cuda::mla_decode_kernel_name(p);
+  return r;
+#else
+  (void)hp, (void)iters;
+  require_cuda_usable("mla_decode benchmark");
+  return {};
+#endif
+}
+
+double copy_bandwidth_cuda(size_t bytes, int iters) {
+#ifdef DSV2_WITH_CUDA
+  Scope sc;
+  uint8_t* a = sc.alloc<uint8_t>(bytes);
+  uint8_t* b = sc.alloc<uint8_t>(bytes);
+  cuda::memset(a, 1, bytes, sc.stream());
+  const double ms = cuda::time_ms(sc.stream(), iters, [&] { cuda::copy_d2d(b, a, bytes, sc.stream()); });
+  return 2.0 * static_cast<double>(bytes) / (ms * 1e-3);  // read + write, bytes/s
+#else
+  (void)bytes, (void)iters;
+  require_cuda_usable("copy bandwidth");
+  return 0;
+#endif
+}
+
+}  // namespace dsv2::ops

@@ -1,0 +1,28 @@
+/**
+ * Whether CUDA kernels can run here, probed synchronously (jest needs it when it collects
+ * tests). GPU suites use it to skip with the reason in their title, visibly.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+const ROOT = path.resolve(__dirname, '../..');
+
+function probe(): { usable: boolean; reason: string; device: string } {
+  const code = `require('node-gyp-build')(${JSON.stringify(ROOT)}).cudaInfo().then((i) => console.log(JSON.stringify(i)))`;
+  const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' });
+  try {
+    const i = JSON.parse(r.stdout) as { unavailable: string | null; devices: { name: string }[] };
+    return { usable: i.unavailable === null, reason: i.unavailable ?? '', device: i.devices[0]?.name ?? '' };
+  } catch {
+    return { usable: false, reason: `the CUDA probe failed: ${r.stderr.trim().split('\n')[0]}`, device: '' };
+  }
+}
+
+export const CUDA = probe();
+
+/** A suite title that says why it is skipped when CUDA is not usable. */
+export function gpuTitle(title: string): string {
+  return CUDA.usable ? `${title} [${CUDA.device}]` : `${title} [SKIPPED: no usable CUDA device — ${CUDA.reason}]`;
+}
+
+export const gpuDescribe: jest.Describe = CUDA.usable ? describe : describe.skip;

@@ -1,0 +1,180 @@
+/**
+ * The CUDA MLA kernels against the CPU ops (which test/mla checks against float64
+ * references): kv_cache_append (bit-exact bytes, fp8 codes and scales included), read,
+ * poison, and the absorbed split-KV decode, FlashMLA-style: permuted pages, NaN-poisoned
+ * caches, junk in unused block-table slots, zero-length rows, varlen batches.
+ * Skipped with the reason in the title where no CUDA device is usable (CI).
+ */
+import { KvCache, type KvCacheDtype } from '../../lib/kv-cache';
+import * as ops from '../../lib/ops';
+import { Tensor } from '../../lib/tensor';
+import { Rng } from '../reference/rng';
+import { CUDA, gpuDescribe, gpuTitle } from './cuda';
+
+/** 0..n-1 in a seeded random order (Fisher-Yates). */
+function permutation(rng: Rng, n: number): number[] {
+  const a = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(0, i + 1);
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+interface Layout { dC: number; dR: number; pageSize: number; dtype: KvCacheDtype; pow2Scales?: boolean }
+
+async function pair(l: Layout, pages: number) {
+  const cpu = await KvCache.create({ layers: 2, pages, ...l });
+  const gpu = await KvCache.create({ layers: 2, pages, ...l, device: 'cuda' });
+  return { cpu, gpu };
+}
+
+/** Values with the special cases the quantizer must treat like the CPU: NaN, ±inf, huge, tiny, -0. */
+function specialData(rng: Rng, n: number): Float32Array {
+  const a = new Float32Array(n);
+  const specials = [NaN, Infinity, -Infinity, 1e30, -1e30, 1e-40, -0, 448, -449, 2 ** -10];
+  for (let i = 0; i < n; i++) a[i] = rng.uniform() < 0.02 ? specials[rng.int(0, specials.length)] : rng.normal() * (1 + (i % 7));
+  return a;
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array, what: string): void {
+  if (a.length !== b.length) throw new Error(`${what}: ${a.length} vs ${b.length} bytes`);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) throw new Error(`${what}: byte ${i} differs: cpu ${a[i]} cuda ${b[i]}`);
+}
+
+gpuDescribe(gpuTitle('CUDA kv_cache_append / read / poison vs CPU'), () => {
+  const layouts: Layout[] = [
+    { dC: 512, dR: 64, pageSize: 64, dtype: 'fp8' }, // FlashMLA's 656-byte token
+    { dC: 512, dR: 64, pageSize: 64, dtype: 'fp8', pow2Scales: true },
+    { dC: 512, dR: 64, pageSize: 64, dtype: 'bf16' },
+    { dC: 130, dR: 6, pageSize: 16, dtype: 'fp8' }, // a short last tile, odd offsets
+    { dC: 32, dR: 8, pageSize: 1, dtype: 'f32' },
+  ];
+  test.each(layouts.map((l) => [JSON.stringify(l), l] as const))('%s: bytes equal after poison and append', async (_n, l) => {
+    const rng = new Rng(`append ${JSON.stringify(l)}`);
+    const pages = 5;
+    const { cpu, gpu } = await pair(l, pages);
+    await cpu.poison();
+    await gpu.poison();
+    for (let p = 0; p < pages; p++) bytesEqual(gpu.readRawPage(1, p), cpu.readRawPage(1, p), `poisoned page ${p}`);
+    const T = Math.min(pages * l.pageSize - 3, 200);
+    const slots = Int32Array.from(permutation(rng, pages * l.pageSize).slice(0, T));
+    const cKv = Tensor.from(specialData(rng, T * l.dC), [T, l.dC]);
+    const kPe = Tensor.from(specialData(rng, T * l.dR), [T, l.dR]);
+    await cpu.append(1, cKv, kPe, Tensor.from(slots));
+    await gpu.append(1, cKv, kPe, Tensor.from(slots));
+    for (let p = 0; p < pages; p++) bytesEqual(gpu.readRawPage(1, p), cpu.readRawPage(1, p), `page ${p} after append`);
+    const a = await cpu.read(1, Tensor.from(slots));
+    const b = await gpu.read(1, Tensor.from(slots));
+    bytesEqual(new Uint8Array(b.cKv.data.buffer), new Uint8Array(a.cKv.data.buffer), 'read cKv');
+    bytesEqual(new Uint8Array(b.kPe.data.buffer), new Uint8Array(a.kPe.data.buffer), 'read kPe');
+    cpu.dispose();
+    gpu.dispose();
+  });
+
+  test('bad slots are E_RANGE and write nothing', async () => {
+    const { cpu, gpu } = await pair({ dC: 16, dR: 4, pageSize: 4, dtype: 'bf16' }, 2);
+    await expect(gpu.append(0, Tensor.zeros([1, 16]), Tensor.zeros([1, 4]), Tensor.from(Int32Array.of(8)))).rejects.toMatchObject({ code: 'E_RANGE' });
+    cpu.dispose();
+    gpu.dispose();
+  });
+
+  test('a cache larger than the device is E_OOM with the numbers', async () => {
+    await expect(KvCache.create({ layers: 4096, pages: 2 ** 20, dC: 512, dR: 64, device: 'cuda' }))
+      .rejects.toMatchObject({ code: 'E_OOM' });
+  });
+});
+
+interface DecodeCase { dtype: KvCacheDtype; b: number; sQ: number; hQ: number; lens: number[]; split?: number }
+
+function cases(): DecodeCase[] {
+  const out: DecodeCase[] = [];
+  for (const dtype of ['bf16', 'fp8'] as const) {
+    for (const hQ of [1, 3, 16, 63, 64, 128]) {
+      for (const sQ of [1, 2, 4]) {
+        for (const sK of [1, 20, 64, 65]) out.push({ dtype, b: 2, sQ, hQ, lens: [sK, Math.max(0, sK - 3)] });
+      }
+    }
+    out.push({ dtype, b: 64, sQ: 1, hQ: 16, lens: Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 0 : 17 * i + 1)) });
+    out.push({ dtype, b: 128, sQ: 2, hQ: 128, lens: Array.from({ length: 128 }, (_, i) => (i * 37) % 300) });
+    out.push({ dtype, b: 1, sQ: 1, hQ: 128, lens: [4096] });
+    out.push({ dtype, b: 2, sQ: 4, hQ: 64, lens: [4096, 1000], split: 128 });
+  }
+  return out;
+}
+
+gpuDescribe(gpuTitle('CUDA mla_decode vs CPU'), () => {
+  test.each(cases().map((c) => [JSON.stringify({ ...c, lens: c.lens.length > 4 ? `${c.lens.length} rows` : c.lens }), c] as const))(
+    '%s', async (_n, c) => {
+      const rng = new Rng(`decode ${JSON.stringify(c)}`);
+      const dC = 512;
+      const dR = 64;
+      const page = 64;
+      const perSeq = c.lens.map((l) => Math.ceil(l / page));
+      const maxBlocks = Math.max(1, ...perSeq) + 1;
+      const total = perSeq.reduce((a, x) => a + x, 0) + 2; // + unused pages, poisoned
+      const { cpu, gpu } = await pair({ dC, dR, pageSize: page, dtype: c.dtype }, total);
+      await cpu.poison();
+      await gpu.poison();
+      const order = permutation(rng, total);
+      const bt = new Int32Array(c.b * maxBlocks).fill(2 ** 31 - 1); // junk that must never be read
+      let o = 0;
+      for (let s = 0; s < c.b; s++) for (let k = 0; k < perSeq[s]; k++) bt[s * maxBlocks + k] = order[o++];
+      const slots: number[] = [];
+      for (let s = 0; s < c.b; s++) for (let t = 0; t < c.lens[s]; t++) slots.push(bt[s * maxBlocks + Math.floor(t / page)] * page + (t % page));
+      const n = slots.length;
+      const cKv = Tensor.from(Float32Array.from({ length: n * dC }, () => rng.normal()), [n, dC]);
+      const kPe = Tensor.from(Float32Array.from({ length: n * dR }, () => rng.normal()), [n, dR]);
+      for (const cache of [cpu, gpu]) await cache.append(0, cKv, kPe, Tensor.from(Int32Array.from(slots)));
+      const q = Tensor.from(Float32Array.from({ length: c.b * c.sQ * c.hQ * (dC + dR) }, () => rng.normal()), [c.b, c.sQ, c.hQ, dC + dR]);
+      const args = [q, 0, Tensor.from(bt, [c.b, maxBlocks]), Tensor.from(Int32Array.from(c.lens))] as const;
+      const scale = 0.0723;
+      const want = await ops.mlaDecode(args[0], cpu, args[1], args[2], args[3], { scale, impl: 'fast' });
+      const got = await ops.mlaDecode(args[0], gpu, args[1], args[2], args[3], { scale, splitTokens: c.split });
+      const wo = want.out.data as Float32Array;
+      const go = got.out.data as Float32Array;
+      // FlashMLA's tolerances for its bf16 outputs, applied to our f32 ones (the CPU and GPU
+      // orders of summation differ; both accumulate in f32): abs 8e-4, rel 2/128, and a
+      // cosine difference ≤ 5e-6 per row; exact 0 / +inf for rows that see no key.
+      const rows = c.b * c.sQ * c.hQ;
+      for (let r = 0; r < rows; r++) {
+        let dot = 0;
+        let na = 0;
+        let nb = 0;
+        for (let k = 0; k < dC; k++) {
+          const a = wo[r * dC + k];
+          const b = go[r * dC + k];
+          if (!(Math.abs(a - b) <= 8e-4 + (2 / 128) * Math.abs(a))) throw new Error(`row ${r} dim ${k}: cpu ${a} cuda ${b}`);
+          dot += a * b;
+          na += a * a;
+          nb += b * b;
+        }
+        if (na > 0 && 1 - dot / Math.sqrt(na * nb) > 5e-6) throw new Error(`row ${r}: cosine difference ${1 - dot / Math.sqrt(na * nb)}`);
+        const la = (want.lse.data as Float32Array)[r];
+        const lb = (got.lse.data as Float32Array)[r];
+        if (la === Infinity) {
+          if (lb !== Infinity || nb !== 0) throw new Error(`row ${r}: an empty row must give out 0 and lse +inf, got lse ${lb}`);
+        } else if (!(Math.abs(la - lb) <= 1e-6 + 1e-6 * Math.abs(la))) {
+          // f32 LSE of |value| ≲ 20: 1e-6 abs (the issue's bound) plus an ulp-scale relative term
+          throw new Error(`row ${r}: lse cpu ${la} cuda ${lb}`);
+        }
+      }
+      cpu.dispose();
+      gpu.dispose();
+    });
+
+  test('mlaPrefill on a cuda cache is E_UNSUPPORTED (not written yet)', async () => {
+    const gpu = await KvCache.create({ layers: 1, pages: 1, dC: 16, dR: 4, device: 'cuda' });
+    await expect(ops.mlaPrefill(Tensor.zeros([1, 1, 12]), gpu, 0, Tensor.from(Int32Array.of(0), [1, 1]), Tensor.from(Int32Array.of(1)),
+      Tensor.from(Int32Array.of(0, 1)), Tensor.zeros([16, 16]), { scale: 1, dNope: 8, dV: 8 })).rejects.toMatchObject({ code: 'E_UNSUPPORTED' });
+    gpu.dispose();
+  });
+});
+
+// Where CUDA is not usable, a CUDA cache must say why instead of crashing.
+(CUDA.usable ? describe.skip : describe)('without a usable CUDA device', () => {
+  test('KvCache device cuda is E_UNSUPPORTED with the reason', async () => {
+    await expect(KvCache.create({ layers: 1, pages: 1, dC: 8, dR: 4, device: 'cuda' }))
+      .rejects.toMatchObject({ code: 'E_UNSUPPORTED', message: expect.stringContaining('CUDA') });
+  });
+});
