@@ -85,6 +85,7 @@ export interface RawMoeRouteOptions {
   topkGroup: number;
   normTopkProb: boolean;
   routedScalingFactor: number;
+  device: 'cpu' | 'cuda';
 }
 
 /** The addon's exports (native/addon/*_binding.cc), argument for argument. */
@@ -111,6 +112,7 @@ export interface Binding {
   benchMlaDecodeCuda(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,
     splitTokens: number, iters: number): Promise<{ ms: number; items: number; kernel: string }>;
   cudaCopyBandwidth(bytes: number, iters: number): Promise<number>;
+  benchMoeRouteCuda(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, iters: number): Promise<number>;
   moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
     sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;

@@ -23,6 +23,8 @@ export interface MoeRouteOptions extends OpOptions {
   routedScalingFactor?: number;
   /** e_score_correction_bias f32 [E]; noaux_tc only (and required there). */
   bias?: Tensor | null;
+  /** cpu (default) or cuda: the fused one-launch routing kernel (host tensors are copied in and out). */
+  device?: 'cpu' | 'cuda';
 }
 
 export interface MoeRouting {
@@ -57,6 +59,7 @@ export async function moeRoute(logits: Tensor, opts: MoeRouteOptions): Promise<M
     topkGroup: numberArg(opts.topkGroup, 'topkGroup', 1),
     normTopkProb: opts.normTopkProb ?? false,
     routedScalingFactor: numberArg(opts.routedScalingFactor, 'routedScalingFactor', 1),
+    device: opts.device ?? 'cpu',
   }, opts.bias ? tensorArg(opts.bias, 'bias') : null, implArg(opts)));
   const [ids, weights, tokensPerExpert, tokensPerGroup] = raw.map((r) => Tensor.fromRaw(r));
   return { ids, weights, tokensPerExpert, tokensPerGroup };

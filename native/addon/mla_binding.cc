@@ -117,6 +117,9 @@ Napi::Value MoeRoute(const Napi::CallbackInfo& info) {
     else DSV2_FAIL(kArg, "scoring '" << scoring << "' is not one of softmax, sigmoid");
     p.norm_topk_prob = o.Get("normTopkProb").ToBoolean().Value();
     p.routed_scaling_factor = static_cast<float>(get_number(o, "routedScalingFactor", "routedScalingFactor", 1));
+    const std::string device = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
+    DSV2_CHECK(device == "cpu" || device == "cuda", kArg, "device '" << device << "' must be cpu or cuda");
+    p.device = device == "cuda" ? Device::kCuda : Device::kCpu;
     TensorView bias;
     const bool has_bias = c.optional_tensor(2, "bias", &bias);
     auto outs = c.outputs(ops::check_moe_route(c.tensor(0, "logits"), has_bias ? &bias : nullptr, &p));
@@ -170,6 +173,32 @@ Napi::Value BenchMlaDecodeCuda(const Napi::CallbackInfo& info) {
   });
 }
 
+// benchMoeRouteCuda(logits, options, bias | null, iters) -> µs per fused routing call (logits on the device)
+Napi::Value BenchMoeRouteCuda(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) -> Napi::Value {
+    Napi::Object o = c.object(1, "options");
+    MoeRouteParams p;
+    p.top_k = static_cast<int64_t>(get_number(o, "topK", "topK", -1));
+    p.n_group = static_cast<int64_t>(get_number(o, "nGroup", "nGroup", 1));
+    p.topk_group = static_cast<int64_t>(get_number(o, "topkGroup", "topkGroup", 1));
+    const std::string method = o.Get("method").IsString() ? o.Get("method").As<Napi::String>().Utf8Value() : "";
+    p.method = method == "noaux_tc" ? MoeMethod::kNoauxTc : method == "group_limited_greedy" ? MoeMethod::kGroupLimitedGreedy : MoeMethod::kGreedy;
+    p.scoring = o.Get("scoring").IsString() && o.Get("scoring").As<Napi::String>().Utf8Value() == "sigmoid" ? MoeScoring::kSigmoid : MoeScoring::kSoftmax;
+    p.norm_topk_prob = o.Get("normTopkProb").ToBoolean().Value();
+    p.routed_scaling_factor = static_cast<float>(get_number(o, "routedScalingFactor", "routedScalingFactor", 1));
+    TensorView bias;
+    const bool has_bias = c.optional_tensor(2, "bias", &bias);
+    c.outputs(ops::check_moe_route(c.tensor(0, "logits"), has_bias ? &bias : nullptr, &p));
+    const int iters = static_cast<int>(integer(c, 3, "iters"));
+    auto us = std::make_shared<double>(0);
+    auto* job = new Job(info.Env(), [p, iters, us] { *us = ops::moe_route_cuda_bench(p, iters); },
+                        [us](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *us); });
+    job->keep(info[0].As<Napi::Object>());
+    if (has_bias) job->keep(info[2].As<Napi::Object>());
+    return job->start();
+  });
+}
+
 // cudaCopyBandwidth(bytes, iters) -> bytes/s (read + write) of device-to-device copies.
 Napi::Value CudaCopyBandwidth(const Napi::CallbackInfo& info) {
   return run_op(info, [&info](Call& c) -> Napi::Value {
@@ -195,6 +224,7 @@ void register_mla_moe(Napi::Env env, Napi::Object exports) {
   exports.Set("moeRoute", Napi::Function::New(env, MoeRoute, "moeRoute"));
   exports.Set("moeExperts", Napi::Function::New(env, MoeExperts, "moeExperts"));
   exports.Set("benchMlaDecodeCuda", Napi::Function::New(env, BenchMlaDecodeCuda, "benchMlaDecodeCuda"));
+  exports.Set("benchMoeRouteCuda", Napi::Function::New(env, BenchMoeRouteCuda, "benchMoeRouteCuda"));
   exports.Set("cudaCopyBandwidth", Napi::Function::New(env, CudaCopyBandwidth, "cudaCopyBandwidth"));
 }
 

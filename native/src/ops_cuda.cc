@@ -255,6 +255,50 @@ DecodeBench mla_decode_cuda_bench(const MlaDecodeParams& hp, int iters) {
 #endif
 }
 
+#ifdef DSV2_WITH_CUDA
+namespace {
+MoeRouteParams upload_route(Scope& sc, const MoeRouteParams& hp) {
+  MoeRouteParams p = hp;
+  p.logits = sc.upload(hp.logits, hp.t * hp.e);
+  p.bias = hp.bias ? sc.upload(hp.bias, hp.e) : nullptr;
+  p.ids = sc.alloc<int32_t>(std::max<int64_t>(1, hp.t * hp.top_k));
+  p.weights = sc.alloc<float>(std::max<int64_t>(1, hp.t * hp.top_k));
+  p.tokens_per_expert = sc.alloc<int32_t>(hp.e);
+  p.tokens_per_group = sc.alloc<int32_t>(hp.n_group);
+  return p;
+}
+}  // namespace
+#endif
+
+void moe_route_cuda(const MoeRouteParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  Scope sc;
+  MoeRouteParams p = upload_route(sc, hp);
+  cuda::moe_route(p, sc.stream());
+  cuda::copy_d2h(hp.ids, p.ids, hp.t * hp.top_k * sizeof(int32_t), sc.stream());
+  cuda::copy_d2h(hp.weights, p.weights, hp.t * hp.top_k * sizeof(float), sc.stream());
+  cuda::copy_d2h(hp.tokens_per_expert, p.tokens_per_expert, hp.e * sizeof(int32_t), sc.stream());
+  cuda::copy_d2h(hp.tokens_per_group, p.tokens_per_group, hp.n_group * sizeof(int32_t), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("moe_route");
+#endif
+}
+
+double moe_route_cuda_bench(const MoeRouteParams& hp, int iters) {
+#ifdef DSV2_WITH_CUDA
+  Scope sc;
+  MoeRouteParams p = upload_route(sc, hp);
+  cuda::moe_route(p, sc.stream());
+  return 1e3 * cuda::time_ms(sc.stream(), iters, [&] { cuda::moe_route(p, sc.stream()); });
+#else
+  (void)hp, (void)iters;
+  require_cuda_usable("moe_route benchmark");
+  return 0;
+#endif
+}
+
 double copy_bandwidth_cuda(size_t bytes, int iters) {
 #ifdef DSV2_WITH_CUDA
   Scope sc;

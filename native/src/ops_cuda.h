@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "dsv2/mla.h"
+#include "dsv2/moe.h"
 
 namespace dsv2::ops {
 
@@ -18,6 +19,8 @@ void kv_poison_cuda(const KvCacheView& c);
 void kv_read_raw_cuda(const KvCacheView& c, int64_t page, uint8_t* dst);
 void mla_decode_cuda(const MlaDecodeParams& p);  // p: host q, tables, outputs; device cache
 
+void moe_route_cuda(const MoeRouteParams& p);   // p: host logits, bias and outputs
+
 // Kernel-only timing of mla_decode with every input already on the device (CUDA events).
 struct DecodeBench {
   double ms = 0;          // per call (split kernel + combine)
@@ -27,5 +30,7 @@ struct DecodeBench {
 DecodeBench mla_decode_cuda_bench(const MlaDecodeParams& p, int iters);
 // Device-to-device cudaMemcpy bandwidth (read + write bytes per second), the decode roofline.
 double copy_bandwidth_cuda(size_t bytes, int iters);
+// Kernel-only microseconds per fused routing call with the logits on the device.
+double moe_route_cuda_bench(const MoeRouteParams& p, int iters);
 
 }  // namespace dsv2::ops

@@ -4,6 +4,7 @@
 #include "check.h"
 #include "cpu/cpu_ops.h"
 #include "dsv2/ops.h"
+#include "ops_cuda.h"
 
 namespace dsv2::ops {
 
@@ -46,7 +47,10 @@ std::vector<OutSpec> check_moe_route(const TensorView& logits, const TensorView*
           {DType::kI32, {p->n_group}}};
 }
 
-void moe_route(const MoeRouteParams& p, Impl impl) { cpu::moe_route(p, parallel(impl)); }
+void moe_route(const MoeRouteParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return moe_route_cuda(p);
+  cpu::moe_route(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
                                        const TensorView& gate_up, const TensorView& down, const TensorView* sgu,

@@ -29,3 +29,33 @@ export async function benchMoeRoute(opts: { quick?: boolean } = {}): Promise<voi
   table(rows);
   console.log(`results: ${writeResults('moe-route-cpu', m.cpu, { bench: 'moe_route', date: new Date().toISOString(), machine: m, rows })}`);
 }
+
+/**
+ * GPU: the fused routing kernel, kernel-only µs per call (CUDA events, logits resident),
+ * V2 geometry and the others, T = 1, 16, 64, 512, 4096. Target (issue #7): ≤ 5 µs at T ≤ 64.
+ */
+export async function benchMoeRouteCuda(opts: { quick?: boolean } = {}): Promise<void> {
+  const { info } = await import('../../lib/info');
+  const { binding } = await import('../../lib/native');
+  const i = await info();
+  if (!i.cuda.usable) {
+    console.log(`moe_route_cuda: skipped — CUDA is not usable here: ${i.cuda.reason}`);
+    return;
+  }
+  const dev = i.cuda.devices[0];
+  const rows: Record<string, string | number>[] = [];
+  for (const g of opts.quick ? GEOMETRIES.slice(0, 1) : GEOMETRIES) {
+    const bias = g.opts.method === 'noaux_tc' ? Tensor.from(new Float32Array(g.e).map((_, k) => (k % 7) * 1e-3)) : null;
+    for (const T of [1, 16, 64, 512, 4096]) {
+      const logits = Tensor.from(Float32Array.from({ length: T * g.e }, (_, k) => Math.sin(k * 12.9898) * 3), [T, g.e]);
+      const o = { topK: g.opts.topK, method: g.opts.method, scoring: (g.opts as { scoring?: string }).scoring ?? 'softmax',
+        nGroup: (g.opts as { nGroup?: number }).nGroup ?? 1, topkGroup: (g.opts as { topkGroup?: number }).topkGroup ?? 1,
+        normTopkProb: (g.opts as { normTopkProb?: boolean }).normTopkProb ?? false,
+        routedScalingFactor: (g.opts as { routedScalingFactor?: number }).routedScalingFactor ?? 1, device: 'cuda' as const };
+      const us = await binding().benchMoeRouteCuda(logits.raw('logits'), o, bias ? bias.raw('bias') : null, opts.quick ? 20 : 200);
+      rows.push({ geometry: g.name, E: g.e, T, 'us/call': us, 'ns/token': (us * 1e3) / T });
+    }
+  }
+  table(rows);
+  console.log(`results: ${writeResults('moe-route-cuda', dev.name, { bench: 'moe_route_cuda', date: new Date().toISOString(), device: dev, rows })}`);
+}

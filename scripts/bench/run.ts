@@ -6,7 +6,7 @@ import { benchE2e } from './e2e';
 import { benchGemm } from './gemm';
 import { benchKvAppend, benchMlaDecode } from './mla';
 import { benchMlaDecodeCuda } from './mla_cuda';
-import { benchMoeRoute } from './moe';
+import { benchMoeRoute, benchMoeRouteCuda } from './moe';
 
 const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   gemm: benchGemm,
@@ -15,6 +15,7 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   moe_route: benchMoeRoute,
   e2e: benchE2e,
   mla_decode_cuda: benchMlaDecodeCuda,
+  moe_route_cuda: benchMoeRouteCuda,
 };
 
 async function run(argv: string[]): Promise<number> {

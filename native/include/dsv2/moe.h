@@ -33,6 +33,7 @@ struct MoeRouteParams {
   float* weights = nullptr;       // [t, top_k]
   int32_t* tokens_per_expert = nullptr;  // [e]
   int32_t* tokens_per_group = nullptr;   // [n_group]
+  Device device = Device::kCpu;          // where to run (the op-level entry copies host data)
 };
 
 // y[t] = Σ_slots weights[t, s] · down_e(silu(gate_e · x_t) ⊙ up_e · x_t)  (e = ids[t, s],

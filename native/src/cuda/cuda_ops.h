@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "dsv2/mla.h"
+#include "dsv2/moe.h"
 
 namespace dsv2::cuda {
 
@@ -48,5 +49,9 @@ constexpr int64_t kDecodeGenericMaxDc = 1024;
 void mla_decode(const MlaDecodeParams& p, const DecodePlan& plan, void* stream);
 // Which kernel mla_decode runs for these sizes (for benchmarks and logs).
 const char* mla_decode_kernel_name(const MlaDecodeParams& p);
+
+// Fused MoE routing (router.cu): E ≤ kRouteMaxExperts, n_group ≤ 32; device pointers.
+constexpr int64_t kRouteMaxExperts = 256;
+void moe_route(const MoeRouteParams& p, void* stream);
 
 }  // namespace dsv2::cuda

@@ -1,0 +1,62 @@
+/**
+ * The fused CUDA routing kernel against the CPU op (test/moe checks the CPU op against a
+ * float64 reference): V2 (160 experts, 8 groups, top-3 groups, top-6, ×16), V2-Lite (64,
+ * greedy), V3 (256, noaux_tc sigmoid + bias, top-8, normalised ×2.5); T ∈ {1, 7, 64, 513, 4096};
+ * forced ties, NaN rows, all tokens to one expert; determinism across runs.
+ * Expert ids identical; weights within fp32 rounding (the CPU computes the softmax in
+ * double, the GPU in f32: relative 2^-20 covers both roundings with margin); counts exact.
+ * Skipped with the reason in the title where no CUDA device is usable (CI).
+ */
+import * as ops from '../../lib/ops';
+import { Tensor } from '../../lib/tensor';
+import { Rng } from '../reference/rng';
+import { gpuDescribe, gpuTitle } from './cuda';
+
+const GEOMETRIES = {
+  v2: { e: 160, opts: { topK: 6, method: 'group_limited_greedy' as const, nGroup: 8, topkGroup: 3, routedScalingFactor: 16 } },
+  'v2-lite': { e: 64, opts: { topK: 6, method: 'greedy' as const } },
+  v3: { e: 256, opts: { topK: 8, method: 'noaux_tc' as const, scoring: 'sigmoid' as const, nGroup: 8, topkGroup: 4, normTopkProb: true, routedScalingFactor: 2.5 } },
+};
+
+type Data = 'random' | 'ties' | 'nan-rows' | 'one-expert';
+
+function logits(rng: Rng, t: number, e: number, data: Data): Float32Array {
+  const a = new Float32Array(t * e);
+  for (let i = 0; i < t; i++) {
+    for (let j = 0; j < e; j++) {
+      const k = i * e + j;
+      if (data === 'ties') a[k] = Math.floor(rng.uniform() * 4); // many exact ties
+      else if (data === 'one-expert') a[k] = j === 5 ? 30 : rng.normal();
+      else a[k] = rng.normal() * 2;
+    }
+    if (data === 'nan-rows' && i % 3 === 0) a[i * e + (i % e)] = NaN;
+    if (data === 'nan-rows' && i % 5 === 0) for (let j = 0; j < e; j++) a[i * e + j] = NaN;
+  }
+  return a;
+}
+
+gpuDescribe(gpuTitle('CUDA moe_route vs CPU'), () => {
+  const cases: [string, keyof typeof GEOMETRIES, number, Data][] = [];
+  for (const g of Object.keys(GEOMETRIES) as (keyof typeof GEOMETRIES)[]) {
+    for (const t of [1, 7, 64, 513, 4096]) cases.push([`${g} T=${t} random`, g, t, 'random']);
+    for (const d of ['ties', 'nan-rows', 'one-expert'] as const) cases.push([`${g} T=64 ${d}`, g, 64, d]);
+  }
+  test.each(cases)('%s', async (_n, g, t, data) => {
+    const geo = GEOMETRIES[g];
+    const rng = new Rng(`route ${g} ${t} ${data}`);
+    const x = Tensor.from(logits(rng, t, geo.e, data), [t, geo.e]);
+    const bias = geo.opts.method === 'noaux_tc' ? Tensor.from(Float32Array.from({ length: geo.e }, () => rng.normal() * 0.01)) : null;
+    const want = await ops.moeRoute(x, { ...geo.opts, bias });
+    const got = await ops.moeRoute(x, { ...geo.opts, bias, device: 'cuda' });
+    const again = await ops.moeRoute(x, { ...geo.opts, bias, device: 'cuda' });
+    expect(Array.from(got.ids.data as Int32Array)).toEqual(Array.from(want.ids.data as Int32Array));
+    expect(Array.from(again.weights.data as Float32Array)).toEqual(Array.from(got.weights.data as Float32Array)); // deterministic
+    const wa = want.weights.data as Float32Array;
+    const wb = got.weights.data as Float32Array;
+    for (let i = 0; i < wa.length; i++) {
+      if (!(Math.abs(wa[i] - wb[i]) <= 2 ** -20 * Math.abs(wa[i]) + 1e-30)) throw new Error(`weight ${i}: cpu ${wa[i]} cuda ${wb[i]}`);
+    }
+    expect(Array.from(got.tokensPerExpert.data as Int32Array)).toEqual(Array.from(want.tokensPerExpert.data as Int32Array));
+    expect(Array.from(got.tokensPerGroup.data as Int32Array)).toEqual(Array.from(want.tokensPerGroup.data as Int32Array));
+  });
+});
