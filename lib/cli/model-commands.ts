@@ -55,7 +55,7 @@ export function modelCommands(program: Command): void {
           } else {
             for await (const c of gen) {
               process.stdout.write(c.text);
-              n++;
+              if (c.token !== null) n++;
             }
             process.stdout.write('\n');
           }

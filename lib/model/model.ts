@@ -48,9 +48,12 @@ export interface GenerateOptions {
 }
 
 export interface GenerateChunk {
-  /** The new token id. */
-  token: number;
-  /** Text this token completes (may be empty while a multi-byte character is incomplete). */
+  /**
+   * The new token id; null only for a last, text-only chunk that flushes text held back
+   * while a multi-byte character was incomplete (when generation ends at EOS).
+   */
+  token: number | null;
+  /** Text this token completes (may be empty while a multi-byte character is incomplete). The chunks' texts join to the result's text. */
   text: string;
 }
 
@@ -135,11 +138,12 @@ export class Model {
 
   #checkTokens(tokens: readonly number[] | Int32Array, what: string): Int32Array {
     const v = this.config.vocabSize;
-    const arr = Int32Array.from(tokens as ArrayLike<number>);
-    arr.forEach((t, i) => {
-      if (!Number.isInteger(tokens[i]) || t < 0 || t >= v) throw new Dsv2Error('E_RANGE', `${what}[${i}] = ${tokens[i]} is outside the vocabulary [0, ${v})`);
-    });
-    return arr;
+    // Check the numbers as given: Int32Array.from would wrap ids outside ±2^31 silently.
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i];
+      if (!Number.isSafeInteger(t) || t < 0 || t >= v) throw new Dsv2Error('E_RANGE', `${what}[${i}] = ${t} is outside the vocabulary [0, ${v})`);
+    }
+    return Int32Array.from(tokens as ArrayLike<number>);
   }
 
   /**
@@ -265,6 +269,7 @@ export class Model {
           break;
         }
         out.push(next);
+        const final = step + 1 === maxNew;
         let text = tok ? tok.decode(out) : '';
         let stopHit = false;
         for (const s of stops) {
@@ -274,8 +279,9 @@ export class Model {
             stopHit = true;
           }
         }
-        // Hold back a trailing replacement character: a multi-byte character still incomplete.
-        const ready = stopHit ? text : text.replace(/\uFFFD+$/, '');
+        // Hold back a trailing replacement character: a multi-byte character still incomplete
+        // (unless this is the last token: then the text is what it is).
+        const ready = stopHit || final ? text : text.replace(/\uFFFD+$/, '');
         const piece = ready.length > emitted.length ? ready.slice(emitted.length) : '';
         emitted += piece;
         yield { token: next, text: piece };
@@ -287,7 +293,8 @@ export class Model {
         reserve(ctx, seq, 1);
         logits = await forward(ctx, seq, Int32Array.of(next), 'decode');
       }
-      const text = finish === 'stop' ? emitted : tok ? tok.decode(out) : '';
+      const text = finish === 'stop' ? emitted : tok && out.length ? tok.decode(out) : '';
+      if (text.length > emitted.length) yield { token: null, text: text.slice(emitted.length) }; // held-back tail at EOS
       return { tokens: out, text, finishReason: finish, promptTokens: ids.length };
     } finally {
       if (seq.pages.length && this.#ctx) ctx.cache.freePages(seq.pages);

@@ -111,15 +111,16 @@ export function tinyTokenizer(vocabSize: number): { tokenizer: Record<string, un
 
 /** Deterministic normal(0, 1) stream (mulberry32 + Box-Muller). */
 function normals(seed: number): () => number {
+  const { sqrt, log, cos, PI, imul } = Math; // local: global lookups are slow inside vm contexts (jest)
   let s = seed >>> 0;
   const u = () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    t = imul(t ^ (t >>> 15), t | 1);
+    t ^= t + imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-  return () => Math.sqrt(-2 * Math.log(u() + 1e-12)) * Math.cos(2 * Math.PI * u());
+  return () => sqrt(-2 * log(u() + 1e-12)) * cos(2 * PI * u());
 }
 
 export interface MakeTinyOptions {

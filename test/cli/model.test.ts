@@ -1,0 +1,258 @@
+/**
+ * The model commands of the CLI: generate / logits --json say what the API says (tokens
+ * equal, logits exactly equal: JSON prints each f32 value as the shortest decimal that reads
+ * back to the same double, so parsing must give the f32 value itself), kv-table reproduces
+ * the DeepSeek-V2 paper's Table 1 arithmetic for the published config, make-tiny writes the
+ * same loadable checkpoint as makeTiny(), and failures exit non-zero with `dsv2: E_CODE` on
+ * stderr and nothing on stdout.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { main } from '../../lib/cli/main';
+import { Model, makeTiny } from '../../lib';
+import { checkEqual } from '../reference/compare';
+import { BOS, randomPrompt, rmDir, tmpDir } from '../model/util';
+
+const ROOT = path.resolve(__dirname, '../..');
+const BIN = path.join(ROOT, 'dist/lib/cli/main.js');
+const V2_CONFIG = '/work/shared/configs/deepseek-v2.json';
+const V2_LITE_CONFIG = '/work/shared/configs/deepseek-v2-lite.json';
+
+/** Runs the CLI in-process, capturing stdout and stderr. */
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => { out += String(s); return true; });
+  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => { err += String(s); return true; });
+  try {
+    const code = await main(argv);
+    return { code, out, err };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+  }
+}
+
+/** A successful --json run: exit 0 and exactly one JSON document on stdout. */
+async function runJson(argv: string[]): Promise<any> {
+  const r = await run(argv);
+  if (r.code !== 0) throw new Error(`dsv2 ${argv.join(' ')} exited ${r.code}: ${r.err}`);
+  expect(r.out.endsWith('\n')).toBe(true);
+  return JSON.parse(r.out);
+}
+
+const root = tmpDir('cli');
+const dir = path.join(root, 'cli-tiny');
+afterAll(() => rmDir(root));
+
+let model: Model;
+const tokens = randomPrompt('cli', 9);
+
+beforeAll(async () => {
+  const r = await run(['make-tiny', '--out', dir, '--kind', 'v2-lite', '--seed', '4', '--dtype', 'f32', '--shards', '2']);
+  if (r.code !== 0) throw new Error(`make-tiny failed: ${r.err}`);
+  model = await Model.load(dir, { device: 'cpu' });
+});
+afterAll(async () => model?.dispose());
+
+describe('dsv2 make-tiny', () => {
+  test('writes the same files as makeTiny() with the same options, and they load', async () => {
+    const api = path.join(root, 'api-tiny');
+    await makeTiny(api, { kind: 'v2-lite', seed: 4, dtype: 'f32', shards: 2 });
+    const files = fs.readdirSync(dir).sort();
+    expect(files).toEqual(fs.readdirSync(api).sort());
+    expect(files).toEqual(expect.arrayContaining(['config.json', 'model.safetensors.index.json', 'tokenizer.json', 'tokenizer_config.json',
+      'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']));
+    for (const f of files) expect([f, fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(api, f)))]).toEqual([f, true]);
+    expect(model.config.architecture).toBe('DeepseekV2ForCausalLM');
+    expect(model.config.qLoraRank).toBeNull();
+    expect(model.tokenizer).not.toBeNull();
+  });
+
+  test('bad options: exit 2, nothing on stdout', async () => {
+    for (const argv of [['make-tiny', '--out', path.join(root, 'x'), '--kind', 'v4'], ['make-tiny', '--out', path.join(root, 'x'), '--dtype', 'f16'],
+      ['make-tiny', '--kind', 'v2']]) {
+      const r = await run(argv);
+      expect([argv, r.code, r.out]).toEqual([argv, 2, '']);
+      expect(r.err.length).toBeGreaterThan(0);
+    }
+    expect(fs.existsSync(path.join(root, 'x'))).toBe(false);
+  });
+});
+
+describe('dsv2 generate --json = Model.generate', () => {
+  test.each<[string, string[], Parameters<Model['generate']>[0]]>([
+    ['greedy, token prompt', ['--tokens', tokens.join(',')], { tokens }],
+    ['sampled with top-k / top-p and a seed', ['--tokens', tokens.join(','), '--temperature', '0.8', '--top-k', '40', '--top-p', '0.9', '--seed', '123'],
+      { tokens, temperature: 0.8, topK: 40, topP: 0.9, seed: 123 }],
+    ['text prompt', ['--prompt', 'hello there'], { prompt: 'hello there' }],
+    ['chat message (template applied)', ['--chat', 'hi, who are you?'], { messages: [{ role: 'user', content: 'hi, who are you?' }] }],
+  ])('%s', async (_n, args, opts) => {
+    const j = await runJson(['generate', '--model', dir, '--max-new-tokens', '10', '--json', ...args]);
+    expect(Object.keys(j).sort()).toEqual(['text', 'tokens']);
+    const r = await model.generate({ ...opts, maxNewTokens: 10 }).result;
+    expect(j.tokens).toEqual(r.tokens);
+    expect(j.text).toBe(r.text);
+  });
+
+  test('--kv-cache fp8 / f32 = a model loaded with that cache', async () => {
+    for (const kv of ['fp8', 'f32'] as const) {
+      const j = await runJson(['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '12', '--temperature', '1', '--seed', '9', '--kv-cache', kv, '--json']);
+      const m = await Model.load(dir, { device: 'cpu', kvCache: kv });
+      try {
+        expect(j.tokens).toEqual((await m.generate({ tokens, maxNewTokens: 12, temperature: 1, seed: 9 }).result).tokens);
+      } finally {
+        await m.dispose();
+      }
+    }
+  });
+
+  test('--max-new-tokens 0 gives no tokens', async () => {
+    const j = await runJson(['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '0', '--json']);
+    expect(j).toEqual({ tokens: [], text: '' });
+  });
+});
+
+describe('dsv2 logits --json = Model.logits, exactly', () => {
+  test.each(['prefill', 'decode'] as const)('%s', async (mode) => {
+    const j = await runJson(['logits', '--model', dir, '--tokens', tokens.join(','), '--mode', mode, '--json']);
+    const l = await model.logits(tokens, { mode });
+    const V = model.config.vocabSize;
+    expect(j.logits).toHaveLength(tokens.length);
+    for (const row of j.logits) expect(row).toHaveLength(V);
+    const parsed = Float64Array.from((j.logits as number[][]).flat());
+    // exact: the shortest round-trip decimal of an f32 value parses back to that value
+    const msg = checkEqual(parsed, Float64Array.from(l.data as Float32Array), { label: `logits ${mode}` });
+    if (msg) throw new Error(msg);
+  });
+
+  test('--kv-cache f32 = a model with an f32 cache; the default (bf16) differs from it', async () => {
+    const j = await runJson(['logits', '--model', dir, '--tokens', tokens.join(','), '--kv-cache', 'f32', '--json']);
+    const m = await Model.load(dir, { device: 'cpu', kvCache: 'f32' });
+    try {
+      const l = Float64Array.from((await m.logits(tokens)).data as Float32Array);
+      expect(checkEqual(Float64Array.from((j.logits as number[][]).flat()), l)).toBeNull();
+      const def = Float64Array.from((await model.logits(tokens)).data as Float32Array);
+      expect(checkEqual(def, l)).not.toBeNull();
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  test('without --json: one line per position (token and top ids)', async () => {
+    const r = await run(['logits', '--model', dir, '--tokens', tokens.join(',')]);
+    expect(r.code).toBe(0);
+    const lines = r.out.trimEnd().split('\n');
+    expect(lines).toHaveLength(tokens.length);
+    lines.forEach((line, i) => expect(line.split('\t').slice(0, 2)).toEqual([String(i), String(tokens[i])]));
+  });
+});
+
+(fs.existsSync(V2_CONFIG) ? describe : describe.skip)('dsv2 kv-table (DeepSeek-V2 paper, Table 1)', () => {
+  // V2: n_h = 128 heads, d_h = 128, d_c = kv_lora_rank = 512, d_R = qk_rope_head_dim = 64, 60 layers.
+  const L = 60;
+  const expected: Record<string, [number, number]> = {
+    // mechanism: [elements per token per layer, bytes per token per layer (bf16: 2 / element)]
+    'MHA (128 heads)': [2 * 128 * 128, 2 * 2 * 128 * 128],
+    'GQA (8 groups)': [2 * 8 * 128, 2 * 2 * 8 * 128],
+    'GQA (4 groups)': [2 * 4 * 128, 2 * 2 * 4 * 128],
+    'GQA (2 groups)': [2 * 2 * 128, 2 * 2 * 2 * 128],
+    MQA: [2 * 128, 2 * 2 * 128],
+    // d_c + d_R = 576 = 4.5·d_h elements (the paper's "(d_c + d_h^R)·l ≈ 4.5 d_h·l")
+    'MLA bf16': [576, 1152],
+    // e4m3 latent (512 B) + one f32 scale per 128-element tile (4 × 4 B) + bf16 k_pe (128 B)
+    'MLA fp8': [576, 512 + 4 * 4 + 2 * 64],
+  };
+
+  test.each([4096, 128000])('--context %i from the published config.json', async (context) => {
+    const j = await runJson(['kv-table', '--model', V2_CONFIG, '--context', String(context), '--json']);
+    expect(j.dH).toBe(128);
+    expect(j.context).toBe(context);
+    const rows = new Map<string, any>((j.rows as any[]).map((r) => [r.mechanism, r]));
+    expect([...rows.keys()].sort()).toEqual(Object.keys(expected).sort());
+    for (const [mech, [el, b]] of Object.entries(expected)) {
+      const r = rows.get(mech);
+      expect({ mech, el: r.elementsPerTokenPerLayer, b: r.bytesPerTokenPerLayer }).toEqual({ mech, el, b });
+      expect(r.bytesPerToken).toBe(b * L);
+      expect(r.bytesAtContext).toBe(b * L * context);
+      expect(r.reductionVsMha).toBeCloseTo((2 * 2 * 128 * 128) / b, 12);
+    }
+    expect(rows.get('MLA bf16').elementsPerTokenPerLayer).toBe(4.5 * 128);
+    // MLA's cache equals GQA with 2.25 groups (the paper's comparison)
+    expect(rows.get('MLA bf16').elementsPerTokenPerLayer / (2 * 128)).toBe(2.25);
+  });
+
+  test('a checkpoint directory works like its config.json', async () => {
+    const d = path.join(root, 'v2-config-dir');
+    fs.mkdirSync(d, { recursive: true });
+    fs.copyFileSync(V2_CONFIG, path.join(d, 'config.json'));
+    const a = await runJson(['kv-table', '--model', d, '--json']);
+    const b = await runJson(['kv-table', '--model', V2_CONFIG, '--json']);
+    expect(a).toEqual(b);
+    expect(a.context).toBe(4096);
+  });
+
+  (fs.existsSync(V2_LITE_CONFIG) ? test : test.skip)('V2-Lite: 16 heads, the same 576-element latent', async () => {
+    const j = await runJson(['kv-table', '--model', V2_LITE_CONFIG, '--json']);
+    const rows = new Map<string, any>((j.rows as any[]).map((r) => [r.mechanism, r]));
+    expect(rows.get('MHA (16 heads)').bytesPerTokenPerLayer).toBe(2 * 2 * 16 * 128);
+    expect(rows.get('MLA bf16').bytesPerTokenPerLayer).toBe(1152);
+    expect(rows.get('MLA fp8').bytesPerTokenPerLayer).toBe(656);
+    expect(rows.get('MLA bf16').bytesPerToken).toBe(1152 * 27);
+  });
+});
+
+describe('errors: exit 1, `dsv2: E_CODE` on stderr, nothing on stdout', () => {
+  test.each<[string, () => string[], string]>([
+    ['missing checkpoint (logits)', () => ['logits', '--model', path.join(root, 'nope'), '--tokens', '1,2', '--json'], 'E_CHECKPOINT'],
+    ['missing checkpoint (generate)', () => ['generate', '--model', path.join(root, 'nope'), '--tokens', '1,2', '--json'], 'E_CHECKPOINT'],
+    ['token id outside the vocabulary', () => ['logits', '--model', dir, '--tokens', `${BOS},999`, '--json'], 'E_RANGE'],
+    ['generate with a token outside the vocabulary', () => ['generate', '--model', dir, '--tokens', '5,320', '--json'], 'E_RANGE'],
+    ['generate without a prompt', () => ['generate', '--model', dir, '--json'], 'E_ARG'],
+    ['generate with two prompts', () => ['generate', '--model', dir, '--prompt', 'a', '--tokens', '1', '--json'], 'E_ARG'],
+    ['device cuda (no CUDA runtime for models)', () => ['generate', '--model', dir, '--tokens', '1', '--device', 'cuda', '--json'], 'E_UNSUPPORTED'],
+    ['kv-table of a missing config', () => ['kv-table', '--model', path.join(root, 'nope.json'), '--json'], 'E_CHECKPOINT'],
+    ['a text prompt without tokenizer.json', () => {
+      const d = path.join(root, 'no-tokenizer');
+      if (!fs.existsSync(d)) {
+        fs.cpSync(dir, d, { recursive: true });
+        fs.rmSync(path.join(d, 'tokenizer.json'));
+      }
+      return ['generate', '--model', d, '--prompt', 'hello', '--json'];
+    }, 'E_CHECKPOINT'],
+  ])('%s', async (_n, argv, code) => {
+    const r = await run(argv());
+    expect({ code: r.code, out: r.out }).toEqual({ code: 1, out: '' });
+    expect(r.err).toMatch(new RegExp(`^dsv2: ${code}: `, 'm'));
+  });
+
+  test.each<[string, string[]]>([
+    ['--kv-cache fp16', ['logits', '--model', 'x', '--tokens', '1', '--kv-cache', 'fp16']],
+    ['--tokens a,b', ['logits', '--model', 'x', '--tokens', 'a,b']],
+    ['--tokens -1', ['generate', '--model', 'x', '--tokens', '-1']],
+    ['--mode sideways', ['logits', '--model', 'x', '--tokens', '1', '--mode', 'sideways']],
+    ['--top-p 1.5', ['generate', '--model', 'x', '--tokens', '1', '--top-p', '1.5']],
+    ['--max-new-tokens -3', ['generate', '--model', 'x', '--tokens', '1', '--max-new-tokens', '-3']],
+    ['logits without --tokens', ['logits', '--model', 'x']],
+  ])('usage error %s: exit 2, nothing on stdout', async (_n, argv) => {
+    const r = await run(argv);
+    expect({ code: r.code, out: r.out }).toEqual({ code: 2, out: '' });
+    expect(r.err.length).toBeGreaterThan(0);
+  });
+});
+
+// The built bin (dist/): real exit codes and streams of a child process.
+(fs.existsSync(BIN) ? describe : describe.skip)('the dsv2 bin (dist/)', () => {
+  test('generate --json: exit 0, one JSON line; a bad checkpoint: exit 1, E_CHECKPOINT on stderr only', () => {
+    const ok = spawnSync(process.execPath, [BIN, 'generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '4', '--json'], { encoding: 'utf8' });
+    expect(ok.status).toBe(0);
+    const j = JSON.parse(ok.stdout);
+    expect(j.tokens).toHaveLength(4);
+    expect(ok.stdout.trimEnd().split('\n')).toHaveLength(1);
+    const bad = spawnSync(process.execPath, [BIN, 'logits', '--model', path.join(root, 'nope'), '--tokens', '1', '--json'], { encoding: 'utf8' });
+    expect(bad.status).toBe(1);
+    expect(bad.stdout).toBe('');
+    expect(bad.stderr).toMatch(/^dsv2: E_CHECKPOINT: /m);
+  });
+});
