@@ -47,6 +47,12 @@ double get_number(Napi::Object o, const char* key, const std::string& name, doub
   return v.As<Napi::Number>().DoubleValue();
 }
 
+int64_t get_integer(Napi::Object o, const char* key, const std::string& name, double fallback) {
+  const double v = get_number(o, key, name, fallback);
+  DSV2_CHECK(v == std::floor(v) && std::fabs(v) <= kMaxSafe, kRange, name << " = " << v << " must be an integer");
+  return static_cast<int64_t>(v);
+}
+
 TensorView Call::tensor(size_t i, const char* name) {
   Napi::Value v = info_[i];
   DSV2_CHECK(v.IsObject(), kArg, name << " must be a Tensor");

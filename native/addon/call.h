@@ -47,5 +47,7 @@ Napi::Value run_op(const Napi::CallbackInfo& info, const std::function<Napi::Val
 // Reads a number property (`name` for messages), or `fallback` when absent.
 double get_number(Napi::Object o, const char* key, const std::string& name, double fallback);
 bool has(Napi::Object o, const char* key);
+// Like get_number, but the value must be an integer (E_RANGE naming `name` otherwise).
+int64_t get_integer(Napi::Object o, const char* key, const std::string& name, double fallback);
 
 }  // namespace dsv2::addon

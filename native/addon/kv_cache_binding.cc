@@ -50,14 +50,9 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       DSV2_CHECK(info[0].IsObject(), kArg, "options must be an object");
       Napi::Object o = info[0].As<Napi::Object>();
       KvLayout L;
-      auto integer = [&](const char* key, double fallback) {
-        const double v = get_number(o, key, key, fallback);
-        DSV2_CHECK(v == static_cast<double>(static_cast<int64_t>(v)), kRange, key << " = " << v << " must be an integer");
-        return static_cast<int64_t>(v);
-      };
-      L.d_c = integer("dC", -1);
-      L.d_r = integer("dR", -1);
-      L.page_size = integer("pageSize", 64);
+      L.d_c = get_integer(o, "dC", "dC", -1);
+      L.d_r = get_integer(o, "dR", "dR", -1);
+      L.page_size = get_integer(o, "pageSize", "pageSize", 64);
       L.pow2_scales = o.Get("pow2Scales").ToBoolean().Value();
       std::string dt = o.Get("dtype").IsString() ? o.Get("dtype").As<Napi::String>().Utf8Value() : "";
       if (dt == "fp8") dt = "fp8_e4m3";

@@ -97,14 +97,9 @@ Napi::Value MoeRoute(const Napi::CallbackInfo& info) {
   return run_op(info, [](Call& c) {
     Napi::Object o = c.object(1, "options");
     MoeRouteParams p;
-    auto int_opt = [&](const char* key, double fallback) {
-      const double v = get_number(o, key, key, fallback);
-      DSV2_CHECK(v == static_cast<double>(static_cast<int64_t>(v)), kRange, key << " = " << v << " must be an integer");
-      return static_cast<int64_t>(v);
-    };
-    p.top_k = int_opt("topK", -1);
-    p.n_group = int_opt("nGroup", 1);
-    p.topk_group = int_opt("topkGroup", 1);
+    p.top_k = get_integer(o, "topK", "topK", -1);
+    p.n_group = get_integer(o, "nGroup", "nGroup", 1);
+    p.topk_group = get_integer(o, "topkGroup", "topkGroup", 1);
     const std::string method = o.Get("method").IsString() ? o.Get("method").As<Napi::String>().Utf8Value() : "";
     if (method == "greedy") p.method = MoeMethod::kGreedy;
     else if (method == "group_limited_greedy") p.method = MoeMethod::kGroupLimitedGreedy;

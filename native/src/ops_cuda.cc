@@ -58,6 +58,14 @@ class Scope {
 
 size_t index_bytes(DType t) { return t == DType::kI64 ? 8 : 4; }
 
+void check_slots(const KvCacheView& c, const void* slots, DType t, int64_t n) {
+  const int64_t cap = c.pages * c.layout.page_size;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = t == DType::kI64 ? static_cast<const int64_t*>(slots)[i] : static_cast<const int32_t*>(slots)[i];
+    DSV2_CHECK(s >= 0 && s < cap, kRange, "slots[" << i << "] = " << s << " is outside the cache [0, " << cap << ")");
+  }
+}
+
 }  // namespace
 #endif
 
@@ -84,12 +92,7 @@ void device_free(void* p) noexcept {
 void kv_append_cuda(const KvAppendParams& hp) {
 #ifdef DSV2_WITH_CUDA
   const KvLayout& L = hp.cache.layout;
-  for (int64_t i = 0; i < hp.n_tokens; ++i) {  // the same checks as the CPU op, before any write
-    const int64_t s = hp.slots_dtype == DType::kI64 ? static_cast<const int64_t*>(hp.slots)[i]
-                                                    : static_cast<const int32_t*>(hp.slots)[i];
-    DSV2_CHECK(s >= 0 && s < hp.cache.pages * L.page_size, kRange,
-               "slots[" << i << "] = " << s << " is outside the cache [0, " << hp.cache.pages * L.page_size << ")");
-  }
+  check_slots(hp.cache, hp.slots, hp.slots_dtype, hp.n_tokens);  // before any write, as the CPU op
   if (hp.n_tokens == 0) return;
   Scope sc;
   KvAppendParams p = hp;
@@ -107,12 +110,7 @@ void kv_append_cuda(const KvAppendParams& hp) {
 void kv_read_cuda(const KvReadParams& hp) {
 #ifdef DSV2_WITH_CUDA
   const KvLayout& L = hp.cache.layout;
-  for (int64_t i = 0; i < hp.n_tokens; ++i) {
-    const int64_t s = hp.slots_dtype == DType::kI64 ? static_cast<const int64_t*>(hp.slots)[i]
-                                                    : static_cast<const int32_t*>(hp.slots)[i];
-    DSV2_CHECK(s >= 0 && s < hp.cache.pages * L.page_size, kRange,
-               "slots[" << i << "] = " << s << " is outside the cache [0, " << hp.cache.pages * L.page_size << ")");
-  }
+  check_slots(hp.cache, hp.slots, hp.slots_dtype, hp.n_tokens);
   if (hp.n_tokens == 0) return;
   Scope sc;
   KvReadParams p = hp;

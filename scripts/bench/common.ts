@@ -69,3 +69,14 @@ export function writeResults(name: string, device: string, payload: unknown): st
   fs.writeFileSync(file, `${JSON.stringify(payload, null, 2)}\n`);
   return file;
 }
+
+/** Deterministic uniform values in [-scale, scale) (an LCG: fast, and the same on every run). */
+export function randomF32(n: number, seed: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+  }
+  return a;
+}

@@ -11,7 +11,7 @@
  */
 import { Tensor } from '../../lib/tensor';
 import * as ops from '../../lib/ops';
-import { machine, table, time, writeResults } from './common';
+import { machine, randomF32, table, time, writeResults } from './common';
 
 interface Shape {
   name: string; // which projection this is
@@ -27,15 +27,6 @@ const SHAPES: Shape[] = [
 ];
 const MS = [1, 2, 4, 8, 16, 64];
 
-function randomF32(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = (s / 2 ** 32 - 0.5) * 0.1;
-  }
-  return a;
-}
 
 export async function benchGemm(opts: { quick?: boolean } = {}): Promise<void> {
   const m = await machine();
@@ -44,11 +35,11 @@ export async function benchGemm(opts: { quick?: boolean } = {}): Promise<void> {
   const shapes = opts.quick ? SHAPES.slice(0, 1) : SHAPES;
   for (const s of shapes) {
     for (const dtype of ['bf16', 'f32'] as const) {
-      const w32 = Tensor.from(randomF32(s.n * s.k, s.n), [s.n, s.k]);
+      const w32 = Tensor.from(randomF32(s.n * s.k, s.n, 0.05), [s.n, s.k]);
       const w = dtype === 'f32' ? w32 : await ops.cast(w32, 'bf16');
       if (dtype !== 'f32') w32.dispose();
       for (const mm of dtype === 'f32' ? [1, 16] : MS) {
-        const x = Tensor.from(randomF32(mm * s.k, mm), [mm, s.k]);
+        const x = Tensor.from(randomF32(mm * s.k, mm, 0.05), [mm, s.k]);
         const t = await time(() => ops.gemm(x, w), opts.quick ? 0.2 : 0.6);
         const bytes = s.n * s.k * (dtype === 'f32' ? 4 : 2) + mm * s.k * 4 + mm * s.n * 4;
         const flops = 2 * mm * s.n * s.k;

@@ -13,21 +13,12 @@
 import { KvCache } from '../../lib/kv-cache';
 import * as ops from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
-import { machine, table, time, writeResults, type Machine } from './common';
+import { machine, randomF32, table, time, writeResults, type Machine } from './common';
 
 const D_C = 512;
 const D_R = 64;
 const PAGE = 64;
 
-function randomF32(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = (s / 2 ** 32 - 0.5) * 2;
-  }
-  return a;
-}
 
 /** A cache holding b sequences of s_k tokens each, pages in shuffled order. */
 async function filledCache(b: number, sK: number, dtype: 'bf16' | 'fp8') {

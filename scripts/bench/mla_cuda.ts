@@ -14,21 +14,12 @@ import { info } from '../../lib/info';
 import { KvCache } from '../../lib/kv-cache';
 import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
-import { table, writeResults } from './common';
+import { randomF32, table, writeResults } from './common';
 
 const D_C = 512;
 const D_R = 64;
 const PAGE = 64;
 
-function fill(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = (s / 2 ** 32 - 0.5) * 2;
-  }
-  return a;
-}
 
 export async function benchMlaDecodeCuda(opts: { quick?: boolean } = {}): Promise<void> {
   const i = await info();
@@ -57,13 +48,13 @@ export async function benchMlaDecodeCuda(opts: { quick?: boolean } = {}): Promis
       const slotsAll = Int32Array.from({ length: total * PAGE }, (_, t) => t);
       for (let s0 = 0; s0 < slotsAll.length; s0 += chunk) {
         const n = Math.min(chunk, slotsAll.length - s0);
-        await cache.append(0, Tensor.from(fill(n * D_C, s0), [n, D_C]), Tensor.from(fill(n * D_R, s0 + 7), [n, D_R]),
+        await cache.append(0, Tensor.from(randomF32(n * D_C, s0), [n, D_C]), Tensor.from(randomF32(n * D_R, s0 + 7), [n, D_R]),
           Tensor.from(slotsAll.slice(s0, s0 + n)));
       }
       const sumSk = lens.reduce((a, x) => a + x, 0);
       for (const sQ of [1, 2]) {
         for (const hQ of opts.quick ? [16, 128] : [16, 64, 128]) {
-          const q = Tensor.from(fill(b * sQ * hQ * (D_C + D_R), hQ), [b, sQ, hQ, D_C + D_R]);
+          const q = Tensor.from(randomF32(b * sQ * hQ * (D_C + D_R), hQ), [b, sQ, hQ, D_C + D_R]);
           const r = await binding().benchMlaDecodeCuda(q.raw('q'), cache.raw(), 0, Tensor.from(bt, [b, maxBlocks]).raw('blockTable'),
             Tensor.from(Int32Array.from(lens)).raw('seqlens'), 0.07, 0, opts.quick ? 5 : 20);
           const s = r.ms / 1e3;

@@ -15,15 +15,9 @@
 #pragma once
 #include <cstdint>
 
+#include "dsv2/hd.h"
 #include "dsv2/tensor.h"
 
-#ifndef DSV2_HD  // host + device in .cu files (the kernels use the layout too)
-#ifdef __CUDACC__
-#define DSV2_HD __host__ __device__
-#else
-#define DSV2_HD
-#endif
-#endif
 
 namespace dsv2 {
 

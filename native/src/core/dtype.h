@@ -3,17 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include "dsv2/hd.h"
 #include "dsv2/tensor.h"
 
-// Functions marked DSV2_HD compile for the host and, in .cu files, for the device too: the
-// CUDA kernels share these exact conversions with the CPU ops (bit-identical results).
-#ifndef DSV2_HD
-#ifdef __CUDACC__
-#define DSV2_HD __host__ __device__
-#else
-#define DSV2_HD
-#endif
-#endif
 
 namespace dsv2 {
 

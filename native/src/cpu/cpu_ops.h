@@ -43,6 +43,10 @@ void moe_route(const MoeRouteParams& p, bool parallel);
 void moe_experts_ref(const MoeExpertsParams& p);
 void moe_experts_fast(const MoeExpertsParams& p);
 
+// Softmax of scale · row[0, vis) in place, zeroing row[vis, n); returns the natural-log
+// sum of exp of the scaled scores (the row's LSE). vis >= 1.
+float softmax_prefix(float* row, int64_t vis, int64_t n, float scale);
+
 // YaRN helpers of DeepseekV2YarnRotaryEmbedding, shared with the TS-facing softmax scale.
 double yarn_get_mscale(double scale, double mscale);
 

@@ -1,4 +1,5 @@
 // Row-wise dense ops: embedding, rms_norm, silu_mul, softmax, cast.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -83,6 +84,17 @@ void softmax(const SoftmaxParams& p, bool parallel) {
       for (int64_t j = 0; j < p.n; ++j) y[j] *= inv;
     }
   });
+}
+
+float softmax_prefix(float* row, int64_t vis, int64_t n, float scale) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < vis; ++t) mx = std::max(mx, row[t] *= scale);
+  double sum = 0;
+  for (int64_t t = 0; t < vis; ++t) sum += (row[t] = std::exp(row[t] - mx));
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t t = 0; t < vis; ++t) row[t] *= inv;
+  std::fill(row + vis, row + n, 0.0f);
+  return static_cast<float>(mx + std::log(sum));
 }
 
 void cast(const CastParams& p, bool parallel) {

@@ -226,14 +226,7 @@ void mla_decode_fast(const MlaDecodeParams& p) {
           std::fill(sr, sr + c, 0.0f);
           continue;
         }
-        float mx = -kInf;
-        for (int64_t t = 0; t < n_vis; ++t) mx = std::max(mx, sr[t] *= p.scale);
-        double sum = 0;
-        for (int64_t t = 0; t < n_vis; ++t) sum += (sr[t] = std::exp(sr[t] - mx));
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t t = 0; t < n_vis; ++t) sr[t] *= inv;
-        std::fill(sr + n_vis, sr + c, 0.0f);
-        lse[r] = static_cast<float>(mx + std::log(sum));
+        lse[r] = softmax_prefix(sr, n_vis, c, p.scale);
       }
       accumulate_pv(s.data(), rows, c, kv.data(), d, p.d_c, o);
     };

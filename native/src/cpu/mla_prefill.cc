@@ -147,13 +147,7 @@ void mla_prefill_fast(const MlaPrefillParams& p) {
           for (int64_t j = 0; j < nb; ++j) {
             float* sr = s.data() + j * n_keys;
             const int64_t vis = s_k - n_q + j0 + j + 1;
-            float mx = -std::numeric_limits<float>::infinity();
-            for (int64_t t = 0; t < vis; ++t) mx = std::max(mx, sr[t] *= p.scale);
-            double sum = 0;
-            for (int64_t t = 0; t < vis; ++t) sum += (sr[t] = std::exp(sr[t] - mx));
-            const float inv = static_cast<float>(1.0 / sum);
-            for (int64_t t = 0; t < vis; ++t) sr[t] *= inv;
-            std::fill(sr + vis, sr + n_keys, 0.0f);
+            softmax_prefix(sr, vis, n_keys, p.scale);
           }
           // O [nb, d_v] = P [nb, n_keys] · V: the kernel wants Vᵀ rows of length n_keys, a
           // prefix of each row of vt, so run it with k = n_keys over a compacted copy.
