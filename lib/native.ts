@@ -106,7 +106,8 @@ export interface Binding {
     splitTokens: number, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
   mlaPrefill(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor,
     cuSeqlensQ: RawTensor, kvB: RawTensor, scale: number, dNope: number, dV: number, impl?: RawImpl): Promise<RawTensor>;
-  fp8Quantize(x: RawTensor, granularity: string, tileSize: number, pow2Scale: boolean, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
+  fp8Quantize(x: RawTensor, granularity: string, tileSize: number, pow2Scale: boolean, impl?: RawImpl,
+    scales?: RawTensor | null): Promise<[RawTensor, RawTensor]>;
   fp8Dequantize(codes: RawTensor, scales: RawTensor, granularity: string, tileSize: number, impl?: RawImpl): Promise<RawTensor>;
   moeRoute(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, impl?: RawImpl): Promise<[RawTensor, RawTensor, RawTensor, RawTensor]>;
   benchMlaDecodeCuda(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,

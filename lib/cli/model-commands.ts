@@ -120,9 +120,9 @@ export function modelCommands(program: Command): void {
     .requiredOption('--out <dir>', 'directory to write')
     .option('--kind <kind>', `${TINY_KINDS.join(', ')}`, choiceOpt('--kind', TINY_KINDS), 'v2')
     .option('--seed <s>', 'weights seed', intOpt('--seed'), 0)
-    .option('--dtype <dtype>', 'weight dtype: bf16 or f32', choiceOpt('--dtype', ['bf16', 'f32'] as const), 'bf16')
+    .option('--dtype <dtype>', 'weight dtype: bf16, f32, or fp8 (V3 layout: e4m3 + 128×128 block scales)', choiceOpt('--dtype', ['bf16', 'f32', 'fp8'] as const), 'bf16')
     .option('--shards <n>', 'safetensors shards (with an index when > 1)', intOpt('--shards', 1), 1)
-    .action(async (o: { out: string; kind: TinyKind; seed: number; dtype: 'bf16' | 'f32'; shards: number }) => {
+    .action(async (o: { out: string; kind: TinyKind; seed: number; dtype: 'bf16' | 'f32' | 'fp8'; shards: number }) => {
       await makeTiny(o.out, { kind: o.kind, seed: o.seed, dtype: o.dtype, shards: o.shards });
       const files = fs.readdirSync(o.out).sort();
       log(`wrote a tiny ${o.kind} checkpoint to ${path.resolve(o.out)}: ${files.join(', ')}`);

@@ -126,10 +126,40 @@ function normals(seed: number): () => number {
 export interface MakeTinyOptions {
   kind?: TinyKind;
   seed?: number;
-  /** Weight dtype; default bf16 (as published). */
-  dtype?: 'bf16' | 'f32';
+  /**
+   * Weight dtype; default bf16 (as published). fp8: DeepSeek-V3's layout — the linear layers'
+   * weights as F8_E4M3 with an f32 `weight_scale_inv` per 128×128 block (and a
+   * quantization_config in config.json); norms, embeddings, router and lm_head stay bf16.
+   */
+  dtype?: 'bf16' | 'f32' | 'fp8';
   /** Split the weights over this many shards with an index; default 1 (model.safetensors). */
   shards?: number;
+}
+
+const FP8_BLOCK = 128;
+/** The weights DeepSeek-V3 stores in FP8: every linear layer inside the decoder layers. */
+const FP8_LINEAR = /\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/;
+
+/** FP8 with one scale per 128×128 block (scale = block amax / 448), V3's weight format. */
+async function quantizeBlocks(t: Tensor): Promise<{ codes: Tensor; scaleInv: Tensor }> {
+  const [r, c] = t.shape;
+  const v = t.data as Float32Array;
+  const sr = Math.ceil(r / FP8_BLOCK);
+  const sc = Math.ceil(c / FP8_BLOCK);
+  const block = new Float32Array(sr * sc);
+  for (let i = 0; i < r; i++) {
+    for (let j = 0; j < c; j++) {
+      const k = Math.floor(i / FP8_BLOCK) * sc + Math.floor(j / FP8_BLOCK);
+      const a = Math.abs(v[i * c + j]);
+      if (Number.isFinite(a) && a > block[k]) block[k] = a;
+    }
+  }
+  for (let k = 0; k < block.length; k++) block[k] = block[k] > 0 ? block[k] / 448 : 1;
+  // fp8Quantize's tile scales are per (row, 128 columns): the block scale repeated over its rows.
+  const perTile = new Float32Array(r * sc);
+  for (let i = 0; i < r; i++) for (let j = 0; j < sc; j++) perTile[i * sc + j] = block[Math.floor(i / FP8_BLOCK) * sc + j];
+  const { codes } = await ops.fp8Quantize(t, { granularity: 'tile', tileSize: FP8_BLOCK, scales: Tensor.from(perTile, [r, sc]) });
+  return { codes, scaleInv: Tensor.from(block, [sr, sc]) };
 }
 
 /** Writes a tiny checkpoint of `kind` into `dir` (created if needed). */
@@ -145,6 +175,9 @@ export async function makeTiny(dir: string, opts: MakeTinyOptions = {}): Promise
  * (embedding and router std 1), norms ≈ 1, plus the tiny byte-level tokenizer.
  */
 export async function writeRandomCheckpoint(dir: string, raw: Record<string, unknown>, opts: Omit<MakeTinyOptions, 'kind'> = {}): Promise<void> {
+  if (opts.dtype === 'fp8') {
+    raw = { ...raw, quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', weight_block_size: [FP8_BLOCK, FP8_BLOCK] } };
+  }
   const cfg = parseConfig(raw);
   const rand = normals(opts.seed ?? 0);
   const tensors: Record<string, Tensor> = {};
@@ -161,7 +194,13 @@ export async function writeRandomCheckpoint(dir: string, raw: Record<string, unk
       for (let i = 0; i < n; i++) v[i] = std * rand();
     }
     const t = Tensor.from(v, shape);
-    tensors[name] = (opts.dtype ?? 'bf16') === 'f32' || name.endsWith('e_score_correction_bias') ? t : await ops.cast(t, 'bf16');
+    if (opts.dtype === 'fp8' && FP8_LINEAR.test(name)) {
+      const { codes, scaleInv } = await quantizeBlocks(t);
+      tensors[name] = codes;
+      tensors[`${name}_scale_inv`] = scaleInv;
+    } else {
+      tensors[name] = opts.dtype === 'f32' || name.endsWith('e_score_correction_bias') ? t : await ops.cast(t, 'bf16');
+    }
   }
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(raw, null, 2)}\n`);

@@ -95,13 +95,16 @@ export interface Fp8Options extends OpOptions {
  * FP8 E4M3 quantization with explicit scales: scale = amax/448 per group over finite values
  * (power of two with `pow2Scale`; 1 for an all-zero group), code = e4m3(x / scale), round to
  * nearest even, saturating at ±448 (±inf too), NaN → 0x7F.
+ * `scales` (same shape as the returned scales, each finite and > 0) quantizes statically with
+ * the caller's scales instead (e.g. DeepSeek-V3's 128×128 weight blocks, replicated per row).
  * @param x f32 [..., n]  @returns codes fp8_e4m3 (x's shape) and scales f32: tensor [1],
  * token [rows], tile [rows, ceil(n / tileSize)].
  */
-export async function fp8Quantize(x: Tensor, opts: Fp8Options & { pow2Scale?: boolean }): Promise<{ codes: Tensor; scales: Tensor }> {
+export async function fp8Quantize(x: Tensor, opts: Fp8Options & { pow2Scale?: boolean; scales?: Tensor | null }): Promise<{ codes: Tensor; scales: Tensor }> {
   const b = binding();
   const [codes, scales] = await native(b.fp8Quantize(tensorArg(x, 'x'), String(opts?.granularity),
-    numberArg(opts?.tileSize, 'tileSize', 128), opts?.pow2Scale ?? false, implArg(opts)));
+    numberArg(opts?.tileSize, 'tileSize', 128), opts?.pow2Scale ?? false, implArg(opts),
+    opts?.scales ? tensorArg(opts.scales, 'scales') : null));
   return { codes: Tensor.fromRaw(codes), scales: Tensor.fromRaw(scales) };
 }
 

@@ -66,12 +66,15 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
   });
 }
 
-// fp8Quantize(x, granularity, tileSize, pow2, impl) -> [codes, scales]
+// fp8Quantize(x, granularity, tileSize, pow2, impl, scales | null) -> [codes, scales]
 Napi::Value Fp8Quantize(const Napi::CallbackInfo& info) {
   return run_op(info, [](Call& c) {
     Fp8QuantParams p;
+    TensorView given;
+    const bool has_given = c.optional_tensor(5, "scales", &given);
     auto outs = c.outputs(ops::check_fp8_quantize(c.tensor(0, "x"), granularity(c.string(1, "granularity")),
-                                                  integer(c, 2, "tileSize"), c.boolean(3, "pow2Scale"), &p));
+                                                  integer(c, 2, "tileSize"), c.boolean(3, "pow2Scale"),
+                                                  has_given ? &given : nullptr, &p));
     p.codes = static_cast<uint8_t*>(outs[0]);
     p.scales = static_cast<float*>(outs[1]);
     Impl impl = c.impl(4);

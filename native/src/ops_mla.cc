@@ -194,7 +194,7 @@ std::vector<int64_t> scale_shape(Fp8Granularity g, int64_t rows, int64_t n, int6
 }  // namespace
 
 std::vector<OutSpec> check_fp8_quantize(const TensorView& x, Fp8Granularity g, int64_t tile, bool pow2,
-                                        Fp8QuantParams* p) {
+                                        const TensorView* given, Fp8QuantParams* p) {
   require_cpu(x, "x");
   require_dtype(x, "x", {DType::kF32});
   require_rank(x, "x", 1, 8);
@@ -205,7 +205,17 @@ std::vector<OutSpec> check_fp8_quantize(const TensorView& x, Fp8Granularity g, i
   p->granularity = g;
   p->pow2 = pow2;
   p->x = static_cast<const float*>(x.data);
-  return {{DType::kFP8E4M3, x.shape}, {DType::kF32, scale_shape(g, p->rows, p->n, tile)}};
+  const std::vector<int64_t> sshape = scale_shape(g, p->rows, p->n, tile);
+  if (given) {
+    require_cpu(*given, "scales");
+    require_dtype(*given, "scales", {DType::kF32});
+    require_shape(*given, "scales", sshape, ("the granularity's " + shape_str(sshape)).c_str());
+    const float* v = static_cast<const float*>(given->data);
+    for (int64_t i = 0; i < given->numel(); ++i)
+      DSV2_CHECK(std::isfinite(v[i]) && v[i] > 0, kRange, "scales[" << i << "] = " << v[i] << " must be finite and > 0");
+    p->given_scales = v;
+  }
+  return {{DType::kFP8E4M3, x.shape}, {DType::kF32, sshape}};
 }
 
 void fp8_quantize(const Fp8QuantParams& p, Impl impl) { cpu::fp8_quantize(p, parallel(impl)); }

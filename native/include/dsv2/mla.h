@@ -126,6 +126,9 @@ struct Fp8QuantParams {
   const float* x = nullptr;  // [rows, n]
   uint8_t* codes = nullptr;  // [rows, n]
   float* scales = nullptr;   // tensor [1]; token [rows]; tile [rows, ceil(n / tile)]
+  // Static quantization: scales given by the caller (same shape as `scales`, each finite and
+  // > 0) instead of computed from the amax; copied to `scales`. May be null.
+  const float* given_scales = nullptr;
 };
 
 struct Fp8DequantParams {

@@ -69,8 +69,9 @@ std::vector<OutSpec> check_mla_prefill(const TensorView& q, const KvCacheView& c
                                        double scale, int64_t d_nope, int64_t d_v, MlaPrefillParams* p);
 void mla_prefill(const MlaPrefillParams& p, Impl impl);
 
+// given: static scales (shape of the scales output), or null to compute them from the amax.
 std::vector<OutSpec> check_fp8_quantize(const TensorView& x, Fp8Granularity g, int64_t tile, bool pow2,
-                                        Fp8QuantParams* p);
+                                        const TensorView* given, Fp8QuantParams* p);
 void fp8_quantize(const Fp8QuantParams& p, Impl impl);
 
 std::vector<OutSpec> check_fp8_dequantize(const TensorView& codes, const TensorView& scales, Fp8Granularity g,

@@ -36,7 +36,7 @@ void fp8_quantize(const Fp8QuantParams& p, bool parallel) {
       float a = std::fabs(p.x[i]);
       if (std::isfinite(a) && a > amax) amax = a;
     }
-    const float s = fp8_scale(amax, p.pow2);
+    const float s = p.given_scales ? p.given_scales[0] : fp8_scale(amax, p.pow2);
     p.scales[0] = s;
     auto body = [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) p.codes[i] = f32_to_e4m3(p.x[i] / s);
@@ -56,7 +56,7 @@ void fp8_quantize(const Fp8QuantParams& p, bool parallel) {
         float a = std::fabs(x[c]);
         if (std::isfinite(a) && a > amax) amax = a;
       }
-      const float s = fp8_scale(amax, p.pow2);
+      const float s = p.given_scales ? p.given_scales[gi] : fp8_scale(amax, p.pow2);
       p.scales[gi] = s;
       for (int64_t c = c0; c < c1; ++c) p.codes[row * p.n + c] = f32_to_e4m3(x[c] / s);
     }
