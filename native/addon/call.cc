@@ -163,7 +163,21 @@ std::vector<void*> Call::outputs(const std::vector<OutSpec>& specs) {
   return ptrs;
 }
 
-Napi::Value Call::start(std::function<void()> work, bool resolve_undefined) {
+Napi::Value Call::start(std::function<void()> work, bool resolve_undefined, double cost) {
+  if (cost < kInlineCost) {
+    work();  // a dsv2::Error here becomes a rejected promise in run_op / rejecting()
+    auto d = Napi::Promise::Deferred::New(env_);
+    if (resolve_undefined) {
+      d.Resolve(env_.Undefined());
+    } else if (outs_.size() == 1) {
+      d.Resolve(outs_[0]);
+    } else {
+      Napi::Array a = Napi::Array::New(env_, outs_.size());
+      for (size_t i = 0; i < outs_.size(); ++i) a.Set(i, outs_[i]);
+      d.Resolve(a);
+    }
+    return d.Promise();
+  }
   Job::Finish finish = nullptr;
   if (resolve_undefined) finish = [](Napi::Env env) -> Napi::Value { return env.Undefined(); };
   auto* job = new Job(env_, std::move(work), finish);

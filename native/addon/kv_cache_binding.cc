@@ -168,7 +168,8 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       c.outputs(ops::check_kv_append(kv_layer_of(*s, info[0]), c.tensor(1, "cKv"), c.tensor(2, "kPe"),
                                      c.tensor(3, "slots"), &p));
       Impl impl = c.impl(4);
-      return c.start([p, impl, s] { ops::kv_append(p, impl); }, /*resolve_undefined=*/true);
+      const double cost = s->device == Device::kCuda ? 1e300 : 8.0 * p.n_tokens * (s->layout.d_c + s->layout.d_r);
+      return c.start([p, impl, s] { ops::kv_append(p, impl); }, /*resolve_undefined=*/true, cost);
     });
   }
 

@@ -1,4 +1,5 @@
 // N-API entry points of the MLA, FP8 and MoE ops (argument order as in lib/native.ts).
+#include <algorithm>
 #include <memory>
 
 #include "bindings.h"
@@ -32,7 +33,7 @@ Napi::Value HeadsGemm(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_heads_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::heads_gemm(p, impl); });
+    return c.start([p, impl] { ops::heads_gemm(p, impl); }, false, 2.0 * p.t * p.h * p.n * p.k);
   });
 }
 
@@ -47,7 +48,10 @@ Napi::Value MlaDecode(const Napi::CallbackInfo& info) {
     p.out = static_cast<float*>(outs[0]);
     p.lse = static_cast<float*>(outs[1]);
     Impl impl = c.impl(7);
-    return c.start([p, impl, s] { ops::mla_decode(p, impl); });
+    double keys = 0;  // keys actually read (seqlens are host data, checked again by the op)
+    for (int64_t i = 0; i < p.b; ++i) keys += std::max<int32_t>(0, p.seqlens[i]);
+    const double cost = s->device == Device::kCuda ? 1e300 : 4.0 * p.s_q * p.h_q * (p.d_c + p.d_r) * keys;
+    return c.start([p, impl, s] { ops::mla_decode(p, impl); }, false, cost);
   });
 }
 
@@ -126,7 +130,7 @@ Napi::Value MoeRoute(const Napi::CallbackInfo& info) {
     p.tokens_per_expert = static_cast<int32_t*>(outs[2]);
     p.tokens_per_group = static_cast<int32_t*>(outs[3]);
     Impl impl = c.impl(3);
-    return c.start([p, impl] { ops::moe_route(p, impl); });
+    return c.start([p, impl] { ops::moe_route(p, impl); }, false, p.device == Device::kCuda ? 1e300 : 30.0 * p.t * p.e);
   });
 }
 
@@ -142,7 +146,7 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
                                                  has_sgu ? &sgu : nullptr, has_sd ? &sd : nullptr, &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(7);
-    return c.start([p, impl] { ops::moe_experts(p, impl); });
+    return c.start([p, impl] { ops::moe_experts(p, impl); }, false, 6.0 * p.t * p.top_k * p.hidden * p.inter + 6.0 * p.t * p.hidden * p.inter_shared);
   });
 }
 

@@ -18,7 +18,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_embedding(c.tensor(0, "ids"), c.tensor(1, "table"), &p));
     p.out = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::embedding(p, impl); });
+    return c.start([p, impl] { ops::embedding(p, impl); }, false, 2.0 * p.n_tokens * p.hidden);
   });
 }
 
@@ -29,7 +29,7 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_rms_norm(c.tensor(0, "x"), c.tensor(1, "weight"), c.number(2, "eps"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(3);
-    return c.start([p, impl] { ops::rms_norm(p, impl); });
+    return c.start([p, impl] { ops::rms_norm(p, impl); }, false, 4.0 * p.rows * p.dim);
   });
 }
 
@@ -68,7 +68,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
                                           c.tensor(3, "sin"), c.boolean(4, "interleaved"), &p));
     p.out = static_cast<float*>(outs[0]);
     Impl impl = c.impl(5);
-    return c.start([p, impl] { ops::rope(p, impl); });
+    return c.start([p, impl] { ops::rope(p, impl); }, false, 6.0 * p.n_tokens * p.n_heads * p.dim);
   });
 }
 
@@ -82,7 +82,7 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_silu_mul(gate, has_up ? &up : nullptr, &p));
     p.out = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::silu_mul(p, impl); });
+    return c.start([p, impl] { ops::silu_mul(p, impl); }, false, 20.0 * p.rows * p.inter);
   });
 }
 
@@ -93,7 +93,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::gemm(p, impl); });
+    return c.start([p, impl] { ops::gemm(p, impl); }, false, 2.0 * p.m * p.n * p.k);
   });
 }
 
@@ -104,7 +104,7 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_softmax(c.tensor(0, "x"), c.number(1, "scale"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::softmax(p, impl); });
+    return c.start([p, impl] { ops::softmax(p, impl); }, false, 20.0 * p.rows * p.n);
   });
 }
 
@@ -129,7 +129,7 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_sample(c.tensor(0, "logits"), &p));
     p.out = static_cast<int32_t*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::sample(p, impl); });
+    return c.start([p, impl] { ops::sample(p, impl); }, false, 40.0 * p.rows * p.vocab);
   });
 }
 
@@ -143,7 +143,7 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_cast(c.tensor(0, "x"), t, &p));
     p.dst = outs[0];
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::cast(p, impl); });
+    return c.start([p, impl] { ops::cast(p, impl); }, false, 2.0 * p.n);
   });
 }
 

@@ -129,7 +129,12 @@ std::vector<OutSpec> check_mla_decode(const TensorView& q, const KvCacheView& c,
 
 void mla_decode(const MlaDecodeParams& p, Impl impl) {
   if (p.cache.device == Device::kCuda) return mla_decode_cuda(p);
-  if (impl == Impl::kReference) cpu::mla_decode_ref(p);
+  // auto: tiny problems (a small model's decode step) skip the split/GEMM machinery, whose
+  // fixed costs (partials, pool wake-ups) dominate below ~10^5 multiply-adds.
+  double keys = 0;
+  for (int64_t i = 0; i < p.b; ++i) keys += std::max<int32_t>(0, p.seqlens[i]);
+  const double work = static_cast<double>(p.s_q) * p.h_q * (p.d_c + p.d_r) * keys;
+  if (impl == Impl::kReference || (impl == Impl::kAuto && work < 1e5)) cpu::mla_decode_ref(p);
   else cpu::mla_decode_fast(p);
 }
 

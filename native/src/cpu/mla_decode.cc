@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu_ops.h"
+#include "dsv2/config.h"
 #include "dsv2/status.h"
 #include "../core/thread_pool.h"
 
@@ -134,7 +135,8 @@ void heads_gemm(const HeadsGemmParams& p, bool fast) {
     for (int64_t h = 0; h < p.h; ++h) head(h);
     return;
   }
-  parallel_for(p.h, 1, [&](int64_t b, int64_t e) {
+  const int64_t flops_per_head = std::max<int64_t>(1, 2 * p.t * p.n * p.k);
+  parallel_for(p.h, std::max<int64_t>(1, kMinFlopsPerChunk / flops_per_head), [&](int64_t b, int64_t e) {
     for (int64_t h = b; h < e; ++h) head(h);
   });
 }
