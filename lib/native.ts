@@ -95,7 +95,8 @@ export interface Binding {
   ropeTable(opts: { dim: number; maxPositions: number; theta: number; yarn?: RawYarn | null }): Promise<[RawTensor, RawTensor]>;
   rope(x: RawTensor, positions: RawTensor, cos: RawTensor, sin: RawTensor, interleaved: boolean, impl?: RawImpl): Promise<RawTensor>;
   siluMul(gate: RawTensor, up: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
-  gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl): Promise<RawTensor>;
+  gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
+  benchGemmCuda(x: RawTensor, weight: RawTensor, iters: number): Promise<{ ms: number; kernel: string }>;
   softmax(x: RawTensor, scale: number, impl?: RawImpl): Promise<RawTensor>;
   sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint }, impl?: RawImpl): Promise<RawTensor>;
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;

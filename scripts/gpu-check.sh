@@ -30,7 +30,7 @@ fi
 
 step "benchmarks"
 before=$(ls bench/results 2>/dev/null | sort)
-node dist/scripts/bench/run.js mla_decode_cuda moe_route_cuda gemm mla_decode kv_append moe_route 2>&1 | tee "$out/bench.log" || status=1
+node dist/scripts/bench/run.js mla_decode_cuda moe_route_cuda gemm_cuda gemm mla_decode kv_append moe_route 2>&1 | tee "$out/bench.log" || status=1
 for f in $(comm -13 <(echo "$before") <(ls bench/results | sort)); do cp "bench/results/$f" "$out/"; done
 # Freshly written results replace same-named ones, so copy everything from today too.
 find bench/results -name "*$(date +%Y-%m-%d)*.json" -exec cp {} "$out/" \;

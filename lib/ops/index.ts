@@ -101,12 +101,15 @@ export async function siluMul(gate: Tensor, up?: Tensor | null, opts?: OpOptions
 }
 
 /**
- * `y = x · Wᵀ` with fp32 accumulation (the nn.Linear weight layout).
+ * `y = x · Wᵀ` with fp32 accumulation (the nn.Linear weight layout). `device: 'cuda'` runs the
+ * CUDA kernel (host tensors copied in and out; E_UNSUPPORTED where CUDA is not usable).
  * @param x f32 [..., K].  @param weight [N, K], f32 | bf16 | f16.  @returns f32 [..., N].
  */
-export async function gemm(x: Tensor, weight: Tensor, opts?: OpOptions): Promise<Tensor> {
+export async function gemm(x: Tensor, weight: Tensor, opts?: OpOptions & { device?: 'cpu' | 'cuda' }): Promise<Tensor> {
   const b = binding();
-  return Tensor.fromRaw(await native(b.gemm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), implArg(opts))));
+  const device = opts?.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new Dsv2Error('E_ARG', `device must be 'cpu' or 'cuda', got '${String(device)}'`);
+  return Tensor.fromRaw(await native(b.gemm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), implArg(opts), device)));
 }
 
 export interface SoftmaxOptions extends OpOptions {

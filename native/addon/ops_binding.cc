@@ -7,6 +7,7 @@
 #include "dsv2/ops.h"
 #include "dsv2/status.h"
 #include "job.h"
+#include "../src/ops_cuda.h"
 
 namespace dsv2::addon {
 namespace {
@@ -86,14 +87,36 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   });
 }
 
-// gemm(x, weight, impl)
+// gemm(x, weight, impl, device = 'cpu' | 'cuda')
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     GemmParams p;
     auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::gemm(p, impl); }, false, 2.0 * p.m * p.n * p.k);
+    if (!info[3].IsUndefined() && c.string(3, "device") == "cuda") p.device = Device::kCuda;
+    const double cost = p.device == Device::kCuda ? 1e300 : 2.0 * p.m * p.n * p.k;
+    return c.start([p, impl] { ops::gemm(p, impl); }, false, cost);
+  });
+}
+
+// benchGemmCuda(x, weight, iters) -> {ms, kernel}: kernel-only, x and W resident on the device.
+Napi::Value BenchGemmCuda(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) -> Napi::Value {
+    GemmParams p;
+    c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
+    const int iters = static_cast<int>(c.number(2, "iters"));
+    auto r = std::make_shared<ops::GemmBench>();
+    auto* job = new Job(info.Env(), [p, iters, r] { *r = ops::gemm_cuda_bench(p, iters); },
+                        [r](Napi::Env env) -> Napi::Value {
+                          Napi::Object o = Napi::Object::New(env);
+                          o.Set("ms", r->ms);
+                          o.Set("kernel", r->kernel);
+                          return o;
+                        });
+    job->keep(info[0].As<Napi::Object>());
+    job->keep(info[1].As<Napi::Object>());
+    return job->start();
   });
 }
 
@@ -171,6 +194,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, Rope, "rope"));
   exports.Set("siluMul", Napi::Function::New(env, SiluMul, "siluMul"));
   exports.Set("gemm", Napi::Function::New(env, Gemm, "gemm"));
+  exports.Set("benchGemmCuda", Napi::Function::New(env, BenchGemmCuda, "benchGemmCuda"));
   exports.Set("softmax", Napi::Function::New(env, Softmax, "softmax"));
   exports.Set("sample", Napi::Function::New(env, Sample, "sample"));
   exports.Set("cast", Napi::Function::New(env, Cast, "cast"));

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "check.h"
+#include "ops_cuda.h"
 #include "cpu/cpu_ops.h"
 #include "core/thread_pool.h"
 #include "dsv2/config.h"
@@ -163,6 +164,7 @@ std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmPa
 }
 
 void gemm(const GemmParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return gemm_cuda(p);
   if (impl == Impl::kReference) cpu::gemm_ref(p);
   else cpu::gemm_fast(p);
 }

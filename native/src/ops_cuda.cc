@@ -297,6 +297,50 @@ double moe_route_cuda_bench(const MoeRouteParams& hp, int iters) {
 #endif
 }
 
+#ifdef DSV2_WITH_CUDA
+namespace {
+GemmParams upload_gemm(Scope& sc, const GemmParams& hp) {
+  GemmParams p = hp;
+  p.x = sc.upload(hp.x, hp.m * hp.k);
+  p.w = sc.upload(static_cast<const uint8_t*>(hp.w), hp.n * hp.k * dtype_size(hp.w_dtype));
+  p.y = sc.alloc<float>(std::max<int64_t>(1, hp.m * hp.n));
+  cuda::memset(p.y, 0, hp.m * hp.n * sizeof(float), sc.stream());
+  return p;
+}
+}  // namespace
+#endif
+
+void gemm_cuda(const GemmParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  if (hp.m == 0 || hp.n == 0) return;
+  Scope sc;
+  GemmParams p = upload_gemm(sc, hp);
+  cuda::gemm(p, sc.stream());
+  cuda::copy_d2h(hp.y, p.y, hp.m * hp.n * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("gemm");
+#endif
+}
+
+GemmBench gemm_cuda_bench(const GemmParams& hp, int iters) {
+#ifdef DSV2_WITH_CUDA
+  DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
+  Scope sc;
+  GemmParams p = upload_gemm(sc, hp);
+  cuda::gemm(p, sc.stream());
+  GemmBench r;
+  r.ms = cuda::time_ms(sc.stream(), iters, [&] { cuda::gemm(p, sc.stream()); });
+  r.kernel = cuda::gemm_kernel_name(p);
+  return r;
+#else
+  (void)hp, (void)iters;
+  require_cuda_usable("gemm benchmark");
+  return {};
+#endif
+}
+
 double copy_bandwidth_cuda(size_t bytes, int iters) {
 #ifdef DSV2_WITH_CUDA
   Scope sc;

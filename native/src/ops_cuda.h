@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "dsv2/dense.h"
 #include "dsv2/mla.h"
 #include "dsv2/moe.h"
 
@@ -20,6 +21,14 @@ void kv_read_raw_cuda(const KvCacheView& c, int64_t page, uint8_t* dst);
 void mla_decode_cuda(const MlaDecodeParams& p);  // p: host q, tables, outputs; device cache
 
 void moe_route_cuda(const MoeRouteParams& p);   // p: host logits, bias and outputs
+void gemm_cuda(const GemmParams& p);            // p: host x, w and y
+
+// Kernel-only milliseconds per gemm call with x and W resident on the device.
+struct GemmBench {
+  double ms = 0;
+  const char* kernel = "";
+};
+GemmBench gemm_cuda_bench(const GemmParams& p, int iters);
 
 // Kernel-only timing of mla_decode with every input already on the device (CUDA events).
 struct DecodeBench {

@@ -3,7 +3,7 @@
  * Each prints a table and writes JSON under bench/results/.
  */
 import { benchE2e } from './e2e';
-import { benchGemm } from './gemm';
+import { benchGemm, benchGemmCuda } from './gemm';
 import { benchKvAppend, benchMlaDecode } from './mla';
 import { benchMlaDecodeCuda } from './mla_cuda';
 import { benchMoeRoute, benchMoeRouteCuda } from './moe';
@@ -15,6 +15,7 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   moe_route: benchMoeRoute,
   e2e: benchE2e,
   mla_decode_cuda: benchMlaDecodeCuda,
+  gemm_cuda: benchGemmCuda,
   moe_route_cuda: benchMoeRouteCuda,
 };
 

@@ -84,6 +84,7 @@ struct GemmParams {
   const void* w = nullptr;   // [n, k], f32 | bf16 | f16 (w_dtype)
   DType w_dtype = DType::kF32;
   float* y = nullptr;        // [m, n]
+  Device device = Device::kCpu;  // cuda: the op-level entry copies x, W in and y out
 };
 
 // y = softmax(scale * x) over the last dim, max-subtracted. A row whose entries are all

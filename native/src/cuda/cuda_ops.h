@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <functional>
 
+#include "dsv2/dense.h"
 #include "dsv2/mla.h"
 #include "dsv2/moe.h"
 
@@ -49,6 +50,10 @@ constexpr int64_t kDecodeGenericMaxDc = 1024;
 void mla_decode(const MlaDecodeParams& p, const DecodePlan& plan, void* stream);
 // Which kernel mla_decode runs for these sizes (for benchmarks and logs).
 const char* mla_decode_kernel_name(const MlaDecodeParams& p);
+
+// Dense GEMM (gemm.cu), device pointers; k == 0 leaves y untouched (callers zero it).
+void gemm(const GemmParams& p, void* stream);
+const char* gemm_kernel_name(const GemmParams& p);
 
 // Fused MoE routing (router.cu): E ≤ kRouteMaxExperts, n_group ≤ 32; device pointers.
 constexpr int64_t kRouteMaxExperts = 256;
