@@ -177,4 +177,11 @@ gpuDescribe(gpuTitle('CUDA mla_decode vs CPU'), () => {
     await expect(KvCache.create({ layers: 1, pages: 1, dC: 8, dR: 4, device: 'cuda' }))
       .rejects.toMatchObject({ code: 'E_UNSUPPORTED', message: expect.stringContaining('CUDA') });
   });
+
+  test('gemm and moeRoute with device cuda are E_UNSUPPORTED with the reason', async () => {
+    await expect(ops.gemm(Tensor.zeros([1, 4]), Tensor.zeros([2, 4]), { device: 'cuda' }))
+      .rejects.toMatchObject({ code: 'E_UNSUPPORTED', message: expect.stringContaining('CUDA') });
+    await expect(ops.moeRoute(Tensor.zeros([1, 8]), { topK: 2, method: 'greedy', device: 'cuda' }))
+      .rejects.toMatchObject({ code: 'E_UNSUPPORTED', message: expect.stringContaining('CUDA') });
+  });
 });
