@@ -31,7 +31,9 @@ namespace {
 // Device scratch and a stream for one call, released on every path.
 class Scope {
  public:
-  Scope() : stream_(cuda::stream_create()) {}
+  // Every op-level CUDA entry starts here: say why when CUDA cannot run (no driver, no
+  // device) instead of surfacing the first failing runtime call.
+  Scope() : stream_((require_cuda_usable("this CUDA op"), cuda::stream_create())) {}
   ~Scope() {
     if (stream_) cuda::stream_sync(stream_);  // noexcept-safe: errors here are already reported
     for (void* p : bufs_) cuda::free(p);
