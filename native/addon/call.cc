@@ -1,6 +1,7 @@
 #include "call.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "dsv2/status.h"
 #include "job.h"
@@ -163,8 +164,17 @@ std::vector<void*> Call::outputs(const std::vector<OutSpec>& specs) {
   return ptrs;
 }
 
+// DSV2_INLINE_OPS=0 sends every op to a worker thread, however small.
+static bool inline_ops_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("DSV2_INLINE_OPS");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 Napi::Value Call::start(std::function<void()> work, bool resolve_undefined, double cost) {
-  if (cost < kInlineCost) {
+  if (cost < kInlineCost && inline_ops_enabled()) {
     work();  // a dsv2::Error here becomes a rejected promise in run_op / rejecting()
     auto d = Napi::Promise::Deferred::New(env_);
     if (resolve_undefined) {
