@@ -235,6 +235,58 @@ void mla_decode_cuda(const MlaDecodeParams& hp) {
 #endif
 }
 
+void mla_prefill_cuda(const MlaPrefillParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  // The checks the CPU op makes, on the host, before anything runs.
+  DSV2_CHECK(hp.cu_seqlens_q[0] == 0, kRange, "cuSeqlensQ[0] = " << hp.cu_seqlens_q[0] << " must be 0");
+  DSV2_CHECK(hp.cu_seqlens_q[hp.b] == hp.n_tokens, kRange,
+             "cuSeqlensQ[" << hp.b << "] = " << hp.cu_seqlens_q[hp.b] << " must equal the number of query rows " << hp.n_tokens);
+  const int64_t page = hp.cache.layout.page_size;
+  int64_t max_sk = 0;
+  for (int64_t i = 0; i < hp.b; ++i) {
+    const int64_t n_q = hp.cu_seqlens_q[i + 1] - hp.cu_seqlens_q[i], s_k = hp.seqlens[i];
+    DSV2_CHECK(n_q >= 0, kRange, "cuSeqlensQ must be non-decreasing at " << i + 1);
+    DSV2_CHECK(s_k >= n_q && s_k <= hp.max_blocks * page, kRange,
+               "seqlens[" << i << "] = " << s_k << " must be in [" << n_q << ", " << hp.max_blocks * page << "]");
+    for (int64_t blk = 0; blk < (s_k + page - 1) / page; ++blk) {
+      const int64_t pg = hp.block_table[i * hp.max_blocks + blk];
+      DSV2_CHECK(pg >= 0 && pg < hp.cache.pages, kRange,
+                 "block_table[" << i << ", " << blk << "] = " << pg << " is outside the cache's pages [0, " << hp.cache.pages << ")");
+    }
+    max_sk = std::max(max_sk, s_k);
+  }
+  if (hp.n_tokens == 0) return;
+  const int64_t dqk = hp.d_nope + hp.d_r, row = hp.d_nope + hp.d_v;
+  Scope sc;
+  const float* q = sc.upload(hp.q, hp.n_tokens * hp.h * dqk);
+  const void* kv_b = sc.upload(static_cast<const uint8_t*>(hp.kv_b), hp.h * row * hp.d_c * dtype_size(hp.kv_b_dtype));
+  const int32_t* bt = sc.upload(hp.block_table, hp.b * hp.max_blocks);
+  float* out = sc.alloc<float>(hp.n_tokens * hp.h * hp.d_v);
+  cuda::PrefillScratch scratch;
+  scratch.c = sc.alloc<float>(std::max<int64_t>(1, max_sk * hp.d_c));
+  scratch.pe = sc.alloc<float>(std::max<int64_t>(1, max_sk * hp.d_r));
+  scratch.kvx = sc.alloc<float>(std::max<int64_t>(1, max_sk * hp.h * row));
+  for (int64_t i = 0; i < hp.b; ++i) {
+    cuda::PrefillSeq s;
+    s.q0 = hp.cu_seqlens_q[i];
+    s.n_q = hp.cu_seqlens_q[i + 1] - s.q0;
+    s.s_k = hp.seqlens[i];
+    s.h = hp.h;
+    s.d_nope = hp.d_nope;
+    s.d_r = hp.d_r;
+    s.d_v = hp.d_v;
+    s.scale = hp.scale;
+    // kernels of one stream run in order, so the scratch is reused safely across sequences
+    cuda::mla_prefill_seq(hp.cache, bt + i * hp.max_blocks, s, q, kv_b, hp.kv_b_dtype, scratch, out, sc.stream());
+  }
+  cuda::copy_d2h(hp.out, out, hp.n_tokens * hp.h * hp.d_v * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("mla_prefill");
+#endif
+}
+
 DecodeBench mla_decode_cuda_bench(const MlaDecodeParams& hp, int iters) {
 #ifdef DSV2_WITH_CUDA
   DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");

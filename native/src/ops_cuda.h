@@ -19,6 +19,7 @@ void kv_read_cuda(const KvReadParams& p);      // p: host slots and outputs, dev
 void kv_poison_cuda(const KvCacheView& c);
 void kv_read_raw_cuda(const KvCacheView& c, int64_t page, uint8_t* dst);
 void mla_decode_cuda(const MlaDecodeParams& p);  // p: host q, tables, outputs; device cache
+void mla_prefill_cuda(const MlaPrefillParams& p);  // p: host q, tables, kv_b, output; device cache
 
 void moe_route_cuda(const MoeRouteParams& p);   // p: host logits, bias and outputs
 void gemm_cuda(const GemmParams& p);            // p: host x, w and y

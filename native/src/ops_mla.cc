@@ -180,8 +180,7 @@ std::vector<OutSpec> check_mla_prefill(const TensorView& q, const KvCacheView& c
 }
 
 void mla_prefill(const MlaPrefillParams& p, Impl impl) {
-  DSV2_CHECK(p.cache.device == Device::kCpu, kUnsupported,
-             "mlaPrefill on a cuda KV cache: the CUDA prefill kernel is not written yet; use a cpu cache");
+  if (p.cache.device == Device::kCuda) return mla_prefill_cuda(p);
   if (impl == Impl::kReference) cpu::mla_prefill_ref(p);
   else cpu::mla_prefill_fast(p);
 }

@@ -162,16 +162,56 @@ gpuDescribe(gpuTitle('CUDA mla_decode vs CPU'), () => {
       cpu.dispose();
       gpu.dispose();
     });
+});
 
-  test('mlaPrefill on a cuda cache is E_UNSUPPORTED (not written yet)', async () => {
-    const gpu = await KvCache.create({ layers: 1, pages: 1, dC: 16, dR: 4, device: 'cuda' });
-    await expect(ops.mlaPrefill(Tensor.zeros([1, 1, 12]), gpu, 0, Tensor.from(Int32Array.of(0), [1, 1]), Tensor.from(Int32Array.of(1)),
-      Tensor.from(Int32Array.of(0, 1)), Tensor.zeros([16, 16]), { scale: 1, dNope: 8, dV: 8 })).rejects.toMatchObject({ code: 'E_UNSUPPORTED' });
+interface PrefillCase { dtype: KvCacheDtype; dC: number; dR: number; dNope: number; dV: number; h: number; lens: number[]; nq: number[]; kvB: 'f32' | 'bf16' }
+
+gpuDescribe(gpuTitle('CUDA mla_prefill vs CPU'), () => {
+  const cases: PrefillCase[] = [];
+  for (const dtype of ['bf16', 'fp8', 'f32'] as const) {
+    cases.push({ dtype, dC: 32, dR: 8, dNope: 16, dV: 16, h: 3, lens: [1, 70], nq: [1, 70], kvB: 'f32' });
+    cases.push({ dtype, dC: 130, dR: 6, dNope: 10, dV: 12, h: 1, lens: [65, 0, 200], nq: [5, 0, 130], kvB: 'bf16' }); // cached prefixes
+    cases.push({ dtype, dC: 512, dR: 64, dNope: 128, dV: 128, h: 16, lens: [300, 129], nq: [300, 64], kvB: 'bf16' }); // V2 dims
+  }
+  test.each(cases.map((c) => [JSON.stringify(c), c] as const))('%s', async (_n, c) => {
+    const rng = new Rng(`prefill ${JSON.stringify(c)}`);
+    const page = 64;
+    const b = c.lens.length;
+    const perSeq = c.lens.map((l) => Math.ceil(l / page));
+    const maxBlocks = Math.max(1, ...perSeq) + 1;
+    const total = perSeq.reduce((a, x) => a + x, 0) + 1;
+    const { cpu, gpu } = await pair({ dC: c.dC, dR: c.dR, pageSize: page, dtype: c.dtype }, total);
+    await cpu.poison();
+    await gpu.poison();
+    const order = permutation(rng, total);
+    const bt = new Int32Array(b * maxBlocks).fill(2 ** 31 - 1);
+    let o = 0;
+    for (let s = 0; s < b; s++) for (let k = 0; k < perSeq[s]; k++) bt[s * maxBlocks + k] = order[o++];
+    const slots: number[] = [];
+    for (let s = 0; s < b; s++) for (let t = 0; t < c.lens[s]; t++) slots.push(bt[s * maxBlocks + Math.floor(t / page)] * page + (t % page));
+    const n = slots.length;
+    const cKv = Tensor.from(Float32Array.from({ length: n * c.dC }, () => rng.normal()), [n, c.dC]);
+    const kPe = Tensor.from(Float32Array.from({ length: n * c.dR }, () => rng.normal()), [n, c.dR]);
+    for (const cache of [cpu, gpu]) await cache.append(0, cKv, kPe, Tensor.from(Int32Array.from(slots)));
+    const T = c.nq.reduce((a, x) => a + x, 0);
+    const cu = Int32Array.from([0, ...c.nq.map((_, i) => c.nq.slice(0, i + 1).reduce((a, x) => a + x, 0))]);
+    const q = Tensor.from(Float32Array.from({ length: T * c.h * (c.dNope + c.dR) }, () => rng.normal()), [T, c.h, c.dNope + c.dR]);
+    const kvB32 = Tensor.from(Float32Array.from({ length: c.h * (c.dNope + c.dV) * c.dC }, () => rng.normal() / Math.sqrt(c.dC)), [c.h * (c.dNope + c.dV), c.dC]);
+    const kvB = c.kvB === 'f32' ? kvB32 : await ops.cast(kvB32, 'bf16');
+    const opts = { scale: 1 / Math.sqrt(c.dNope + c.dR), dNope: c.dNope, dV: c.dV };
+    const args = [q, 0, Tensor.from(bt, [b, maxBlocks]), Tensor.from(Int32Array.from(c.lens)), Tensor.from(cu), kvB] as const;
+    const want = (await ops.mlaPrefill(args[0], cpu, args[1], args[2], args[3], args[4], args[5], { ...opts, impl: 'fast' })).data as Float32Array;
+    const got = (await ops.mlaPrefill(args[0], gpu, args[1], args[2], args[3], args[4], args[5], opts)).data as Float32Array;
+    // As for decode: FlashMLA's abs 8e-4 / rel 2/128 (both sides f32, different summation orders).
+    for (let i = 0; i < want.length; i++) {
+      if (!(Math.abs(want[i] - got[i]) <= 8e-4 + (2 / 128) * Math.abs(want[i]))) throw new Error(`out[${i}]: cpu ${want[i]} cuda ${got[i]}`);
+    }
+    cpu.dispose();
     gpu.dispose();
   });
 });
 
-// Where CUDA is not usable, a CUDA cache must say why instead of crashing.
+// Where CUDA is not usable, CUDA options must say why instead of crashing.
 (CUDA.usable ? describe.skip : describe)('without a usable CUDA device', () => {
   test('KvCache device cuda is E_UNSUPPORTED with the reason', async () => {
     await expect(KvCache.create({ layers: 1, pages: 1, dC: 8, dR: 4, device: 'cuda' }))

@@ -55,6 +55,21 @@ const char* mla_decode_kernel_name(const MlaDecodeParams& p);
 void gemm(const GemmParams& p, void* stream);
 const char* gemm_kernel_name(const GemmParams& p);
 
+// MLA prefill for one sequence (mla_prefill.cu); all pointers device memory.
+constexpr int64_t kPrefillMaxDv = 256;
+struct PrefillSeq {
+  int64_t q0 = 0, n_q = 0, s_k = 0;  // query rows [q0, q0 + n_q) are the last n_q of s_k keys
+  int64_t h = 0, d_nope = 0, d_r = 0, d_v = 0;
+  float scale = 1.0f;
+};
+struct PrefillScratch {
+  float* c = nullptr;    // [s_k, d_c]
+  float* pe = nullptr;   // [s_k, d_r]
+  float* kvx = nullptr;  // [s_k, h · (d_nope + d_v)]
+};
+void mla_prefill_seq(const KvCacheView& cache, const int32_t* block_row, const PrefillSeq& s, const float* q,
+                     const void* kv_b, DType kv_b_dtype, const PrefillScratch& scratch, float* out, void* stream);
+
 // Fused MoE routing (router.cu): E ≤ kRouteMaxExperts, n_group ≤ 32; device pointers.
 constexpr int64_t kRouteMaxExperts = 256;
 void moe_route(const MoeRouteParams& p, void* stream);
