@@ -116,7 +116,7 @@ export interface Binding {
   cudaCopyBandwidth(bytes: number, iters: number): Promise<number>;
   benchMoeRouteCuda(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, iters: number): Promise<number>;
   moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
-    sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
+    sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;
   cudaInfo(): Promise<RawCudaInfo>;
 }

@@ -83,15 +83,16 @@ export interface SharedExpertWeights {
  * The MoE layer's experts: for each token, Σ over its slots of weight · SwiGLU expert(x)
  * (slots with id -1 skipped), plus the shared experts as one SwiGLU. Tokens are grouped by
  * expert (one GEMM per expert) and each token's slots are summed in slot order, so the result
- * does not depend on threading.
+ * does not depend on threading. `device: 'cuda'`: on-device dispatch (counts → scan →
+ * scatter), grouped SwiGLU expert kernels and a slot-order combine, with no host sync.
  * @param x f32 [T, H]  @param ids i32 [T, k]  @param weights f32 [T, k]  @returns f32 [T, H]
  */
 export async function moeExperts(x: Tensor, ids: Tensor, weights: Tensor, experts: ExpertWeights,
-  shared?: SharedExpertWeights | null, opts?: OpOptions): Promise<Tensor> {
+  shared?: SharedExpertWeights | null, opts?: OpOptions & { device?: 'cpu' | 'cuda' }): Promise<Tensor> {
   const b = binding();
   return Tensor.fromRaw(await native(b.moeExperts(
     tensorArg(x, 'x'), tensorArg(ids, 'ids'), tensorArg(weights, 'weights'),
     tensorArg(experts?.gateUp, 'experts.gateUp'), tensorArg(experts?.down, 'experts.down'),
     shared ? tensorArg(shared.gateUp, 'shared.gateUp') : null, shared ? tensorArg(shared.down, 'shared.down') : null,
-    implArg(opts))));
+    implArg(opts), opts?.device ?? 'cpu')));
 }

@@ -134,9 +134,9 @@ Napi::Value MoeRoute(const Napi::CallbackInfo& info) {
   });
 }
 
-// moeExperts(x, ids, weights, gateUp, down, sharedGateUp | null, sharedDown | null, impl)
+// moeExperts(x, ids, weights, gateUp, down, sharedGateUp | null, sharedDown | null, impl, device)
 Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     MoeExpertsParams p;
     TensorView sgu, sd;
     const bool has_sgu = c.optional_tensor(5, "shared.gateUp", &sgu);
@@ -146,7 +146,9 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
                                                  has_sgu ? &sgu : nullptr, has_sd ? &sd : nullptr, &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(7);
-    return c.start([p, impl] { ops::moe_experts(p, impl); }, false, 6.0 * p.t * p.top_k * p.hidden * p.inter + 6.0 * p.t * p.hidden * p.inter_shared);
+    if (!info[8].IsUndefined() && c.string(8, "device") == "cuda") p.device = Device::kCuda;
+    const double cost = p.device == Device::kCuda ? 1e300 : 6.0 * p.t * p.top_k * p.hidden * p.inter + 6.0 * p.t * p.hidden * p.inter_shared;
+    return c.start([p, impl] { ops::moe_experts(p, impl); }, false, cost);
   });
 }
 

@@ -395,6 +395,47 @@ GemmBench gemm_cuda_bench(const GemmParams& hp, int iters) {
 #endif
 }
 
+void moe_experts_cuda(const MoeExpertsParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  for (int64_t i = 0; i < hp.t * hp.top_k; ++i)  // the CPU op's check, before anything runs
+    DSV2_CHECK(hp.ids[i] >= -1 && hp.ids[i] < hp.n_experts, kRange,
+               "ids[" << i / hp.top_k << ", " << i % hp.top_k << "] = " << hp.ids[i] << " is outside [0, " << hp.n_experts
+                      << ") (-1 marks an empty slot)");
+  if (hp.t == 0) return;
+  Scope sc;
+  const int64_t pairs = hp.t * hp.top_k;
+  const size_t wsz = dtype_size(hp.w_dtype);
+  MoeExpertsParams p = hp;
+  p.x = sc.upload(hp.x, hp.t * hp.hidden);
+  p.ids = sc.upload(hp.ids, pairs);
+  p.weights = sc.upload(hp.weights, pairs);
+  p.gate_up = sc.upload(static_cast<const uint8_t*>(hp.gate_up), hp.n_experts * 2 * hp.inter * hp.hidden * wsz);
+  p.down = sc.upload(static_cast<const uint8_t*>(hp.down), hp.n_experts * hp.hidden * hp.inter * wsz);
+  cuda::MoeScratch s;
+  if (hp.shared_gate_up) {
+    const size_t ssz = dtype_size(hp.shared_dtype);
+    p.shared_gate_up = sc.upload(static_cast<const uint8_t*>(hp.shared_gate_up), 2 * hp.inter_shared * hp.hidden * ssz);
+    p.shared_down = sc.upload(static_cast<const uint8_t*>(hp.shared_down), hp.hidden * hp.inter_shared * ssz);
+    s.shared_gu = sc.alloc<float>(hp.t * 2 * hp.inter_shared);
+    s.shared_h = sc.alloc<float>(hp.t * hp.inter_shared);
+    s.shared_out = sc.alloc<float>(hp.t * hp.hidden);
+  }
+  p.y = sc.alloc<float>(hp.t * hp.hidden);
+  s.counts = sc.alloc<int32_t>(hp.n_experts);
+  s.offsets = sc.alloc<int32_t>(hp.n_experts + 1);
+  s.cursor = sc.alloc<int32_t>(hp.n_experts);
+  s.rows = sc.alloc<int32_t>(std::max<int64_t>(1, pairs));
+  s.h = sc.alloc<float>(std::max<int64_t>(1, pairs * hp.inter));
+  s.slot_out = sc.alloc<float>(std::max<int64_t>(1, pairs * hp.hidden));
+  cuda::moe_experts(p, s, sc.stream());
+  cuda::copy_d2h(hp.y, p.y, hp.t * hp.hidden * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("moe_experts");
+#endif
+}
+
 double copy_bandwidth_cuda(size_t bytes, int iters) {
 #ifdef DSV2_WITH_CUDA
   Scope sc;

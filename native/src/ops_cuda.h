@@ -23,6 +23,7 @@ void mla_prefill_cuda(const MlaPrefillParams& p);  // p: host q, tables, kv_b, o
 
 void moe_route_cuda(const MoeRouteParams& p);   // p: host logits, bias and outputs
 void gemm_cuda(const GemmParams& p);            // p: host x, w and y
+void moe_experts_cuda(const MoeExpertsParams& p);  // p: host inputs, weights and output
 
 // Kernel-only milliseconds per gemm call with x and W resident on the device.
 struct GemmBench {

@@ -108,6 +108,7 @@ std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& id
 }
 
 void moe_experts(const MoeExpertsParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return moe_experts_cuda(p);
   if (impl == Impl::kReference) cpu::moe_experts_ref(p);
   else cpu::moe_experts_fast(p);
 }

@@ -52,6 +52,7 @@ struct MoeExpertsParams {
   const void* shared_down = nullptr;     // [hidden, inter_shared]
   DType shared_dtype = DType::kF32;
   float* y = nullptr;              // [t, hidden]
+  Device device = Device::kCpu;    // where to run (the op-level entry copies host data)
 };
 
 }  // namespace dsv2

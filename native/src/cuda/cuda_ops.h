@@ -70,6 +70,21 @@ struct PrefillScratch {
 void mla_prefill_seq(const KvCacheView& cache, const int32_t* block_row, const PrefillSeq& s, const float* q,
                      const void* kv_b, DType kv_b_dtype, const PrefillScratch& scratch, float* out, void* stream);
 
+// MoE experts (moe.cu): device dispatch + grouped SwiGLU experts + shared + combine, no host
+// synchronisation. p's pointers and the scratch are device memory, sized for t · top_k pairs.
+struct MoeScratch {
+  int32_t* counts = nullptr;    // [E]
+  int32_t* offsets = nullptr;   // [E + 1]
+  int32_t* cursor = nullptr;    // [E]
+  int32_t* rows = nullptr;      // [t · top_k]: pair index (t · top_k + slot) per segment position
+  float* h = nullptr;           // [t · top_k, inter]
+  float* slot_out = nullptr;    // [t · top_k, hidden]
+  float* shared_gu = nullptr;   // [t, 2 · inter_shared]
+  float* shared_h = nullptr;    // [t, inter_shared]
+  float* shared_out = nullptr;  // [t, hidden]
+};
+void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream);
+
 // Fused MoE routing (router.cu): E ≤ kRouteMaxExperts, n_group ≤ 32; device pointers.
 constexpr int64_t kRouteMaxExperts = 256;
 void moe_route(const MoeRouteParams& p, void* stream);
