@@ -35,7 +35,10 @@ class Scope {
   // device) instead of surfacing the first failing runtime call.
   Scope() : stream_((require_cuda_usable("this CUDA op"), cuda::stream_create())) {}
   ~Scope() {
-    if (stream_) cuda::stream_sync(stream_);  // noexcept-safe: errors here are already reported
+    // Never throw from here (it would terminate the process): wait for queued work so the
+    // buffers are not freed under a running kernel, ignoring errors — finish() or the failing
+    // call has already reported them.
+    cuda::stream_wait_quiet(stream_);
     for (void* p : bufs_) cuda::free(p);
     cuda::stream_destroy(stream_);
   }

@@ -24,6 +24,7 @@ double time_ms(void* stream, int iters, const std::function<void()>& enqueue);
 void* stream_create();
 void stream_destroy(void* s) noexcept;
 void stream_sync(void* s);
+void stream_wait_quiet(void* s) noexcept;  // synchronise, ignoring (and clearing) errors
 
 // Paged latent cache (kv_cache.cu): bit-identical to the CPU ops.
 void kv_append(const KvAppendParams& p, void* stream);  // slots: device i64 or i32

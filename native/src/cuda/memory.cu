@@ -68,4 +68,8 @@ void stream_destroy(void* s) noexcept {
 
 void stream_sync(void* s) { DSV2_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(s))); }
 
+void stream_wait_quiet(void* s) noexcept {
+  if (s && cudaStreamSynchronize(static_cast<cudaStream_t>(s)) != cudaSuccess) cudaGetLastError();
+}
+
 }  // namespace dsv2::cuda
