@@ -78,7 +78,15 @@ void* device_alloc_zeroed(size_t bytes) {
   require_cuda_usable("a cuda KV cache");
 #ifdef DSV2_WITH_CUDA
   void* p = cuda::alloc(bytes);
-  cuda::memset(p, 0, bytes, nullptr);
+  // The ops run on their own non-blocking streams, which do not order with the legacy default
+  // stream: finish the zero fill before anyone can use the memory.
+  try {
+    cuda::memset(p, 0, bytes, nullptr);
+    cuda::stream_sync(nullptr);
+  } catch (...) {
+    cuda::free(p);
+    throw;
+  }
   return p;
 #else
   (void)bytes;
