@@ -14,6 +14,7 @@
 #include "../core/dtype.h"
 #include "../core/fp8.h"
 #include "kv_token.cuh"
+#include "softmax.cuh"
 
 namespace dsv2::cuda {
 
@@ -42,8 +43,7 @@ mla_decode_generic_kernel(MlaDecodeParams p, DecodePlan plan) {
     for (int64_t k = lane; k < d; k += 32) qs[warp * d + k] = p.q[(i * rows + r) * d + k];
   const KvLayout L = p.cache.layout;
   const int64_t bpt = L.bytes_per_token();
-  float m = -FLT_MAX, l = 0.0f;
-  bool any = false;
+  OnlineSoftmax sm;
   float acc[kMaxPerLane];
 #pragma unroll
   for (int u = 0; u < kMaxPerLane; ++u) acc[u] = 0.0f;
@@ -63,30 +63,24 @@ mla_decode_generic_kernel(MlaDecodeParams p, DecodePlan plan) {
       const float* q = qs + warp * d;
       float dot = 0.0f;
       for (int64_t k = lane; k < d; k += 32) dot = fmaf(q[k], key[k], dot);
-      for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-      const float s = dot * p.scale;
-      const float m_new = fmaxf(m, s);
-      const float corr = any ? expf(m - m_new) : 0.0f;
-      const float w = expf(s - m_new);
-      l = l * corr + w;
+      float corr, w;
+      sm.push(warp_sum(dot) * p.scale, &corr, &w);
 #pragma unroll
       for (int u = 0; u < kMaxPerLane; ++u) {
         const int64_t k = lane + 32 * u;
         if (k < p.d_c) acc[u] = acc[u] * corr + w * key[k];
       }
-      m = m_new;
-      any = true;
     }
   }
   if (!active) return;
   float* out = plan.part_out + (item * rows + r) * p.d_c;
-  const float inv = any ? 1.0f / l : 0.0f;
+  const float inv = sm.any ? 1.0f / sm.l : 0.0f;
 #pragma unroll
   for (int u = 0; u < kMaxPerLane; ++u) {
     const int64_t k = lane + 32 * u;
     if (k < p.d_c) out[k] = acc[u] * inv;
   }
-  if (lane == 0) plan.part_lse[item * rows + r] = any ? m + logf(l) : -INFINITY;
+  if (lane == 0) plan.part_lse[item * rows + r] = sm.any ? sm.m + logf(sm.l) : -INFINITY;
 }
 
 // One block per (sequence, query row): merges the sequence's split partials.

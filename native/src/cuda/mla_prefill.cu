@@ -11,6 +11,7 @@
 #include "common.cuh"
 #include "cuda_ops.h"
 #include "kv_token.cuh"
+#include "softmax.cuh"
 
 namespace dsv2::cuda {
 namespace {
@@ -41,8 +42,7 @@ attend_kernel(PrefillSeq s, const float* q, const float* kvx, const float* pe, f
   const int64_t dqk = s.d_nope + s.d_r, row = s.d_nope + s.d_v;
   const float* qr = q + ((s.q0 + j) * s.h + h) * dqk;
   const int64_t last = s.s_k - s.n_q + j;
-  float m = -FLT_MAX, l = 0.0f;
-  bool any = false;
+  OnlineSoftmax sm;
   float acc[kMaxPerLane];
 #pragma unroll
   for (int u = 0; u < kMaxPerLane; ++u) acc[u] = 0.0f;
@@ -51,25 +51,19 @@ attend_kernel(PrefillSeq s, const float* q, const float* kvx, const float* pe, f
     float dot = 0.0f;
     for (int64_t k = lane; k < s.d_nope; k += 32) dot = fmaf(qr[k], e[k], dot);
     for (int64_t k = lane; k < s.d_r; k += 32) dot = fmaf(qr[s.d_nope + k], pe[t * s.d_r + k], dot);
-    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-    const float sc = dot * s.scale;
-    const float m_new = fmaxf(m, sc);
-    const float corr = any ? expf(m - m_new) : 0.0f;
-    const float w = expf(sc - m_new);
-    l = l * corr + w;
+    float corr, w;
+    sm.push(warp_sum(dot) * s.scale, &corr, &w);
 #pragma unroll
     for (int u = 0; u < kMaxPerLane; ++u) {
       const int64_t k = lane + 32 * u;
       if (k < s.d_v) acc[u] = acc[u] * corr + w * e[s.d_nope + k];
     }
-    m = m_new;
-    any = true;
   }
   float* o = out + ((s.q0 + j) * s.h + h) * s.d_v;
 #pragma unroll
   for (int u = 0; u < kMaxPerLane; ++u) {
     const int64_t k = lane + 32 * u;
-    if (k < s.d_v) o[k] = any ? acc[u] / l : 0.0f;
+    if (k < s.d_v) o[k] = sm.any ? acc[u] / sm.l : 0.0f;
   }
 }
 
