@@ -21,6 +21,7 @@ export interface RawTensor {
 }
 
 export type RawImpl = 'auto' | 'reference' | 'fast';
+export type RawDevice = 'cpu' | 'cuda';
 
 /** YaRN settings as the addon reads them (the public YarnConfig). */
 export type RawYarn = YarnConfig;
@@ -90,14 +91,14 @@ export interface RawMoeRouteOptions {
 
 /** The addon's exports (native/addon/*_binding.cc), argument for argument. */
 export interface Binding {
-  embedding(ids: RawTensor, table: RawTensor, impl?: RawImpl): Promise<RawTensor>;
-  rmsNorm(x: RawTensor, weight: RawTensor, eps: number, impl?: RawImpl): Promise<RawTensor>;
+  embedding(ids: RawTensor, table: RawTensor, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
+  rmsNorm(x: RawTensor, weight: RawTensor, eps: number, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   ropeTable(opts: { dim: number; maxPositions: number; theta: number; yarn?: RawYarn | null }): Promise<[RawTensor, RawTensor]>;
-  rope(x: RawTensor, positions: RawTensor, cos: RawTensor, sin: RawTensor, interleaved: boolean, impl?: RawImpl): Promise<RawTensor>;
-  siluMul(gate: RawTensor, up: RawTensor | null, impl?: RawImpl): Promise<RawTensor>;
+  rope(x: RawTensor, positions: RawTensor, cos: RawTensor, sin: RawTensor, interleaved: boolean, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
+  siluMul(gate: RawTensor, up: RawTensor | null, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
   benchGemmCuda(x: RawTensor, weight: RawTensor, iters: number): Promise<{ ms: number; kernel: string }>;
-  softmax(x: RawTensor, scale: number, impl?: RawImpl): Promise<RawTensor>;
+  softmax(x: RawTensor, scale: number, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint }, impl?: RawImpl): Promise<RawTensor>;
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
   copyBandwidth(bytes: number, iters: number): Promise<number>;

@@ -32,3 +32,18 @@ export function implArg(opts: OpOptions | undefined): Impl {
   }
   return impl;
 }
+
+export interface DeviceOptions {
+  /**
+   * cpu (default) or cuda: run the CUDA kernel. Host tensors are copied to the device and the
+   * result back per call (the op-level entry the GPU tests use); E_UNSUPPORTED, with the
+   * reason, where CUDA is not usable.
+   */
+  device?: 'cpu' | 'cuda';
+}
+
+export function deviceArg(opts: DeviceOptions | undefined): 'cpu' | 'cuda' {
+  const d = opts?.device ?? 'cpu';
+  if (d !== 'cpu' && d !== 'cuda') throw new Dsv2Error('E_ARG', `device must be 'cpu' or 'cuda', got '${String(d)}'`);
+  return d;
+}

@@ -6,10 +6,10 @@
 import { Dsv2Error, native } from '../errors';
 import { binding } from '../native';
 import { Tensor } from '../tensor';
-import { implArg, numberArg, tensorArg, type OpOptions } from './args';
+import { deviceArg, implArg, numberArg, tensorArg, type DeviceOptions, type OpOptions } from './args';
 import type { RopeTable, YarnConfig } from './rope';
 
-export type { Impl, OpOptions } from './args';
+export type { Impl, OpOptions, DeviceOptions } from './args';
 export { ropeFromConfig, yarnGetMscale, softmaxScale, type RopeConfig, type RopeTable, type YarnConfig } from './rope';
 
 /**
@@ -18,12 +18,12 @@ export { ropeFromConfig, yarnGetMscale, softmaxScale, type RopeConfig, type Rope
  * @param table [vocab, hidden], f32 | bf16 | f16.
  * @returns f32 [...ids.shape, hidden].
  */
-export async function embedding(ids: Tensor, table: Tensor, opts?: OpOptions): Promise<Tensor> {
+export async function embedding(ids: Tensor, table: Tensor, opts?: OpOptions & DeviceOptions): Promise<Tensor> {
   const b = binding();
-  return Tensor.fromRaw(await native(b.embedding(tensorArg(ids, 'ids'), tensorArg(table, 'table'), implArg(opts))));
+  return Tensor.fromRaw(await native(b.embedding(tensorArg(ids, 'ids'), tensorArg(table, 'table'), implArg(opts), deviceArg(opts))));
 }
 
-export interface RmsNormOptions extends OpOptions {
+export interface RmsNormOptions extends OpOptions, DeviceOptions {
   /** Added to the mean square before the square root; config.json `rms_norm_eps`. Default 1e-6. */
   eps?: number;
 }
@@ -35,7 +35,7 @@ export interface RmsNormOptions extends OpOptions {
 export async function rmsNorm(x: Tensor, weight: Tensor, opts?: RmsNormOptions): Promise<Tensor> {
   const b = binding();
   const eps = numberArg(opts?.eps, 'eps', 1e-6);
-  return Tensor.fromRaw(await native(b.rmsNorm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), eps, implArg(opts))));
+  return Tensor.fromRaw(await native(b.rmsNorm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), eps, implArg(opts), deviceArg(opts))));
 }
 
 export interface RopeTableOptions {
@@ -65,7 +65,7 @@ export async function ropeTable(opts: RopeTableOptions): Promise<RopeTable> {
   return { cos: Tensor.fromRaw(cos), sin: Tensor.fromRaw(sin) };
 }
 
-export interface RopeOptions extends OpOptions {
+export interface RopeOptions extends OpOptions, DeviceOptions {
   /**
    * true (default): x stores rotary pairs interleaved, (x0, x1), (x2, x3), ..., as DeepSeek's
    * checkpoints do; false: halves, (x_i, x_{i+d/2}). The output is always in half-split
@@ -85,7 +85,7 @@ export async function rope(x: Tensor, positions: Tensor, table: RopeTable, opts?
   const interleaved = opts?.interleaved ?? true;
   return Tensor.fromRaw(await native(b.rope(
     tensorArg(x, 'x'), tensorArg(positions, 'positions'), tensorArg(table?.cos, 'table.cos'),
-    tensorArg(table?.sin, 'table.sin'), interleaved, implArg(opts))));
+    tensorArg(table?.sin, 'table.sin'), interleaved, implArg(opts), deviceArg(opts))));
 }
 
 /**
@@ -94,10 +94,10 @@ export async function rope(x: Tensor, positions: Tensor, table: RopeTable, opts?
  * @param up f32, gate's shape, or null/undefined.
  * @returns f32 [..., inter].
  */
-export async function siluMul(gate: Tensor, up?: Tensor | null, opts?: OpOptions): Promise<Tensor> {
+export async function siluMul(gate: Tensor, up?: Tensor | null, opts?: OpOptions & DeviceOptions): Promise<Tensor> {
   const b = binding();
   const u = up === undefined || up === null ? null : tensorArg(up, 'up');
-  return Tensor.fromRaw(await native(b.siluMul(tensorArg(gate, 'gate'), u, implArg(opts))));
+  return Tensor.fromRaw(await native(b.siluMul(tensorArg(gate, 'gate'), u, implArg(opts), deviceArg(opts))));
 }
 
 /**
@@ -105,14 +105,12 @@ export async function siluMul(gate: Tensor, up?: Tensor | null, opts?: OpOptions
  * CUDA kernel (host tensors copied in and out; E_UNSUPPORTED where CUDA is not usable).
  * @param x f32 [..., K].  @param weight [N, K], f32 | bf16 | f16.  @returns f32 [..., N].
  */
-export async function gemm(x: Tensor, weight: Tensor, opts?: OpOptions & { device?: 'cpu' | 'cuda' }): Promise<Tensor> {
+export async function gemm(x: Tensor, weight: Tensor, opts?: OpOptions & DeviceOptions): Promise<Tensor> {
   const b = binding();
-  const device = opts?.device ?? 'cpu';
-  if (device !== 'cpu' && device !== 'cuda') throw new Dsv2Error('E_ARG', `device must be 'cpu' or 'cuda', got '${String(device)}'`);
-  return Tensor.fromRaw(await native(b.gemm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), implArg(opts), device)));
+  return Tensor.fromRaw(await native(b.gemm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), implArg(opts), deviceArg(opts))));
 }
 
-export interface SoftmaxOptions extends OpOptions {
+export interface SoftmaxOptions extends OpOptions, DeviceOptions {
   /** Multiplies x before the softmax; default 1. */
   scale?: number;
 }
@@ -124,7 +122,7 @@ export interface SoftmaxOptions extends OpOptions {
  */
 export async function softmax(x: Tensor, opts?: SoftmaxOptions): Promise<Tensor> {
   const b = binding();
-  return Tensor.fromRaw(await native(b.softmax(tensorArg(x, 'x'), numberArg(opts?.scale, 'scale', 1), implArg(opts))));
+  return Tensor.fromRaw(await native(b.softmax(tensorArg(x, 'x'), numberArg(opts?.scale, 'scale', 1), implArg(opts), deviceArg(opts))));
 }
 
 export interface SampleOptions extends OpOptions {

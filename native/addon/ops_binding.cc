@@ -12,25 +12,37 @@
 namespace dsv2::addon {
 namespace {
 
+// Optional trailing device argument: 'cpu' (default) or 'cuda'.
+Device device_arg(const Napi::CallbackInfo& info, Call& c, size_t i) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return Device::kCpu;
+  const std::string d = c.string(i, "device");
+  DSV2_CHECK(d == "cpu" || d == "cuda", kArg, "device '" << d << "' must be cpu or cuda");
+  return d == "cuda" ? Device::kCuda : Device::kCpu;
+}
+
+double cost_on(Device d, double cpu_cost) { return d == Device::kCuda ? 1e300 : cpu_cost; }
+
 // embedding(ids, table, impl)
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     EmbeddingParams p;
     auto outs = c.outputs(ops::check_embedding(c.tensor(0, "ids"), c.tensor(1, "table"), &p));
     p.out = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::embedding(p, impl); }, false, 2.0 * p.n_tokens * p.hidden);
+    p.device = device_arg(info, c, 3);
+    return c.start([p, impl] { ops::embedding(p, impl); }, false, cost_on(p.device, 2.0 * p.n_tokens * p.hidden));
   });
 }
 
 // rmsNorm(x, weight, eps, impl)
 Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     RmsNormParams p;
     auto outs = c.outputs(ops::check_rms_norm(c.tensor(0, "x"), c.tensor(1, "weight"), c.number(2, "eps"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(3);
-    return c.start([p, impl] { ops::rms_norm(p, impl); }, false, 4.0 * p.rows * p.dim);
+    p.device = device_arg(info, c, 4);
+    return c.start([p, impl] { ops::rms_norm(p, impl); }, false, cost_on(p.device, 4.0 * p.rows * p.dim));
   });
 }
 
@@ -63,19 +75,20 @@ Napi::Value RopeTable(const Napi::CallbackInfo& info) {
 
 // rope(x, positions, cos, sin, interleaved, impl)
 Napi::Value Rope(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     RopeParams p;
     auto outs = c.outputs(ops::check_rope(c.tensor(0, "x"), c.tensor(1, "positions"), c.tensor(2, "cos"),
                                           c.tensor(3, "sin"), c.boolean(4, "interleaved"), &p));
     p.out = static_cast<float*>(outs[0]);
     Impl impl = c.impl(5);
-    return c.start([p, impl] { ops::rope(p, impl); }, false, 6.0 * p.n_tokens * p.n_heads * p.dim);
+    p.device = device_arg(info, c, 6);
+    return c.start([p, impl] { ops::rope(p, impl); }, false, cost_on(p.device, 6.0 * p.n_tokens * p.n_heads * p.dim));
   });
 }
 
 // siluMul(gate, up | null, impl)
 Napi::Value SiluMul(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     SiluMulParams p;
     TensorView up;
     TensorView gate = c.tensor(0, "gate");
@@ -83,7 +96,8 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_silu_mul(gate, has_up ? &up : nullptr, &p));
     p.out = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::silu_mul(p, impl); }, false, 20.0 * p.rows * p.inter);
+    p.device = device_arg(info, c, 3);
+    return c.start([p, impl] { ops::silu_mul(p, impl); }, false, cost_on(p.device, 20.0 * p.rows * p.inter));
   });
 }
 
@@ -94,9 +108,8 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    if (!info[3].IsUndefined() && c.string(3, "device") == "cuda") p.device = Device::kCuda;
-    const double cost = p.device == Device::kCuda ? 1e300 : 2.0 * p.m * p.n * p.k;
-    return c.start([p, impl] { ops::gemm(p, impl); }, false, cost);
+    p.device = device_arg(info, c, 3);
+    return c.start([p, impl] { ops::gemm(p, impl); }, false, cost_on(p.device, 2.0 * p.m * p.n * p.k));
   });
 }
 
@@ -122,12 +135,13 @@ Napi::Value BenchGemmCuda(const Napi::CallbackInfo& info) {
 
 // softmax(x, scale, impl)
 Napi::Value Softmax(const Napi::CallbackInfo& info) {
-  return run_op(info, [](Call& c) {
+  return run_op(info, [&info](Call& c) {
     SoftmaxParams p;
     auto outs = c.outputs(ops::check_softmax(c.tensor(0, "x"), c.number(1, "scale"), &p));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
-    return c.start([p, impl] { ops::softmax(p, impl); }, false, 20.0 * p.rows * p.n);
+    p.device = device_arg(info, c, 3);
+    return c.start([p, impl] { ops::softmax(p, impl); }, false, cost_on(p.device, 20.0 * p.rows * p.n));
   });
 }
 

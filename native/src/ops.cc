@@ -36,7 +36,10 @@ std::vector<OutSpec> check_embedding(const TensorView& ids, const TensorView& ta
   return {{DType::kF32, out}};
 }
 
-void embedding(const EmbeddingParams& p, Impl impl) { cpu::embedding(p, parallel(impl)); }
+void embedding(const EmbeddingParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return embedding_cuda(p);
+  cpu::embedding(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_rms_norm(const TensorView& x, const TensorView& w, double eps, RmsNormParams* p) {
   require_cpu(x, "x");
@@ -58,7 +61,10 @@ std::vector<OutSpec> check_rms_norm(const TensorView& x, const TensorView& w, do
   return {{DType::kF32, x.shape}};
 }
 
-void rms_norm(const RmsNormParams& p, Impl impl) { cpu::rms_norm(p, parallel(impl)); }
+void rms_norm(const RmsNormParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return rms_norm_cuda(p);
+  cpu::rms_norm(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_rope_table(RopeTableParams* p) {
   DSV2_CHECK(p->dim > 0 && p->dim % 2 == 0, kRange, "dim = " << p->dim << " must be a positive even number");
@@ -116,7 +122,10 @@ std::vector<OutSpec> check_rope(const TensorView& x, const TensorView& positions
   return {{DType::kF32, x.shape}};
 }
 
-void rope(const RopeParams& p, Impl impl) { cpu::rope(p, parallel(impl)); }
+void rope(const RopeParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return rope_cuda(p);
+  cpu::rope(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_silu_mul(const TensorView& gate, const TensorView* up, SiluMulParams* p) {
   require_cpu(gate, "gate");
@@ -142,7 +151,10 @@ std::vector<OutSpec> check_silu_mul(const TensorView& gate, const TensorView* up
   return {{DType::kF32, with_last(gate.shape, p->inter)}};
 }
 
-void silu_mul(const SiluMulParams& p, Impl impl) { cpu::silu_mul(p, parallel(impl)); }
+void silu_mul(const SiluMulParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return silu_mul_cuda(p);
+  cpu::silu_mul(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmParams* p) {
   require_cpu(x, "x");
@@ -181,7 +193,10 @@ std::vector<OutSpec> check_softmax(const TensorView& x, double scale, SoftmaxPar
   return {{DType::kF32, x.shape}};
 }
 
-void softmax(const SoftmaxParams& p, Impl impl) { cpu::softmax(p, parallel(impl)); }
+void softmax(const SoftmaxParams& p, Impl impl) {
+  if (p.device == Device::kCuda) return softmax_cuda(p);
+  cpu::softmax(p, parallel(impl));
+}
 
 std::vector<OutSpec> check_sample(const TensorView& logits, SampleParams* p) {
   require_cpu(logits, "logits");

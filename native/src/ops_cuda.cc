@@ -406,6 +406,109 @@ GemmBench gemm_cuda_bench(const GemmParams& hp, int iters) {
 #endif
 }
 
+void embedding_cuda(const EmbeddingParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  const size_t isz = hp.ids_dtype == DType::kI64 ? 8 : 4;
+  for (int64_t t = 0; t < hp.n_tokens; ++t) {  // the CPU op's check, before the kernel indexes with it
+    const int64_t id = hp.ids_dtype == DType::kI64 ? static_cast<const int64_t*>(hp.ids)[t] : static_cast<const int32_t*>(hp.ids)[t];
+    DSV2_CHECK(id >= 0 && id < hp.vocab, kRange, "ids[" << t << "] = " << id << " is outside the vocabulary [0, " << hp.vocab << ")");
+  }
+  if (hp.n_tokens == 0) return;
+  Scope sc;
+  EmbeddingParams p = hp;
+  p.ids = sc.upload(static_cast<const uint8_t*>(hp.ids), hp.n_tokens * isz);
+  p.table = sc.upload(static_cast<const uint8_t*>(hp.table), hp.vocab * hp.hidden * dtype_size(hp.table_dtype));
+  p.out = sc.alloc<float>(hp.n_tokens * hp.hidden);
+  cuda::embedding(p, sc.stream());
+  cuda::copy_d2h(hp.out, p.out, hp.n_tokens * hp.hidden * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("embedding");
+#endif
+}
+
+void rms_norm_cuda(const RmsNormParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  if (hp.rows == 0) return;
+  Scope sc;
+  RmsNormParams p = hp;
+  p.x = sc.upload(hp.x, hp.rows * hp.dim);
+  p.w = sc.upload(static_cast<const uint8_t*>(hp.w), hp.dim * dtype_size(hp.w_dtype));
+  p.y = sc.alloc<float>(hp.rows * hp.dim);
+  cuda::rms_norm(p, sc.stream());
+  cuda::copy_d2h(hp.y, p.y, hp.rows * hp.dim * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("rms_norm");
+#endif
+}
+
+void rope_cuda(const RopeParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  const size_t isz = hp.positions_dtype == DType::kI64 ? 8 : 4;
+  for (int64_t t = 0; t < hp.n_tokens; ++t) {
+    const int64_t pos = hp.positions_dtype == DType::kI64 ? static_cast<const int64_t*>(hp.positions)[t]
+                                                          : static_cast<const int32_t*>(hp.positions)[t];
+    DSV2_CHECK(pos >= 0 && pos < hp.max_pos, kRange, "positions[" << t << "] = " << pos << " is outside the rope table [0, " << hp.max_pos << ")");
+  }
+  if (hp.n_tokens == 0) return;
+  Scope sc;
+  RopeParams p = hp;
+  const int64_t n = hp.n_tokens * hp.n_heads * hp.dim;
+  p.x = sc.upload(hp.x, n);
+  p.positions = sc.upload(static_cast<const uint8_t*>(hp.positions), hp.n_tokens * isz);
+  p.cos = sc.upload(hp.cos, hp.max_pos * (hp.dim / 2));
+  p.sin = sc.upload(hp.sin, hp.max_pos * (hp.dim / 2));
+  p.out = sc.alloc<float>(n);
+  cuda::rope(p, sc.stream());
+  cuda::copy_d2h(hp.out, p.out, n * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("rope");
+#endif
+}
+
+void silu_mul_cuda(const SiluMulParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  if (hp.rows * hp.inter == 0) return;
+  Scope sc;
+  SiluMulParams p = hp;
+  if (hp.up == hp.gate + hp.inter && hp.gate_stride == 2 * hp.inter) {  // one fused [rows, 2·inter] input
+    p.gate = sc.upload(hp.gate, hp.rows * 2 * hp.inter);
+    p.up = p.gate + hp.inter;
+  } else {
+    p.gate = sc.upload(hp.gate, hp.rows * hp.gate_stride);
+    p.up = sc.upload(hp.up, hp.rows * hp.up_stride);
+  }
+  p.out = sc.alloc<float>(hp.rows * hp.inter);
+  cuda::silu_mul(p, sc.stream());
+  cuda::copy_d2h(hp.out, p.out, hp.rows * hp.inter * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("silu_mul");
+#endif
+}
+
+void softmax_cuda(const SoftmaxParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  if (hp.rows * hp.n == 0) return;
+  Scope sc;
+  SoftmaxParams p = hp;
+  p.x = sc.upload(hp.x, hp.rows * hp.n);
+  p.y = sc.alloc<float>(hp.rows * hp.n);
+  cuda::softmax(p, sc.stream());
+  cuda::copy_d2h(hp.y, p.y, hp.rows * hp.n * sizeof(float), sc.stream());
+  sc.finish();
+#else
+  (void)hp;
+  require_cuda_usable("softmax");
+#endif
+}
+
 void moe_experts_cuda(const MoeExpertsParams& hp) {
 #ifdef DSV2_WITH_CUDA
   for (int64_t i = 0; i < hp.t * hp.top_k; ++i)  // the CPU op's check, before anything runs

@@ -23,6 +23,11 @@ void mla_prefill_cuda(const MlaPrefillParams& p);  // p: host q, tables, kv_b, o
 
 void moe_route_cuda(const MoeRouteParams& p);   // p: host logits, bias and outputs
 void gemm_cuda(const GemmParams& p);            // p: host x, w and y
+void embedding_cuda(const EmbeddingParams& p);  // p: host tensors (likewise below)
+void rms_norm_cuda(const RmsNormParams& p);
+void rope_cuda(const RopeParams& p);
+void silu_mul_cuda(const SiluMulParams& p);
+void softmax_cuda(const SoftmaxParams& p);
 void moe_experts_cuda(const MoeExpertsParams& p);  // p: host inputs, weights and output
 
 // Kernel-only milliseconds per gemm call with x and W resident on the device.

@@ -17,6 +17,7 @@ struct EmbeddingParams {
   const void* table = nullptr;  // [vocab, hidden], f32 | bf16 | f16 (table_dtype)
   DType table_dtype = DType::kF32;
   float* out = nullptr;         // [n_tokens, hidden]
+  Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
 };
 
 // y = x / sqrt(mean(x^2) + eps) * w   (DeepseekV2RMSNorm: statistics in fp32)
@@ -27,6 +28,7 @@ struct RmsNormParams {
   DType w_dtype = DType::kF32;
   float eps = 1e-6f;
   float* y = nullptr;         // [rows, dim]
+  Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
 };
 
 // YaRN parameters (config.json rope_scaling, type "yarn"); enabled = false is plain RoPE.
@@ -65,6 +67,7 @@ struct RopeParams {
   const float* sin = nullptr;       // [max_pos, dim/2]
   bool interleaved = true;
   float* out = nullptr;             // [n_tokens, n_heads, dim]
+  Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
 };
 
 // out = silu(gate) * up, rows of width `inter`. gate and up may be the two halves of one
@@ -75,6 +78,7 @@ struct SiluMulParams {
   const float* up = nullptr;    // [rows, up_stride]
   int64_t gate_stride = 0, up_stride = 0;  // elements between rows
   float* out = nullptr;         // [rows, inter]
+  Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
 };
 
 // y[M, N] = x[M, K] · W[N, K]^T, fp32 accumulation (the layout of nn.Linear weights).
@@ -94,6 +98,7 @@ struct SoftmaxParams {
   float scale = 1.0f;
   const float* x = nullptr;  // [rows, n]
   float* y = nullptr;        // [rows, n]
+  Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
 };
 
 // Token sampling, one draw per row. temperature == 0 is greedy (argmax, lowest id wins

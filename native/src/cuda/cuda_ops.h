@@ -52,6 +52,13 @@ void mla_decode(const MlaDecodeParams& p, const DecodePlan& plan, void* stream);
 // Which kernel mla_decode runs for these sizes (for benchmarks and logs).
 const char* mla_decode_kernel_name(const MlaDecodeParams& p);
 
+// Row-wise dense kernels (norm_rope.cu); ids / positions must be checked by the caller.
+void embedding(const EmbeddingParams& p, void* stream);
+void rms_norm(const RmsNormParams& p, void* stream);
+void rope(const RopeParams& p, void* stream);
+void silu_mul(const SiluMulParams& p, void* stream);
+void softmax(const SoftmaxParams& p, void* stream);
+
 // Dense GEMM (gemm.cu), device pointers; k == 0 leaves y untouched (callers zero it).
 void gemm(const GemmParams& p, void* stream);
 const char* gemm_kernel_name(const GemmParams& p);
