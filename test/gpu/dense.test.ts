@@ -58,7 +58,17 @@ gpuDescribe(gpuTitle('CUDA dense kernels vs CPU'), () => {
       const want = (await ops.rope(x, pos, table, { interleaved })).data as Float32Array;
       const got = (await ops.rope(x, pos, table, { interleaved, device: 'cuda' })).data as Float32Array;
       const xv = x.data as Float32Array;
-      close(want, got, (i) => 3 * U * (Math.abs(xv[i]) + Math.abs(xv[i ^ 1]) + Math.abs(want[i])), 'rope');
+      const half = d / 2;
+      // out[j] and out[j + d/2] come from the pair (a, b) of index j mod d/2; |cos|, |sin| <= 1
+      // here (V2's yarn mscale ratio is 1).
+      const pairMag = (o: number) => {
+        const base = o - (o % d);
+        const p = (o % d) % half;
+        const a = interleaved ? xv[base + 2 * p] : xv[base + p];
+        const b = interleaved ? xv[base + 2 * p + 1] : xv[base + p + half];
+        return Math.abs(a) + Math.abs(b);
+      };
+      close(want, got, (i) => 3 * U * pairMag(i), 'rope');
     }
     await expect(ops.rope(x, Tensor.from(Int32Array.from({ length: t }, () => 5000)), table, { device: 'cuda' })).rejects.toMatchObject({ code: 'E_RANGE' });
   });
