@@ -71,6 +71,10 @@ Napi::Value rejecting(Napi::Env env, const std::function<Napi::Value()>& fn) {
     return reject(e.Value());
   } catch (const std::bad_alloc&) {
     return reject(make_error(env, Code::kOom, "out of host memory while preparing the op").Value());
+  } catch (const std::exception& e) {
+    // Anything else (work run inline included) must not escape into N-API: that would
+    // terminate the process.
+    return reject(make_error(env, Code::kInternal, std::string("internal error: ") + e.what()).Value());
   }
 }
 
