@@ -83,6 +83,8 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       for (int64_t p = s->pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));  // pop gives 0, 1, ...
     } catch (const Error& e) {
       throw make_error(env, e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+      throw make_error(env, Code::kOom, "out of host memory creating the KV cache");
     }
   }
 
@@ -99,6 +101,8 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       return fn();
     } catch (const Error& e) {
       throw make_error(env, e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+      throw make_error(env, Code::kOom, "out of host memory in a KvCache method");
     }
   }
 
