@@ -73,6 +73,20 @@ export interface Generation extends AsyncIterable<GenerateChunk> {
 
 const U64 = (1n << 64n) - 1n;
 
+/** Length of the longest tail of `text` that is a proper prefix of one of `stops`. */
+function stopPrefixTail(text: string, stops: readonly string[]): number {
+  let best = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > best; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        best = n;
+        break;
+      }
+    }
+  }
+  return best;
+}
+
 export class Model {
   readonly dir: string;
   readonly config: DeepSeekConfig;
@@ -279,9 +293,11 @@ export class Model {
             stopHit = true;
           }
         }
-        // Hold back a trailing replacement character: a multi-byte character still incomplete
-        // (unless this is the last token: then the text is what it is).
-        const ready = stopHit || final ? text : text.replace(/\uFFFD+$/, '');
+        // Hold back a trailing replacement character (a multi-byte character still incomplete)
+        // and any tail that could be the start of a stop string, so no chunk ever carries text
+        // the result will not contain (unless this is the last token: then the text is final).
+        let ready = stopHit || final ? text : text.replace(/\uFFFD+$/, '');
+        if (!stopHit && !final) ready = ready.slice(0, ready.length - stopPrefixTail(ready, stops));
         const piece = ready.length > emitted.length ? ready.slice(emitted.length) : '';
         emitted += piece;
         yield { token: next, text: piece };

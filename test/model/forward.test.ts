@@ -250,3 +250,31 @@ describe('sampling', () => {
     expect(chunks.map((c) => c.text).join('')).toBe(again.text);
   });
 });
+
+describe('stop strings while streaming', () => {
+  test('no chunk carries text that the stop string later cuts off', async () => {
+    const dir = require('node:path').join(require('node:os').tmpdir(), `dsv2-stop-${process.pid}`);
+    const { makeTiny: mk, Model: M } = require('../../lib') as typeof import('../../lib');
+    await mk(dir, { kind: 'v2-lite', seed: 3 });
+    const model = await M.load(dir, { kvCache: 'f32' });
+    try {
+      const full = await model.generate({ tokens: [256, 104, 105], maxNewTokens: 16 }).result;
+      // A stop string made of the text of generated tokens 3..5: its first part is emitted
+      // (held back) before the string completes.
+      const ids = full.tokens;
+      const before = model.tokenizer!.decode(ids.slice(0, 3));
+      const stop = model.tokenizer!.decode(ids.slice(0, 6)).slice(before.length);
+      if (stop.length < 2 || before.includes(stop)) return; // degenerate random text: nothing to check
+      const g = model.generate({ tokens: [256, 104, 105], maxNewTokens: 16, stop: [stop] });
+      let streamed = '';
+      for await (const c of g) streamed += c.text;
+      const r = await model.generate({ tokens: [256, 104, 105], maxNewTokens: 16, stop: [stop] }).result;
+      expect(r.finishReason).toBe('stop');
+      expect(streamed).toBe(r.text);
+      expect(r.text.includes(stop)).toBe(false);
+    } finally {
+      await model.dispose();
+      require('node:fs').rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
