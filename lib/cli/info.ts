@@ -1,6 +1,7 @@
 /** `dsv2 info [--json]`: version, addon, CPU, CUDA build and devices, and why CUDA is not used. */
 import type { Command } from 'commander';
 import { info, type Info } from '../info';
+import { modelMemory, type ModelMemory } from '../model/memory';
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
@@ -23,13 +24,28 @@ export function formatInfo(i: Info): string {
   return lines.join('\n');
 }
 
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+export function formatModel(m: ModelMemory): string {
+  return [
+    `model        ${m.architecture}, ${m.layers} layers, ${(m.params / 1e6).toFixed(2)} M parameters (${(m.activeParams / 1e6).toFixed(2)} M active per token)`,
+    `weights      ${mib(m.diskBytes)} on disk, ${mib(m.loadedBytes)} loaded (cpu)`,
+    `kv cache     per token: bf16 ${m.kvCache.bf16.bytesPerToken} B, fp8 ${m.kvCache.fp8.bytesPerToken} B, f32 ${m.kvCache.f32.bytesPerToken} B (all layers)`,
+  ].join('\n');
+}
+
 export function infoCommand(program: Command): void {
   program
     .command('info')
     .description('show the build, the CPU and the CUDA devices, and whether CUDA is used (and why not)')
+    .option('--model <dir>', 'also account a checkpoint\'s memory: parameters, weight bytes, KV cache per token')
     .option('--json', 'print one JSON object on stdout')
-    .action(async (opts: { json?: boolean }) => {
+    .action(async (opts: { json?: boolean; model?: string }) => {
       const i = await info();
-      process.stdout.write(opts.json ? `${JSON.stringify(i, null, 2)}\n` : `${formatInfo(i)}\n`);
+      const m = opts.model ? await modelMemory(opts.model) : undefined;
+      if (opts.json) process.stdout.write(`${JSON.stringify(m ? { ...i, model: m } : i, null, 2)}\n`);
+      else process.stdout.write(`${formatInfo(i)}\n${m ? `${formatModel(m)}\n` : ''}`);
     });
 }

@@ -83,3 +83,39 @@ describe('dsv2 info', () => {
     expect(JSON.parse(r.stdout).cuda.compiled).toBe(hasNvcc);
   });
 });
+
+describe('dsv2 info --model (memory accounting from the headers)', () => {
+  const os = require('node:os') as typeof import('node:os');
+  const dir = path.join(os.tmpdir(), `dsv2-info-model-${process.pid}`);
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('parameters, bytes and KV per token agree with the files and config.json', async () => {
+    const { makeTiny } = require('../../lib') as typeof import('../../lib');
+    await makeTiny(dir, { kind: 'v2', seed: 2 });
+    const r = await run(['info', '--model', dir, '--json']);
+    expect(r.code).toBe(0);
+    const m = JSON.parse(r.out).model;
+    // Independently: sum the header's shapes and byte ranges.
+    const buf = fs.readFileSync(path.join(dir, 'model.safetensors'));
+    const header = JSON.parse(buf.subarray(8, 8 + Number(buf.readBigUInt64LE(0))).toString('utf8'));
+    delete header.__metadata__;
+    let params = 0;
+    let bytes = 0;
+    for (const e of Object.values(header) as { shape: number[]; data_offsets: [number, number] }[]) {
+      params += e.shape.reduce((a, b) => a * b, 1);
+      bytes += e.data_offsets[1] - e.data_offsets[0];
+    }
+    expect(m.params).toBe(params);
+    expect(m.diskBytes).toBe(bytes);
+    expect(m.loadedBytes).toBe(bytes); // bf16 checkpoint: loaded as stored
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    const dc = cfg.kv_lora_rank;
+    const dr = cfg.qk_rope_head_dim;
+    expect(m.kvCache.bf16.bytesPerTokenPerLayer).toBe(2 * (dc + dr));
+    expect(m.kvCache.fp8.bytesPerTokenPerLayer).toBe(dc + 4 * Math.ceil(dc / 128) + 2 * dr);
+    expect(m.kvCache.fp8.bytesPerToken).toBe(m.kvCache.fp8.bytesPerTokenPerLayer * cfg.num_hidden_layers);
+    expect(m.activeParams).toBeLessThan(m.params); // 6 of 160 experts per MoE layer
+    const human = await run(['info', '--model', dir]);
+    expect(human.out).toMatch(/kv cache {5}per token: bf16 \d+ B/);
+  });
+});
