@@ -126,6 +126,14 @@ export class KvCache {
 
   /** Returns pages to the pool. A page that is not allocated: E_RANGE (nothing is freed). */
   freePages(ids: Int32Array | readonly number[]): void {
+    if (!(ids instanceof Int32Array)) {
+      // Int32Array.from would wrap ids outside ±2^31 silently (2^32 + 1 would free page 1).
+      ids.forEach((v, i) => {
+        if (!Number.isSafeInteger(v) || v < 0 || v >= this.pages) {
+          throw new Dsv2Error('E_RANGE', `ids[${i}] = ${v} is not a page of this cache [0, ${this.pages})`);
+        }
+      });
+    }
     const arr = ids instanceof Int32Array ? ids : Int32Array.from(ids);
     this.#call((r) => r.freePages(arr));
   }

@@ -12,6 +12,10 @@
  *
  * `device` is `'cpu'` for host tensors; `'cuda'` tensors (device memory) arrive with the
  * CUDA runtime.
+ *
+ * Ops read and write tensor data on worker threads until their promise settles: do not
+ * transfer (postMessage / structuredClone with transfer) or detach a tensor's ArrayBuffer
+ * while an op that uses it is pending. Resizable and shared buffers are refused outright.
  */
 import { Dsv2Error } from './errors';
 import type { RawTensor } from './native';
@@ -71,6 +75,12 @@ export class Tensor {
     if (arrayKind(data) !== Ctor.name) {
       const got = (data as object | null)?.constructor?.name ?? typeof data;
       throw new Dsv2Error('E_DTYPE', `Tensor: dtype ${dtype} needs its data in a ${Ctor.name}, got ${got}`);
+    }
+    // Ops read the data on worker threads after the call returns: memory that can shrink (a
+    // resizable ArrayBuffer) or change concurrently (a SharedArrayBuffer) is refused.
+    const buf = (data as { buffer: ArrayBufferLike }).buffer;
+    if (arrayKind(buf) !== 'ArrayBuffer' || (buf as ArrayBuffer & { resizable?: boolean }).resizable) {
+      throw new Dsv2Error('E_ARG', `Tensor: data must be backed by a plain, fixed-length ArrayBuffer (got a ${arrayKind(buf)}${(buf as { resizable?: boolean }).resizable ? ', resizable' : ''})`);
     }
     if (data.length !== n) {
       throw new Dsv2Error('E_SHAPE', `Tensor: shape [${shape.join(', ')}] holds ${n} elements but data has ${data.length}`);

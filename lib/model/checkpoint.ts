@@ -66,6 +66,11 @@ export class Checkpoint {
       }
       if (!map || typeof map !== 'object') throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map is missing`);
       names = [...new Set(Object.values(map))].sort();
+      for (const n of names) {
+        if (typeof n !== 'string' || n.includes('/') || n.includes('\\') || n === '..' || !n.endsWith('.safetensors')) {
+          throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map names ${JSON.stringify(n)}, not a .safetensors file in the checkpoint directory`);
+        }
+      }
     } else if (fs.existsSync(path.join(dir, 'model.safetensors'))) {
       names = ['model.safetensors'];
     } else {

@@ -121,11 +121,16 @@ export function parseConfig(raw: Record<string, unknown>): DeepSeekConfig {
     fp8WeightBlock: null,
   };
   if (cfg.qkRopeHeadDim % 2 !== 0) err(`qk_rope_head_dim = ${cfg.qkRopeHeadDim} must be even`);
+  // The runtime's limits (the KV cache's), checked before any weight is read.
+  if (cfg.kvLoraRank > 65536) err(`kv_lora_rank = ${cfg.kvLoraRank} exceeds 65536`);
+  if (cfg.qkRopeHeadDim > 65536) err(`qk_rope_head_dim = ${cfg.qkRopeHeadDim} exceeds 65536`);
+  if (cfg.numLayers > 4096) err(`num_hidden_layers = ${cfg.numLayers} exceeds 4096`);
   if (nRouted !== null) {
     if (nRouted % cfg.nGroup !== 0) err(`n_group = ${cfg.nGroup} must divide n_routed_experts = ${nRouted}`);
     if (cfg.topkGroup > cfg.nGroup) err(`topk_group = ${cfg.topkGroup} exceeds n_group = ${cfg.nGroup}`);
     const reachable = cfg.topkMethod === 'greedy' ? nRouted : cfg.topkGroup * (nRouted / cfg.nGroup);
     if (cfg.numExpertsPerTok > reachable) err(`num_experts_per_tok = ${cfg.numExpertsPerTok} exceeds the ${reachable} experts routing can reach`);
+    if (cfg.topkMethod === 'noaux_tc' && nRouted / cfg.nGroup < 2) err(`noaux_tc scores a group by its two best experts, but n_group = ${cfg.nGroup} leaves ${nRouted / cfg.nGroup} per group`);
   }
   const q = raw.quantization_config as Record<string, unknown> | undefined;
   if (q) {

@@ -7,6 +7,7 @@
  * Attention has two modes over the same cache: `prefill` (mlaPrefill: K/V expanded from the
  * latent) and `decode` (absorbed: q_nope·W_UK, mlaDecode on the latent, ·W_UV).
  */
+import { Dsv2Error } from '../errors';
 import { KvCache } from '../kv-cache';
 import * as ops from '../ops';
 import { Tensor } from '../tensor';
@@ -32,7 +33,16 @@ export interface ForwardContext {
 }
 
 /** Makes room for `n` more tokens, allocating pages as needed (E_OOM when the cache is full). */
+/** Tokens one sequence can hold: the rope table's rows (positions) and the cache's tokens. */
+export function maxSequenceTokens(ctx: ForwardContext): number {
+  return Math.min(ctx.rope.cos.shape[0], ctx.cache.pages * ctx.cache.pageSize);
+}
+
 export function reserve(ctx: ForwardContext, seq: SeqState, n: number): void {
+  const limit = maxSequenceTokens(ctx);
+  if (seq.length + n > limit) {
+    throw new Dsv2Error('E_RANGE', `a sequence of ${seq.length + n} tokens exceeds this model's ${limit}-token limit (maxTokens / max_position_embeddings)`);
+  }
   const need = Math.ceil((seq.length + n) / ctx.cache.pageSize) - seq.pages.length;
   if (need > 0) seq.pages.push(...ctx.cache.allocPages(need));
 }
@@ -41,7 +51,8 @@ export function reserve(ctx: ForwardContext, seq: SeqState, n: number): void {
  * Runs `tokens` (the next tokens of `seq`) through the model, writing their latents to the
  * cache, and returns f32 logits [T, vocab]. The sequence must have room (reserve()).
  */
-export async function forward(ctx: ForwardContext, seq: SeqState, tokens: Int32Array, mode: AttentionMode): Promise<Tensor> {
+export async function forward(ctx: ForwardContext, seq: SeqState, tokens: Int32Array, mode: AttentionMode,
+  signal?: AbortSignal): Promise<Tensor> {
   const c = ctx.config;
   const T = tokens.length;
   const pos0 = seq.length;
@@ -55,6 +66,7 @@ export async function forward(ctx: ForwardContext, seq: SeqState, tokens: Int32A
   const seqlens = Tensor.from(Int32Array.of(pos0 + T));
   let x = await ops.embedding(Tensor.from(tokens), ctx.weights.embed);
   for (let l = 0; l < c.numLayers; l++) {
+    if (signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted at layer ${l} of ${c.numLayers}`);
     const w = ctx.weights.layers[l];
     const h = await ops.rmsNorm(x, w.inputNorm, { eps: c.rmsNormEps });
     const attn = await attention(ctx, l, w, h, positions, slots, blockTable, seqlens, mode);

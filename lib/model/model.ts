@@ -9,7 +9,7 @@ import * as ops from '../ops';
 import { Tensor } from '../tensor';
 import { Checkpoint } from './checkpoint';
 import type { DeepSeekConfig } from './config';
-import { forward, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
+import { forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { Tokenizer, type ChatMessage } from './tokenizer';
 import { checkTensors, loadWeights, type ModelWeights } from './weights';
 
@@ -271,7 +271,7 @@ export class Model {
     try {
       aborted();
       reserve(ctx, seq, ids.length);
-      let logits = await forward(ctx, seq, ids, 'prefill');
+      let logits = await forward(ctx, seq, ids, 'prefill', opts.signal);
       for (let step = 0; step < maxNew; step++) {
         aborted();
         const V = this.config.vocabSize;
@@ -283,7 +283,7 @@ export class Model {
           break;
         }
         out.push(next);
-        const final = step + 1 === maxNew;
+        const final = step + 1 === maxNew || seq.length + 1 > maxSequenceTokens(ctx);
         let text = tok ? tok.decode(out) : '';
         let stopHit = false;
         for (const s of stops) {
@@ -306,8 +306,9 @@ export class Model {
           break;
         }
         if (step + 1 === maxNew) break;
+        if (seq.length + 1 > maxSequenceTokens(ctx)) break; // context full: finish with 'length'
         reserve(ctx, seq, 1);
-        logits = await forward(ctx, seq, Int32Array.of(next), 'decode');
+        logits = await forward(ctx, seq, Int32Array.of(next), 'decode', opts.signal);
       }
       const text = finish === 'stop' ? emitted : tok && out.length ? tok.decode(out) : '';
       if (text.length > emitted.length) yield { token: null, text: text.slice(emitted.length) }; // held-back tail at EOS

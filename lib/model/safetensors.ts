@@ -98,8 +98,8 @@ export class SafetensorsFile {
         const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
         const st = ST_DTYPES[String(e?.dtype)];
         if (!st) fail(file, `tensor ${name}: dtype ${JSON.stringify(e?.dtype)} is not supported (${Object.keys(ST_DTYPES).join(', ')})`);
-        if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-          fail(file, `tensor ${name}: shape ${JSON.stringify(e.shape)} is not a list of non-negative integers`);
+        if (!Array.isArray(e.shape) || e.shape.length > 8 || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+          fail(file, `tensor ${name}: shape ${JSON.stringify(e.shape)} is not a list of at most 8 non-negative integers`);
         }
         const off = e.data_offsets;
         if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[1] < off[0]) {

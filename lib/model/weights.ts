@@ -131,7 +131,26 @@ export function checkTensors(ck: Checkpoint): CheckReport {
       const sw = [Math.ceil(shape[0] / block[0]), Math.ceil(shape[1] / block[1])];
       if (!s) throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: tensor ${scaleName(name)} [${sw.join(', ')}] is missing (${name} is F8_E4M3)`);
       if (s.shape.join() !== sw.join()) throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: tensor ${scaleName(name)} has shape [${s.shape.join(', ')}], expected [${sw.join(', ')}]`);
+      if (s.dtype !== 'f32' && s.dtype !== 'bf16') throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: tensor ${scaleName(name)} has dtype ${s.stDtype}, expected F32 or BF16`);
       used.add(scaleName(name));
+    }
+  }
+  // The runtime stacks each layer's experts and runs gate/up and down with one dtype: every
+  // routed-expert tensor of a layer (and the shared ones among themselves) must load alike.
+  const loaded = (name: string) => {
+    const d = ck.entries.get(name)!.dtype;
+    return d === 'fp8_e4m3' ? 'bf16' : d;
+  };
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `model.layers.${i}.mlp`;
+    for (const group of [`${p}.experts.`, `${p}.shared_experts.`]) {
+      const names = [...want.keys()].filter((n) => n.startsWith(group));
+      const first = names[0];
+      for (const n of names) {
+        if (loaded(n) !== loaded(first)) {
+          throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: tensor ${n} loads as ${loaded(n)} but ${first} as ${loaded(first)}; the experts of a layer must share one dtype`);
+        }
+      }
     }
   }
   return { extras: [...ck.entries.keys()].filter((n) => !used.has(n)).sort() };
@@ -255,7 +274,10 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
 /** DeepSeek-V3 FP8 weights: w = fp8 · scale_inv[row / br, col / bc], stored as bf16. */
 async function dequantFp8Block(w: Tensor, s: Tensor, block: [number, number]): Promise<Tensor> {
   const [rows, cols] = w.shape;
-  const sf = (await ops.cast(s, 'f32')).data as Float32Array;
+  const sf = (s.dtype === 'f32' ? s : await ops.cast(s, 'f32')).data as Float32Array;
+  sf.forEach((v, k) => {
+    if (!(Number.isFinite(v) && v > 0)) throw new Dsv2Error('E_CHECKPOINT', `weight_scale_inv[${k}] = ${v} must be finite and > 0`);
+  });
   const sc = Math.ceil(cols / block[1]);
   // Expand the block scales to one per (row, 128-col tile) and reuse fp8Dequantize's tile path
   // when the block width is its tile; otherwise per element.

@@ -1,6 +1,7 @@
 #include "call.h"
 
 #include <cmath>
+#include <memory>
 #include <cstdlib>
 
 #include "dsv2/status.h"
@@ -33,6 +34,7 @@ const char* array_name(napi_typedarray_type t) {
 }
 
 constexpr double kMaxSafe = 9007199254740991.0;  // 2^53 - 1
+constexpr double kMaxOutputBytes = 4294967296.0 * 1024;  // 4 TiB: beyond any host, below size_t overflow
 
 }  // namespace
 
@@ -69,7 +71,7 @@ TensorView Call::tensor(size_t i, const char* name) {
   DSV2_CHECK(sh.IsArray(), kArg, name << ".shape must be an array");
   Napi::Array arr = sh.As<Napi::Array>();
   DSV2_CHECK(arr.Length() <= 8, kShape, name << ": rank " << arr.Length() << " exceeds 8");
-  double numel = 1;
+  double numel = 1, span = 1;  // span: the product of the non-zero dims (bounds every sub-product)
   for (uint32_t k = 0; k < arr.Length(); ++k) {
     Napi::Value d = arr.Get(k);
     double x = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
@@ -77,8 +79,9 @@ TensorView Call::tensor(size_t i, const char* name) {
                name << ".shape[" << k << "] must be a non-negative integer");
     t.shape.push_back(static_cast<int64_t>(x));
     numel *= x;
+    span *= x > 0 ? x : 1;
   }
-  DSV2_CHECK(numel <= kMaxSafe, kShape, name << ": shape " << shape_str(t.shape) << " is too large");
+  DSV2_CHECK(span <= kMaxSafe, kShape, name << ": shape " << shape_str(t.shape) << " is too large");
   Napi::Value data = o.Get("data");
   DSV2_CHECK(data.IsTypedArray(), kDisposed,
              name << ": tensor has no data (disposed, or not a dsv2 Tensor)");
@@ -90,6 +93,12 @@ TensorView Call::tensor(size_t i, const char* name) {
   DSV2_CHECK(static_cast<double>(ta.ElementLength()) == numel, kShape,
              name << ": shape " << shape_str(t.shape) << " holds " << static_cast<int64_t>(numel)
                   << " elements but data has " << ta.ElementLength());
+  // The worker reads the data after this call returns: memory that can move or shrink under
+  // it (a resizable ArrayBuffer) or be written concurrently (a SharedArrayBuffer) is refused.
+  Napi::Value buffer = ta.Get("buffer");
+  DSV2_CHECK(!(buffer.IsObject() && buffer.As<Napi::Object>().Get("resizable").ToBoolean().Value()), kArg,
+             name << ": data is backed by a resizable ArrayBuffer, which an op cannot safely read asynchronously");
+  DSV2_CHECK(buffer.IsArrayBuffer(), kArg, name << ": data must be backed by a plain ArrayBuffer (not a SharedArrayBuffer)");
   t.nbytes = ta.ByteLength();
   t.data = static_cast<char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
   keep_.push_back(ta);
@@ -134,9 +143,17 @@ Impl Call::impl(size_t i) {
 std::vector<void*> Call::outputs(const std::vector<OutSpec>& specs) {
   std::vector<void*> ptrs;
   for (const OutSpec& s : specs) {
-    size_t n = 1;
-    for (int64_t d : s.shape) n *= static_cast<size_t>(d);
-    size_t bytes = n * dtype_size(s.dtype);
+    double nd = 1, span = 1;
+    for (int64_t d : s.shape) {
+      nd *= static_cast<double>(d);
+      span *= d > 0 ? static_cast<double>(d) : 1.0;
+    }
+    // Every op indexes its output with products of these dims: bound them all (a zero dim
+    // must not hide a huge one), and the bytes by what an ArrayBuffer can hold.
+    DSV2_CHECK(span <= kMaxSafe && nd * dtype_size(s.dtype) <= kMaxOutputBytes, kRange,
+               "the output of shape " << shape_str(s.shape) << " " << dtype_name(s.dtype) << " is too large");
+    const size_t n = static_cast<size_t>(nd);
+    const size_t bytes = n * dtype_size(s.dtype);
     Napi::ArrayBuffer buf;
     try {
       buf = Napi::ArrayBuffer::New(env_, bytes);
@@ -173,7 +190,15 @@ static bool inline_ops_enabled() {
   return on;
 }
 
+const void* Call::snapshot(const void* data, size_t bytes) {
+  auto copy = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(data),
+                                                     static_cast<const uint8_t*>(data) + bytes);
+  snapshots_.push_back(copy);
+  return copy->data();
+}
+
 Napi::Value Call::start(std::function<void()> work, bool resolve_undefined, double cost) {
+  if (!snapshots_.empty()) work = [work = std::move(work), keep = snapshots_] { work(); };
   if (cost < kInlineCost && inline_ops_enabled()) {
     work();  // a dsv2::Error here becomes a rejected promise in run_op / rejecting()
     auto d = Napi::Promise::Deferred::New(env_);

@@ -3,7 +3,9 @@
 #pragma once
 #include <napi.h>
 
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,10 @@ class Call {
   Napi::Object object(size_t i, const char* name);
   Impl impl(size_t i);
 
+  // A private copy of small index data (slots, block tables, lengths, ids) that lives as long
+  // as the work: checks and the work then read the same values, whatever JS does meanwhile.
+  const void* snapshot(const void* data, size_t bytes);
+
   // Allocates the outputs (zero-filled typed arrays) and returns their data pointers.
   std::vector<void*> outputs(const std::vector<OutSpec>& specs);
   // Queues work; the promise resolves to the single output, an array of them, or
@@ -44,6 +50,7 @@ class Call {
   Napi::Env env_;
   std::vector<Napi::Object> keep_;
   std::vector<Napi::Object> outs_;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> snapshots_;
 };
 
 // Binds one op: `body(call)` reads arguments, checks, allocates outputs and returns

@@ -66,6 +66,8 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       s->layers = static_cast<int64_t>(layers);
       s->pages = static_cast<int64_t>(pages);
       const double bytes = layers * pages * static_cast<double>(L.page_bytes());
+      DSV2_CHECK(bytes <= 281474976710656.0, kOom,  // 2^48 bytes: beyond any machine, and no int64 overflow below
+                 "a KV cache of " << layers << " layers × " << pages << " pages × " << L.page_bytes() << " bytes is too large");
       const std::string dev = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
       DSV2_CHECK(dev == "cpu" || dev == "cuda", kArg, "device '" << dev << "' must be cpu or cuda");
       if (dev == "cuda") {
@@ -171,6 +173,7 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       KvAppendParams p;
       c.outputs(ops::check_kv_append(kv_layer_of(*s, info[0]), c.tensor(1, "cKv"), c.tensor(2, "kPe"),
                                      c.tensor(3, "slots"), &p));
+      p.slots = c.snapshot(p.slots, p.n_tokens * dtype_size(p.slots_dtype));
       Impl impl = c.impl(4);
       const double cost = s->device == Device::kCuda ? 1e300 : 8.0 * p.n_tokens * (s->layout.d_c + s->layout.d_r);
       return c.start([p, impl, s] { ops::kv_append(p, impl); }, /*resolve_undefined=*/true, cost);
@@ -184,6 +187,7 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       auto s = storage("cache");
       KvReadParams p;
       auto outs = c.outputs(ops::check_kv_read(kv_layer_of(*s, info[0]), c.tensor(1, "slots"), &p));
+      p.slots = c.snapshot(p.slots, p.n_tokens * dtype_size(p.slots_dtype));
       p.c_kv = static_cast<float*>(outs[0]);
       p.k_pe = static_cast<float*>(outs[1]);
       Impl impl = c.impl(2);

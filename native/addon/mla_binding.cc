@@ -1,5 +1,6 @@
 // N-API entry points of the MLA, FP8 and MoE ops (argument order as in lib/native.ts).
 #include <algorithm>
+#include <cmath>
 #include <memory>
 
 #include "bindings.h"
@@ -22,7 +23,7 @@ Fp8Granularity granularity(const std::string& s) {
 
 int64_t integer(Call& c, size_t i, const char* name) {
   const double v = c.number(i, name);
-  DSV2_CHECK(v == static_cast<double>(static_cast<int64_t>(v)), kRange, name << " = " << v << " must be an integer");
+  DSV2_CHECK(v == std::floor(v) && std::fabs(v) <= 9007199254740991.0, kRange, name << " = " << v << " must be an integer");
   return static_cast<int64_t>(v);
 }
 
@@ -47,6 +48,8 @@ Napi::Value MlaDecode(const Napi::CallbackInfo& info) {
                                                 integer(c, 6, "splitTokens"), &p));
     p.out = static_cast<float*>(outs[0]);
     p.lse = static_cast<float*>(outs[1]);
+    p.block_table = static_cast<const int32_t*>(c.snapshot(p.block_table, p.b * p.max_blocks * sizeof(int32_t)));
+    p.seqlens = static_cast<const int32_t*>(c.snapshot(p.seqlens, p.b * sizeof(int32_t)));
     Impl impl = c.impl(7);
     double keys = 0;  // keys actually read (seqlens are host data, checked again by the op)
     for (int64_t i = 0; i < p.b; ++i) keys += std::max<int32_t>(0, p.seqlens[i]);
@@ -65,6 +68,9 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
         c.tensor(5, "cuSeqlensQ"), c.tensor(6, "kvB"), c.number(7, "scale"), integer(c, 8, "dNope"),
         integer(c, 9, "dV"), &p));
     p.out = static_cast<float*>(outs[0]);
+    p.block_table = static_cast<const int32_t*>(c.snapshot(p.block_table, p.b * p.max_blocks * sizeof(int32_t)));
+    p.seqlens = static_cast<const int32_t*>(c.snapshot(p.seqlens, p.b * sizeof(int32_t)));
+    p.cu_seqlens_q = static_cast<const int32_t*>(c.snapshot(p.cu_seqlens_q, (p.b + 1) * sizeof(int32_t)));
     Impl impl = c.impl(10);
     return c.start([p, impl, s] { ops::mla_prefill(p, impl); });
   });
@@ -145,6 +151,7 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
                                                  c.tensor(3, "experts.gateUp"), c.tensor(4, "experts.down"),
                                                  has_sgu ? &sgu : nullptr, has_sd ? &sd : nullptr, &p));
     p.y = static_cast<float*>(outs[0]);
+    p.ids = static_cast<const int32_t*>(c.snapshot(p.ids, p.t * p.top_k * sizeof(int32_t)));
     Impl impl = c.impl(7);
     if (!info[8].IsUndefined() && c.string(8, "device") == "cuda") p.device = Device::kCuda;
     const double cost = p.device == Device::kCuda ? 1e300 : 6.0 * p.t * p.top_k * p.hidden * p.inter + 6.0 * p.t * p.hidden * p.inter_shared;
@@ -172,7 +179,7 @@ Napi::Value BenchMlaDecodeCuda(const Napi::CallbackInfo& info) {
           o.Set("kernel", r->kernel);
           return o;
         });
-    for (int k = 0; k < 5; ++k) job->keep(info[k].As<Napi::Object>());
+    for (int k : {0, 1, 3, 4}) job->keep(info[k].As<Napi::Object>());  // info[2] is the layer number
     return job->start();
   });
 }

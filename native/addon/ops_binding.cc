@@ -28,6 +28,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     EmbeddingParams p;
     auto outs = c.outputs(ops::check_embedding(c.tensor(0, "ids"), c.tensor(1, "table"), &p));
     p.out = static_cast<float*>(outs[0]);
+    p.ids = c.snapshot(p.ids, p.n_tokens * dtype_size(p.ids_dtype));
     Impl impl = c.impl(2);
     p.device = device_arg(info, c, 3);
     return c.start([p, impl] { ops::embedding(p, impl); }, false, cost_on(p.device, 2.0 * p.n_tokens * p.hidden));
@@ -51,8 +52,8 @@ Napi::Value RopeTable(const Napi::CallbackInfo& info) {
   return run_op(info, [](Call& c) {
     Napi::Object o = c.object(0, "options");
     RopeTableParams p;
-    p.dim = static_cast<int64_t>(get_number(o, "dim", "dim", -1));
-    p.max_pos = static_cast<int64_t>(get_number(o, "maxPositions", "maxPositions", -1));
+    p.dim = get_integer(o, "dim", "dim", -1);
+    p.max_pos = get_integer(o, "maxPositions", "maxPositions", -1);
     p.theta = get_number(o, "theta", "theta", 10000);
     if (has(o, "yarn")) {
       DSV2_CHECK(o.Get("yarn").IsObject(), kArg, "yarn must be an object");
@@ -80,6 +81,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_rope(c.tensor(0, "x"), c.tensor(1, "positions"), c.tensor(2, "cos"),
                                           c.tensor(3, "sin"), c.boolean(4, "interleaved"), &p));
     p.out = static_cast<float*>(outs[0]);
+    p.positions = c.snapshot(p.positions, p.n_tokens * dtype_size(p.positions_dtype));
     Impl impl = c.impl(5);
     p.device = device_arg(info, c, 6);
     return c.start([p, impl] { ops::rope(p, impl); }, false, cost_on(p.device, 6.0 * p.n_tokens * p.n_heads * p.dim));

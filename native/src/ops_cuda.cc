@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "cpu/cpu_ops.h"
 #include "dsv2/status.h"
 #ifdef DSV2_WITH_CUDA
 #include "cuda/cuda_ops.h"
@@ -105,7 +106,7 @@ void device_free(void* p) noexcept {
 void kv_append_cuda(const KvAppendParams& hp) {
 #ifdef DSV2_WITH_CUDA
   const KvLayout& L = hp.cache.layout;
-  check_slots(hp.cache, hp.slots, hp.slots_dtype, hp.n_tokens);  // before any write, as the CPU op
+  cpu::check_append_slots(hp.cache, hp.slots, hp.slots_dtype, hp.n_tokens);  // before any write, as the CPU op
   if (hp.n_tokens == 0) return;
   Scope sc;
   KvAppendParams p = hp;
@@ -255,7 +256,7 @@ void mla_prefill_cuda(const MlaPrefillParams& hp) {
   const int64_t page = hp.cache.layout.page_size;
   int64_t max_sk = 0;
   for (int64_t i = 0; i < hp.b; ++i) {
-    const int64_t n_q = hp.cu_seqlens_q[i + 1] - hp.cu_seqlens_q[i], s_k = hp.seqlens[i];
+    const int64_t n_q = static_cast<int64_t>(hp.cu_seqlens_q[i + 1]) - hp.cu_seqlens_q[i], s_k = hp.seqlens[i];
     DSV2_CHECK(n_q >= 0, kRange, "cuSeqlensQ must be non-decreasing at " << i + 1);
     DSV2_CHECK(s_k >= n_q && s_k <= hp.max_blocks * page, kRange,
                "seqlens[" << i << "] = " << s_k << " must be in [" << n_q << ", " << hp.max_blocks * page << "]");

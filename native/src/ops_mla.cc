@@ -149,13 +149,16 @@ std::vector<OutSpec> check_mla_prefill(const TensorView& q, const KvCacheView& c
   require_dtype(kv_b, "kvB", kFloatWeights);
   require_rank(q, "q", 3, 3);
   require_rank(cu_seqlens_q, "cuSeqlensQ", 1, 1);
-  DSV2_CHECK(d_nope >= 0 && d_v >= 1, kRange, "dNope = " << d_nope << " must be >= 0 and dV = " << d_v << " >= 1");
+  DSV2_CHECK(d_nope >= 0 && d_nope <= 65536 && d_v >= 1 && d_v <= 65536, kRange,
+             "dNope = " << d_nope << " must be in [0, 65536] and dV = " << d_v << " in [1, 65536]");
   const int64_t b = cu_seqlens_q.dim(0) - 1;
   DSV2_CHECK(b >= 0, kShape, "cuSeqlensQ: shape " << shape_str(cu_seqlens_q.shape) << " must be [b + 1]");
   check_tables(block_table, seqlens, b);
   const int64_t h = q.dim(1);
   DSV2_CHECK(q.dim(2) == d_nope + c.layout.d_r, kShape,
              "q: last dim " << q.dim(2) << " must be dNope + dR = " << d_nope << " + " << c.layout.d_r);
+  DSV2_CHECK(static_cast<double>(h) * (d_nope + d_v) <= 9007199254740991.0, kShape,
+             "q: " << h << " heads × (dNope + dV) = " << d_nope + d_v << " is too large");
   const std::vector<int64_t> want = {h * (d_nope + d_v), c.layout.d_c};
   require_shape(kv_b, "kvB", want,
                 ("[heads · (dNope + dV), dC] = " + shape_str(want) + " (kv_b_proj.weight)").c_str());

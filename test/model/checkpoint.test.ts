@@ -436,17 +436,20 @@ describe('bad token ids → E_RANGE', () => {
     expect((await model.logits([])).shape).toEqual([0, 320]);
   });
 
-  test('a sequence longer than the cache is refused with the sizes, and leaves the cache clean', async () => {
+  test('a sequence longer than the model\'s token limit is refused with the sizes, and leaves the cache clean', async () => {
     const m = await Model.load(base, { device: 'cpu', maxTokens: 64 });
     try {
       const long = randomPrompt('long', 65);
-      // one 64-token page: 65 tokens need two
-      await expectRejects(() => m.logits(long), 'E_OOM', ['64']);
+      // maxTokens 64: one 64-token page and a 64-row rope table; 65 tokens exceed both
+      await expectRejects(() => m.logits(long), 'E_RANGE', ['65', '64']);
       expect(m.cache.pagesUsed).toBe(0);
-      await expectRejects(() => m.logits(long, { mode: 'decode' }), 'E_OOM', ['64']);
+      await expectRejects(() => m.logits(long, { mode: 'decode' }), 'E_RANGE', ['65', '64']);
       expect(m.cache.pagesUsed).toBe(0);
-      // a generation that outgrows the cache part-way
-      await expectRejects(() => m.generate({ tokens: long.slice(0, 60), maxNewTokens: 10 }).result, 'E_OOM', ['64']);
+      // a generation that reaches the limit part-way finishes with 'length': 60 prompt tokens
+      // fill positions 0..59, new tokens take 60..63, and the 5th new token is never fed back
+      const r = await m.generate({ tokens: long.slice(0, 60), maxNewTokens: 10 }).result;
+      expect(r.finishReason).toBe('length');
+      expect(r.tokens.length).toBe(5);
       expect(m.cache.pagesUsed).toBe(0);
       // still usable
       expect((await m.logits(prompt)).shape).toEqual([prompt.length, 320]);

@@ -28,6 +28,8 @@ const char* gemm_fast_isa();         // "avx512", "avx2" or "scalar"
 void encode_token(const KvLayout& L, const float* c_kv, const float* k_pe, uint8_t* dst);
 void decode_token(const KvLayout& L, const uint8_t* src, float* c_kv, float* k_pe);
 void kv_append(const KvAppendParams& p, bool parallel);
+// Every slot in range and none twice (E_RANGE naming them); shared with the CUDA path.
+void check_append_slots(const KvCacheView& c, const void* slots, DType t, int64_t n);
 void kv_read(const KvReadParams& p, bool parallel);
 void kv_poison(const KvCacheView& c);
 void fp8_quantize(const Fp8QuantParams& p, bool parallel);

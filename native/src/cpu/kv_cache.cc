@@ -94,6 +94,20 @@ int64_t checked_slot(const KvCacheView& c, const void* slots, DType t, int64_t i
   return s;
 }
 
+}  // namespace
+
+void check_append_slots(const KvCacheView& c, const void* slots, DType t, int64_t n) {
+  std::vector<std::pair<int64_t, int64_t>> seen(n);
+  for (int64_t i = 0; i < n; ++i) seen[i] = {checked_slot(c, slots, t, i), i};
+  std::sort(seen.begin(), seen.end());
+  for (int64_t i = 1; i < n; ++i)
+    DSV2_CHECK(seen[i].first != seen[i - 1].first, kRange,
+               "slots[" << seen[i - 1].second << "] and slots[" << seen[i].second << "] are both " << seen[i].first
+                        << ": each token of an append needs its own slot");
+}
+
+namespace {
+
 template <class F>
 void for_tokens(int64_t n, bool parallel, F&& body) {
   if (!parallel) return body(int64_t{0}, n);
@@ -104,8 +118,9 @@ void for_tokens(int64_t n, bool parallel, F&& body) {
 
 void kv_append(const KvAppendParams& p, bool parallel) {
   const KvLayout& L = p.cache.layout;
-  // Check every slot before writing any: a bad slot leaves the cache untouched.
-  for (int64_t i = 0; i < p.n_tokens; ++i) checked_slot(p.cache, p.slots, p.slots_dtype, i);
+  // Check every slot before writing any: a bad slot leaves the cache untouched. A slot given
+  // twice would be written by two threads at once: refused too.
+  check_append_slots(p.cache, p.slots, p.slots_dtype, p.n_tokens);
   for_tokens(p.n_tokens, parallel, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       int64_t s = load_index(p.slots, p.slots_dtype, i);

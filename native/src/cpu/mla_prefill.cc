@@ -23,7 +23,7 @@ constexpr int64_t kQueryBlock = 128;  // query rows per score block in the fast 
 void check_lengths(const MlaPrefillParams& p) {
   DSV2_CHECK(p.cu_seqlens_q[0] == 0, kRange, "cuSeqlensQ[0] = " << p.cu_seqlens_q[0] << " must be 0");
   for (int64_t i = 0; i < p.b; ++i) {
-    const int64_t n_q = p.cu_seqlens_q[i + 1] - p.cu_seqlens_q[i];
+    const int64_t n_q = static_cast<int64_t>(p.cu_seqlens_q[i + 1]) - p.cu_seqlens_q[i];  // int64: no wrap
     const int64_t s_k = p.seqlens[i];
     DSV2_CHECK(n_q >= 0, kRange, "cuSeqlensQ must be non-decreasing: cuSeqlensQ[" << i + 1 << "] = "
                                      << p.cu_seqlens_q[i + 1] << " < cuSeqlensQ[" << i << "] = " << p.cu_seqlens_q[i]);

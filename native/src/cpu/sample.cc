@@ -31,7 +31,6 @@ int32_t sample_row(const SampleParams& p, int64_t row) {
   if (p.temperature == 0.0) return static_cast<int32_t>(best);
 
   const double mx = l[best];
-  const double inv_t = 1.0 / p.temperature;
   // kept[i] != 0 for tokens that survive top-k and top-p.
   std::vector<uint8_t> kept(p.vocab, 1);
   const bool filter_k = p.top_k > 0 && p.top_k < p.vocab;
@@ -49,11 +48,11 @@ int32_t sample_row(const SampleParams& p, int64_t row) {
     std::sort(order.begin(), order.end(), by_logit);
     if (filter_p) {
       double total = 0;
-      for (int32_t id : order) total += std::exp((l[id] - mx) * inv_t);
+      for (int32_t id : order) total += std::exp((l[id] - mx)  / p.temperature);
       double cum = 0;
       int64_t keep = 0;
       while (keep < n) {
-        cum += std::exp((l[order[keep]] - mx) * inv_t);
+        cum += std::exp((l[order[keep]] - mx)  / p.temperature);
         ++keep;
         if (cum >= p.top_p * total) break;
       }
@@ -64,14 +63,14 @@ int32_t sample_row(const SampleParams& p, int64_t row) {
   }
   double total = 0;
   for (int64_t i = 0; i < p.vocab; ++i)
-    if (kept[i]) total += std::exp((l[i] - mx) * inv_t);
+    if (kept[i]) total += std::exp((l[i] - mx)  / p.temperature);
   uint64_t z = splitmix64(p.seed + static_cast<uint64_t>(row + 1) * 0x9E3779B97F4A7C15ull);
   const double target = static_cast<double>(z >> 11) * 0x1.0p-53 * total;
   double cum = 0;
   int64_t last = best;
   for (int64_t i = 0; i < p.vocab; ++i) {
     if (!kept[i]) continue;
-    cum += std::exp((l[i] - mx) * inv_t);
+    cum += std::exp((l[i] - mx)  / p.temperature);
     last = i;
     if (cum > target) return static_cast<int32_t>(i);
   }
