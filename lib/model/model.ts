@@ -188,7 +188,9 @@ export class Model {
    * Starts generating. Iterate the Generation for chunks as tokens arrive (once), and/or
    * await `.result` for the whole answer (awaiting it alone runs the generation to the end).
    * Leaving the loop early (break) ends the generation and frees its cache pages; `.result`
-   * then rejects with E_ABORTED.
+   * then rejects with E_ABORTED. A Generation must be finished one of these ways (iterated to
+   * the end, left with break/return, aborted, or its `.result` awaited): one abandoned half-way
+   * holds its cache pages.
    */
   generate(opts: GenerateOptions): Generation {
     const it = this.#run(opts);

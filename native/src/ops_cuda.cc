@@ -352,6 +352,7 @@ void moe_route_cuda(const MoeRouteParams& hp) {
 
 double moe_route_cuda_bench(const MoeRouteParams& hp, int iters) {
 #ifdef DSV2_WITH_CUDA
+  DSV2_CHECK(iters >= 1 && iters <= 100000, kRange, "iters = " << iters << " must be in [1, 100000]");
   Scope sc;
   MoeRouteParams p = upload_route(sc, hp);
   cuda::moe_route(p, sc.stream());
@@ -553,6 +554,7 @@ void moe_experts_cuda(const MoeExpertsParams& hp) {
 
 double copy_bandwidth_cuda(size_t bytes, int iters) {
 #ifdef DSV2_WITH_CUDA
+  DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
   Scope sc;
   uint8_t* a = sc.alloc<uint8_t>(bytes);
   uint8_t* b = sc.alloc<uint8_t>(bytes);

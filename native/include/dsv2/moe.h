@@ -20,7 +20,9 @@ enum class MoeScoring { kSoftmax, kSigmoid };
 // weights = scores[id] (no bias); with norm_topk_prob (top_k > 1) divided by their sum
 // + 1e-20. routed_scaling_factor follows the published modeling code: noaux_tc always
 // multiplies by it; greedy / group_limited_greedy (the V2 code) only when not normalising.
-// tokens_per_expert and tokens_per_group count (token, slot) pairs.
+// tokens_per_expert and tokens_per_group count (token, slot) pairs. A token whose logits hold a
+// NaN (or, with softmax scoring, a +inf) has NaN scores everywhere and is routed nowhere: all
+// its ids are -1 — as the published modeling code would produce NaN weights.
 struct MoeRouteParams {
   int64_t t = 0, e = 0, top_k = 0, n_group = 1, topk_group = 1;
   MoeMethod method = MoeMethod::kGreedy;

@@ -95,6 +95,7 @@ void gemm(const GemmParams& p, void* stream) {
   if (p.m <= kGemvMaxM) {
     gemv_kernel<<<ceil_div(p.n, kGemvWarps), kGemvWarps * 32, 0, s>>>(p);
   } else {
+    DSV2_CHECK(ceil_div(p.m, kTile) <= 65535, kUnsupported, "CUDA gemm: m = " << p.m << " rows exceed the tiled kernel's grid");
     const dim3 grid(ceil_div(p.n, kTile), ceil_div(p.m, kTile));
     gemm_tiled_kernel<<<grid, 256, 0, s>>>(p);
   }

@@ -129,6 +129,7 @@ void mla_decode(const MlaDecodeParams& p, const DecodePlan& plan, void* stream) 
     if (smem > 48 * 1024)
       DSV2_CUDA_CHECK(cudaFuncSetAttribute(mla_decode_generic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
+    DSV2_CHECK(ceil_div(rows, kRowsPerBlock) <= 65535, kUnsupported, "CUDA mla_decode: s_q · h_q = " << rows << " query rows per sequence exceed the kernel's grid");
     const dim3 grid(static_cast<unsigned>(plan.n_items), ceil_div(rows, kRowsPerBlock));
     mla_decode_generic_kernel<<<grid, kRowsPerBlock * 32, smem, s>>>(p, plan);
     DSV2_CUDA_LAUNCH_CHECK();

@@ -123,19 +123,21 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   if (p.t == 0) return;
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.counts, 0, p.n_experts * sizeof(int32_t), st));
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
-  count_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.counts);
-  DSV2_CUDA_LAUNCH_CHECK();
-  scan_kernel<<<1, 32, 0, st>>>(s.counts, p.n_experts, s.offsets, s.cursor);
-  DSV2_CUDA_LAUNCH_CHECK();
-  scatter_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.cursor, s.rows);
-  DSV2_CUDA_LAUNCH_CHECK();
-  // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
-  gate_up_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
-  DSV2_CUDA_LAUNCH_CHECK();
-  down_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
-  DSV2_CUDA_LAUNCH_CHECK();
+  if (pairs > 0 && p.inter > 0 && p.hidden > 0) {  // zero-size grids are launch errors: skip empty work
+    count_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.counts);
+    DSV2_CUDA_LAUNCH_CHECK();
+    scan_kernel<<<1, 32, 0, st>>>(s.counts, p.n_experts, s.offsets, s.cursor);
+    DSV2_CUDA_LAUNCH_CHECK();
+    scatter_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.cursor, s.rows);
+    DSV2_CUDA_LAUNCH_CHECK();
+    // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
+    gate_up_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
+    DSV2_CUDA_LAUNCH_CHECK();
+    down_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
+    DSV2_CUDA_LAUNCH_CHECK();
+  }
   const float* shared = nullptr;
-  if (p.shared_gate_up) {
+  if (p.shared_gate_up && p.inter_shared > 0 && p.hidden > 0) {
     GemmParams g;
     g.m = p.t;
     g.n = 2 * p.inter_shared;
@@ -155,6 +157,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     gemm(g, stream);
     shared = s.shared_out;
   }
+  if (p.t * p.hidden == 0) return;
   combine_kernel<<<ceil_div(p.t * p.hidden, 256), 256, 0, st>>>(p, s.slot_out, shared);
   DSV2_CUDA_LAUNCH_CHECK();
 }
