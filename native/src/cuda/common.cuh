@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <sstream>
 #include "dsv2/status.h"
+#include "dsv2/tensor.h"
+#include "../core/dtype.h"
 
 namespace dsv2 {
 
@@ -22,6 +24,13 @@ namespace dsv2 {
 
 // After every launch: catches bad launch configurations and missing kernel images.
 #define DSV2_CUDA_LAUNCH_CHECK() DSV2_CUDA_CHECK(cudaGetLastError())
+
+// Element i of a weight tensor stored as f32, bf16 or f16, as f32 (the kernels' one loader).
+__device__ __forceinline__ float load_weight(const void* w, DType t, int64_t i) {
+  if (t == DType::kF32) return static_cast<const float*>(w)[i];
+  const uint16_t h = static_cast<const uint16_t*>(w)[i];
+  return t == DType::kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
 
 inline unsigned ceil_div(long long a, long long b) { return static_cast<unsigned>((a + b - 1) / b); }
 

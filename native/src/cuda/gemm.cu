@@ -15,12 +15,6 @@
 namespace dsv2::cuda {
 namespace {
 
-__device__ __forceinline__ float load_w(const void* w, DType t, int64_t i) {
-  if (t == DType::kF32) return static_cast<const float*>(w)[i];
-  const uint16_t h = static_cast<const uint16_t*>(w)[i];
-  return t == DType::kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-
 constexpr int kGemvMaxM = 8;
 constexpr int kGemvWarps = 8;
 
@@ -32,7 +26,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemmParams p) {
 #pragma unroll
   for (int m = 0; m < kGemvMaxM; ++m) acc[m] = 0.0f;
   for (int64_t k = lane; k < p.k; k += 32) {
-    const float w = load_w(p.w, p.w_dtype, n * p.k + k);
+    const float w = load_weight(p.w, p.w_dtype, n * p.k + k);
 #pragma unroll
     for (int m = 0; m < kGemvMaxM; ++m)
       if (m < p.m) acc[m] = fmaf(w, p.x[m * p.k + k], acc[m]);
@@ -58,7 +52,7 @@ __global__ void __launch_bounds__(256) gemm_tiled_kernel(GemmParams p) {
       const int r = i / kTileK, kk = i % kTileK;
       const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
       xs[kk][r] = (m < p.m && k < p.k) ? p.x[m * p.k + k] : 0.0f;
-      ws[kk][r] = (n < p.n && k < p.k) ? load_w(p.w, p.w_dtype, n * p.k + k) : 0.0f;
+      ws[kk][r] = (n < p.n && k < p.k) ? load_weight(p.w, p.w_dtype, n * p.k + k) : 0.0f;
     }
     __syncthreads();
 #pragma unroll

@@ -19,12 +19,6 @@ namespace {
 
 constexpr int kWarps = 8;
 
-__device__ __forceinline__ float wload(const void* w, DType t, int64_t i) {
-  if (t == DType::kF32) return static_cast<const float*>(w)[i];
-  const uint16_t h = static_cast<const uint16_t*>(w)[i];
-  return t == DType::kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-
 __global__ void count_kernel(const int32_t* ids, int64_t pairs, int32_t* counts) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < pairs && ids[i] >= 0) atomicAdd(counts + ids[i], 1);
@@ -69,8 +63,8 @@ __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p
   const int64_t base = static_cast<int64_t>(ex) * 2 * p.inter * p.hidden;
   float g = 0.0f, u = 0.0f;
   for (int64_t k = lane; k < p.hidden; k += 32) {
-    g = fmaf(x[k], wload(p.gate_up, p.w_dtype, base + j * p.hidden + k), g);
-    u = fmaf(x[k], wload(p.gate_up, p.w_dtype, base + (p.inter + j) * p.hidden + k), u);
+    g = fmaf(x[k], load_weight(p.gate_up, p.w_dtype, base + j * p.hidden + k), g);
+    u = fmaf(x[k], load_weight(p.gate_up, p.w_dtype, base + (p.inter + j) * p.hidden + k), u);
   }
   for (int off = 16; off > 0; off >>= 1) {
     g += __shfl_xor_sync(0xffffffffu, g, off);
@@ -89,7 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) down_kernel(MoeExpertsParams p, c
   const int ex = expert_of(offsets, p.n_experts, pos);
   const int64_t base = static_cast<int64_t>(ex) * p.hidden * p.inter + n * p.inter;
   float acc = 0.0f;
-  for (int64_t j = lane; j < p.inter; j += 32) acc = fmaf(h[pos * p.inter + j], wload(p.down, p.w_dtype, base + j), acc);
+  for (int64_t j = lane; j < p.inter; j += 32) acc = fmaf(h[pos * p.inter + j], load_weight(p.down, p.w_dtype, base + j), acc);
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) slot_out[static_cast<int64_t>(rows[pos]) * p.hidden + n] = acc;
 }

@@ -12,12 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float wget(const void* w, DType t, int64_t i) {
-  if (t == DType::kF32) return static_cast<const float*>(w)[i];
-  const uint16_t h = static_cast<const uint16_t*>(w)[i];
-  return t == DType::kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-
 __device__ __forceinline__ int64_t iget(const void* p, DType t, int64_t i) {
   return t == DType::kI64 ? static_cast<const int64_t*>(p)[i] : static_cast<const int32_t*>(p)[i];
 }
@@ -41,7 +35,7 @@ __device__ float block_reduce(float v) {
 __global__ void embedding_kernel(EmbeddingParams p) {
   const int64_t t = blockIdx.x;
   const int64_t id = iget(p.ids, p.ids_dtype, t);  // checked on the host
-  for (int64_t j = threadIdx.x; j < p.hidden; j += blockDim.x) p.out[t * p.hidden + j] = wget(p.table, p.table_dtype, id * p.hidden + j);
+  for (int64_t j = threadIdx.x; j < p.hidden; j += blockDim.x) p.out[t * p.hidden + j] = load_weight(p.table, p.table_dtype, id * p.hidden + j);
 }
 
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormParams p) {
@@ -51,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormParams p) {
   for (int64_t j = threadIdx.x; j < p.dim; j += blockDim.x) ss = fmaf(x[j], x[j], ss);
   ss = block_reduce<false>(ss);
   const float inv = rsqrtf(ss / p.dim + p.eps);
-  for (int64_t j = threadIdx.x; j < p.dim; j += blockDim.x) p.y[r * p.dim + j] = wget(p.w, p.w_dtype, j) * (x[j] * inv);
+  for (int64_t j = threadIdx.x; j < p.dim; j += blockDim.x) p.y[r * p.dim + j] = load_weight(p.w, p.w_dtype, j) * (x[j] * inv);
 }
 
 __global__ void rope_kernel(RopeParams p) {
