@@ -9,30 +9,17 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { main } from '../../lib/cli/main';
+import { run } from './run';
 import { Model, makeTiny } from '../../lib';
 import { checkEqual } from '../reference/compare';
 import { BOS, randomPrompt, rmDir, tmpDir } from '../model/util';
 
 const ROOT = path.resolve(__dirname, '../..');
 const BIN = path.join(ROOT, 'dist/lib/cli/main.js');
-const V2_CONFIG = '/work/shared/configs/deepseek-v2.json';
-const V2_LITE_CONFIG = '/work/shared/configs/deepseek-v2-lite.json';
+// The published configs in ../shared/configs (beside the checkout, as in CI).
+const V2_CONFIG = path.resolve(ROOT, '..', 'shared', 'configs', 'deepseek-v2.json');
+const V2_LITE_CONFIG = path.resolve(ROOT, '..', 'shared', 'configs', 'deepseek-v2-lite.json');
 
-/** Runs the CLI in-process, capturing stdout and stderr. */
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = jest.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => { out += String(s); return true; });
-  const e = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => { err += String(s); return true; });
-  try {
-    const code = await main(argv);
-    return { code, out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
 
 /** A successful --json run: exit 0 and exactly one JSON document on stdout. */
 async function runJson(argv: string[]): Promise<any> {
