@@ -78,6 +78,37 @@ export interface RawKvCacheOptions {
   device: 'cpu' | 'cuda';
 }
 
+/** Options of the native model engine (native/addon/engine_binding.cc). */
+export interface RawEngineOptions {
+  device: 'cpu' | 'cuda';
+  dims: Record<string, number | string | boolean | boolean[]>;
+  cache: RawKvCache;
+  maxTokens: number;
+  maxSeqs: number;
+  maxSeqlen: number;
+}
+
+export interface RawEngineStep {
+  tokens: Int32Array;
+  positions: Int32Array;
+  slots: Int32Array;
+  seqlens: Int32Array;
+  cuQ: Int32Array;
+  blockTable: Int32Array;
+  maxBlocks: number;
+  decode: boolean;
+  logits: 'none' | 'last' | 'all';
+  sample?: { temperature: number; topK: number; topP: number; seeds: BigUint64Array };
+}
+
+export interface RawEngine {
+  setWeight(layer: number, name: string, t: RawTensor): Promise<void>;
+  setRope(cos: RawTensor, sin: RawTensor): Promise<void>;
+  step(input: RawEngineStep): Promise<{ logits: Float32Array | null; tokens: Int32Array | null }>;
+  memory(): { weights: number; cache: number; workspace: number; device: string };
+  dispose(): void;
+}
+
 export interface RawMoeRouteOptions {
   topK: number;
   method: string;
@@ -103,6 +134,7 @@ export interface Binding {
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
   copyBandwidth(bytes: number, iters: number): Promise<number>;
   KvCache: new (opts: RawKvCacheOptions) => RawKvCache;
+  Engine: new (opts: RawEngineOptions) => RawEngine;
   headsGemm(x: RawTensor, weight: RawTensor, impl?: RawImpl): Promise<RawTensor>;
   mlaDecode(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,
     splitTokens: number, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
@@ -114,8 +146,15 @@ export interface Binding {
   moeRoute(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, impl?: RawImpl): Promise<[RawTensor, RawTensor, RawTensor, RawTensor]>;
   benchMlaDecodeCuda(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,
     splitTokens: number, iters: number): Promise<{ ms: number; items: number; kernel: string }>;
+  benchMlaPrefillCuda(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor,
+    cuSeqlensQ: RawTensor, kvB: RawTensor, scale: number, dNope: number, dV: number, iters: number,
+    gemmSize: number): Promise<{ ms: number; attendMs: number; gemmMs: number; kernel: string; gemmKernel: string }>;
   cudaCopyBandwidth(bytes: number, iters: number): Promise<number>;
-  benchMoeRouteCuda(logits: RawTensor, opts: RawMoeRouteOptions, bias: RawTensor | null, iters: number): Promise<number>;
+  benchMoeRouteCuda(logits: RawTensor, opts: RawMoeRouteOptions & { unfused?: boolean }, bias: RawTensor | null,
+    iters: number): Promise<{ us: number; kernel: string }>;
+  benchMoeExpertsCuda(shape: { t: number; hidden: number; inter: number; nExperts: number; topK: number; interShared: number;
+    seed: number }, iters: number): Promise<{ ms: number; kernel: string; expertsHit: number; weightBytes: number; flops: number;
+    gemmMs: number; gemmKernel: string; gemmFlops: number }>;
   moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
     sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;

@@ -13,6 +13,7 @@ import * as ops from '../ops';
 import { Tensor } from '../tensor';
 import { qHeadDim, type DeepSeekConfig } from './config';
 import { add, concatLast, reshape, sliceLast } from './tensor-ops';
+import type { EngineSampling, NativeEngine } from './engine';
 import type { LayerWeights, ModelWeights } from './weights';
 
 export type AttentionMode = 'prefill' | 'decode';
@@ -30,6 +31,8 @@ export interface ForwardContext {
   weights: ModelWeights;
   cache: KvCache;
   rope: ops.RopeTable;
+  /** When set, the forward runs in the native engine (CUDA, or the CPU with engine: 'native'). */
+  engine?: NativeEngine;
 }
 
 /** Makes room for `n` more tokens, allocating pages as needed (E_OOM when the cache is full). */
@@ -52,7 +55,8 @@ export function reserve(ctx: ForwardContext, seq: SeqState, n: number): void {
  * cache, and returns f32 logits [T, vocab]. The sequence must have room (reserve()).
  */
 export async function forward(ctx: ForwardContext, seq: SeqState, tokens: Int32Array, mode: AttentionMode,
-  signal?: AbortSignal): Promise<Tensor> {
+  signal?: AbortSignal, rows: 'all' | 'last' = 'all'): Promise<Tensor> {
+  if (ctx.engine) return (await engineForward(ctx.engine, ctx.config, seq, tokens, mode, rows, signal)).logits!;
   const c = ctx.config;
   const T = tokens.length;
   const pos0 = seq.length;
@@ -75,8 +79,38 @@ export async function forward(ctx: ForwardContext, seq: SeqState, tokens: Int32A
     x = add(x, await mlp(ctx, w, h2));
   }
   seq.length = pos0 + T;
-  const hf = await ops.rmsNorm(x, ctx.weights.norm, { eps: c.rmsNormEps });
+  const last = rows === 'last' ? new Tensor('f32', [1, c.hiddenSize], (x.data as Float32Array).subarray((T - 1) * c.hiddenSize)) : x;
+  const hf = await ops.rmsNorm(last, ctx.weights.norm, { eps: c.rmsNormEps });
   return ops.gemm(hf, ctx.weights.lmHead);
+}
+
+/**
+ * The forward of one sequence in the native engine: the tokens in steps of at most
+ * maxTokens (chunked prefill over the cached prefix), decode steps of at most 4 tokens;
+ * logits of every token or of the last, and/or a token sampled on the engine's device.
+ */
+export async function engineForward(engine: NativeEngine, c: DeepSeekConfig, seq: SeqState, tokens: Int32Array,
+  mode: AttentionMode, rows: 'all' | 'last' | 'none', signal?: AbortSignal,
+  sampling?: EngineSampling): Promise<{ logits: Tensor | null; token: number | null }> {
+  const T = tokens.length;
+  const V = c.vocabSize;
+  const step = mode === 'decode' ? Math.min(4, engine.limits.maxTokens) : engine.limits.maxTokens;
+  const all = rows === 'all' ? new Float32Array(T * V) : null;
+  let lastLogits: Float32Array | null = null;
+  let token: number | null = null;
+  for (let t0 = 0; t0 < T; t0 += step) {
+    if (signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted after ${t0} of ${T} tokens`);
+    const chunk = tokens.subarray(t0, Math.min(T, t0 + step));
+    const final = t0 + chunk.length === T;
+    const want = rows === 'all' ? 'all' : final && rows === 'last' ? 'last' : 'none';
+    const r = await engine.step([{ tokens: chunk, pos0: seq.length, pages: seq.pages }], mode, want, final ? sampling : undefined);
+    seq.length += chunk.length;
+    if (all && r.logits) all.set(r.logits, t0 * V);
+    if (final && rows === 'last') lastLogits = r.logits;
+    if (final && r.tokens) token = r.tokens[0];
+  }
+  const logits = all ? new Tensor('f32', [T, V], all) : lastLogits ? new Tensor('f32', [1, V], lastLogits) : null;
+  return { logits, token };
 }
 
 async function attention(ctx: ForwardContext, layer: number, w: LayerWeights, h: Tensor, positions: Tensor, slots: Tensor,

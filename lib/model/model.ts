@@ -9,7 +9,8 @@ import * as ops from '../ops';
 import { Tensor } from '../tensor';
 import { Checkpoint } from './checkpoint';
 import type { DeepSeekConfig } from './config';
-import { forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
+import { NativeEngine, type EngineMemory } from './engine';
+import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { Tokenizer, type ChatMessage } from './tokenizer';
 import { checkTensors, loadWeights, type ModelWeights } from './weights';
 
@@ -18,6 +19,13 @@ export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
 export interface ModelLoadOptions {
   /** Where to run: cpu, cuda, or auto (cuda when usable). Default auto. */
   device?: DeviceChoice;
+  /**
+   * Which forward runs on the CPU: 'js' (default: the ops called one by one from TypeScript)
+   * or 'native' (the C++ engine that CUDA runs on, on the CPU ops). CUDA always uses the engine.
+   */
+  engine?: 'js' | 'native';
+  /** Tokens per engine step (longer prompts are prefilled in chunks); default min(2048, maxTokens). */
+  maxStepTokens?: number;
   /** KV cache storage; default bf16. */
   kvCache?: KvCacheDtype;
   /** Cache capacity in tokens, over all sequences at once; default 4096 (at most max_position_embeddings per sequence). */
@@ -91,7 +99,7 @@ export class Model {
   readonly dir: string;
   readonly config: DeepSeekConfig;
   readonly tokenizer: Tokenizer | null;
-  readonly device: 'cpu';
+  readonly device: 'cpu' | 'cuda';
   /** Checkpoint tensors the config does not use (reported, not loaded). */
   readonly extraTensors: readonly string[];
   #ctx: ForwardContext | null;
@@ -100,16 +108,20 @@ export class Model {
     this.dir = dir;
     this.config = ctx.config;
     this.tokenizer = tokenizer;
-    this.device = 'cpu';
+    this.device = ctx.engine?.device ?? 'cpu';
     this.extraTensors = extras;
     this.#ctx = ctx;
   }
 
   static async load(dir: string, opts: ModelLoadOptions = {}): Promise<Model> {
-    const device = opts.device ?? 'auto';
-    if (device === 'cuda') {
+    const choice = opts.device ?? 'auto';
+    if (!['auto', 'cpu', 'cuda'].includes(choice)) throw new Dsv2Error('E_ARG', `device '${String(choice)}' must be auto, cpu or cuda`);
+    if (opts.engine !== undefined && opts.engine !== 'js' && opts.engine !== 'native') throw new Dsv2Error('E_ARG', `engine '${String(opts.engine)}' must be js or native`);
+    let device: 'cpu' | 'cuda' = 'cpu';
+    if (choice !== 'cpu') {
       const i = await info();
-      throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': the CUDA model runtime is not in this release${i.cuda.usable ? '' : ` (and CUDA is not usable here: ${i.cuda.reason})`}; use --device cpu`);
+      if (i.cuda.usable) device = 'cuda';
+      else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);
     }
     const ck = await Checkpoint.open(dir);
     let weights: ModelWeights;
@@ -134,10 +146,30 @@ export class Model {
     const pageSize = 64;
     const cache = await KvCache.create({
       layers: c.numLayers, pages: Math.ceil(maxTokens / pageSize), dC: c.kvLoraRank, dR: c.qkRopeHeadDim,
-      dtype: opts.kvCache ?? 'bf16', pageSize,
+      dtype: opts.kvCache ?? 'bf16', pageSize, device,
     });
     const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: Math.min(maxTokens, c.maxPositionEmbeddings), theta: c.rope.theta, yarn: c.rope.yarn });
-    return new Model(dir, { config: c, weights, cache, rope }, tokenizer, extras);
+    const ctx: ForwardContext = { config: c, weights, cache, rope };
+    if (device === 'cuda' || opts.engine === 'native') {
+      const maxSeqlen = maxSequenceTokens(ctx);
+      const maxStep = opts.maxStepTokens ?? Math.min(2048, maxSeqlen);
+      if (!Number.isSafeInteger(maxStep) || maxStep < 1) throw new Dsv2Error('E_RANGE', `maxStepTokens = ${maxStep} must be a positive integer`);
+      try {
+        ctx.engine = await NativeEngine.create(c, weights, cache, rope, device, { maxTokens: Math.min(maxStep, maxSeqlen), maxSeqs: 1, maxSeqlen },
+          { signal: opts.signal, onProgress: opts.onProgress });
+      } catch (e) {
+        cache.dispose();
+        throw e;
+      }
+      // The engine holds its own copy of the weights (on the device for cuda): drop the host tensors.
+      if (device === 'cuda') ctx.weights = { embed: weights.embed, layers: [], norm: weights.norm, lmHead: weights.lmHead };
+    }
+    return new Model(dir, ctx, tokenizer, extras);
+  }
+
+  /** Bytes the loaded model holds where it runs (the native engine's accounting; null for the js CPU forward). */
+  memory(): EngineMemory | null {
+    return this.#context().engine?.memory() ?? null;
   }
 
   #context(): ForwardContext {
@@ -273,13 +305,21 @@ export class Model {
     try {
       aborted();
       reserve(ctx, seq, ids.length);
-      let logits = await forward(ctx, seq, ids, 'prefill', opts.signal);
+      const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+      // The next token: on the engine's device (only the token comes back), or from the last
+      // row's logits with ops.sample — the same draw for the same seed.
+      const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<number> => {
+        if (ctx.engine) {
+          const r = await engineForward(ctx.engine, ctx.config, seq, input, mode, 'none', opts.signal, { ...sampling, seeds: [stepSeed] });
+          return r.token!;
+        }
+        const last = await forward(ctx, seq, input, mode, opts.signal, 'last');
+        return (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number;
+      };
+      const seedOf = (step: number) => (seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
+      let next = await nextToken(ids, 'prefill', seedOf(0));
       for (let step = 0; step < maxNew; step++) {
         aborted();
-        const V = this.config.vocabSize;
-        const last = new Tensor('f32', [1, V], (logits.data as Float32Array).subarray(logits.numel - V));
-        const stepSeed = (seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
-        const next = (await ops.sample(last, { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1, seed: stepSeed })).data[0] as number;
         if (eos.has(next)) {
           finish = 'eos';
           break;
@@ -310,7 +350,7 @@ export class Model {
         if (step + 1 === maxNew) break;
         if (seq.length + 1 > maxSequenceTokens(ctx)) break; // context full: finish with 'length'
         reserve(ctx, seq, 1);
-        logits = await forward(ctx, seq, Int32Array.of(next), 'decode', opts.signal);
+        next = await nextToken(Int32Array.of(next), 'decode', seedOf(step + 1));
       }
       const text = finish === 'stop' ? emitted : tok && out.length ? tok.decode(out) : '';
       if (text.length > emitted.length) yield { token: null, text: text.slice(emitted.length) }; // held-back tail at EOS
@@ -320,8 +360,9 @@ export class Model {
     }
   }
 
-  /** Frees the weights' references and the KV cache. */
+  /** Frees the weights' references, the engine and the KV cache. */
   async dispose(): Promise<void> {
+    this.#ctx?.engine?.dispose();
     this.#ctx?.cache.dispose();
     this.#ctx = null;
   }

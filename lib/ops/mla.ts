@@ -70,6 +70,9 @@ export interface MlaPrefillOptions extends OpOptions {
  * included: chunked prefill) and expanded per head with kv_b_proj into k_nope and v; then
  * causal attention over [k_nope ; k_pe]. Sequence i's queries are q rows
  * cuSeqlensQ[i]..cuSeqlensQ[i+1], the last of its seqlens[i] keys.
+ * On a cuda cache at DeepSeek-V2 dims (dNope 128, dR 64, dV 128) the tensor-core flash kernel
+ * runs and rounds q, K, V and the softmax probabilities to bf16 (f32 accumulation); other dims
+ * take a generic all-f32 kernel.
  * @param q f32 [T, h, dNope + dR]  @param kvB kv_b_proj.weight [h·(dNope + dV), dC], f32 | bf16 | f16
  * @returns f32 [T, h, dV]
  */
@@ -80,6 +83,39 @@ export async function mlaPrefill(q: Tensor, cache: KvCache, layer: number, block
     tensorArg(q, 'q'), cacheArg(cache), layerArg(layer), tensorArg(blockTable, 'blockTable'), tensorArg(seqlens, 'seqlens'),
     tensorArg(cuSeqlensQ, 'cuSeqlensQ'), tensorArg(kvB, 'kvB'), numberArg(opts?.scale, 'scale', NaN),
     numberArg(opts?.dNope, 'dNope', NaN), numberArg(opts?.dV, 'dV', NaN), implArg(opts))));
+}
+
+export interface MlaPrefillBenchOptions extends MlaPrefillOptions {
+  /** Timed calls (CUDA events); 1..10000. */
+  iters: number;
+  /** Also time one [n, n]·[n, n]ᵀ cuda gemm with bf16 weights (the run's dense rate); 0 or absent: not run. */
+  gemmSize?: number;
+}
+
+export interface MlaPrefillBench {
+  /** Milliseconds per whole op (gather + K/V expansion + attention, every sequence). */
+  ms: number;
+  /** Milliseconds of the attention kernels alone (summed over sequences). */
+  attendMs: number;
+  /** Milliseconds per dense gemm of `gemmSize` (0 when not run). */
+  gemmMs: number;
+  /** The attention kernel the dispatch chose for these dims. */
+  kernel: string;
+  gemmKernel: string;
+}
+
+/**
+ * Kernel-only timing of {@link mlaPrefill} on a cuda cache (inputs copied to the device once,
+ * no output copied back): same arguments as mlaPrefill plus the iteration count.
+ */
+export async function benchMlaPrefillCuda(q: Tensor, cache: KvCache, layer: number, blockTable: Tensor, seqlens: Tensor,
+  cuSeqlensQ: Tensor, kvB: Tensor, opts: MlaPrefillBenchOptions): Promise<MlaPrefillBench> {
+  const b = binding();
+  return native(b.benchMlaPrefillCuda(
+    tensorArg(q, 'q'), cacheArg(cache), layerArg(layer), tensorArg(blockTable, 'blockTable'), tensorArg(seqlens, 'seqlens'),
+    tensorArg(cuSeqlensQ, 'cuSeqlensQ'), tensorArg(kvB, 'kvB'), numberArg(opts?.scale, 'scale', NaN),
+    numberArg(opts?.dNope, 'dNope', NaN), numberArg(opts?.dV, 'dV', NaN), numberArg(opts?.iters, 'iters', NaN),
+    numberArg(opts?.gemmSize, 'gemmSize', 0)));
 }
 
 export type Fp8Granularity = 'tensor' | 'token' | 'tile';

@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   dsv2::addon::register_info(env, exports);
   dsv2::addon::register_mla_moe(env, exports);
   dsv2::addon::register_kv_cache(env, exports);
+  dsv2::addon::register_engine(env, exports);
   return exports;
 }
 

@@ -184,7 +184,37 @@ Napi::Value BenchMlaDecodeCuda(const Napi::CallbackInfo& info) {
   });
 }
 
-// benchMoeRouteCuda(logits, options, bias | null, iters) -> µs per fused routing call (logits on the device)
+// benchMlaPrefillCuda(q, cache, layer, blockTable, seqlens, cuSeqlensQ, kvB, scale, dNope, dV, iters, gemmSize)
+//   -> {ms, attendMs, gemmMs, kernel, gemmKernel}: kernel-only times, inputs resident on the device (a cuda cache).
+Napi::Value BenchMlaPrefillCuda(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) -> Napi::Value {
+    auto s = kv_storage_of(info.Env(), info[1], "cache");
+    DSV2_CHECK(s->device == Device::kCuda, kDevice, "cache: the prefill benchmark needs a cuda KV cache");
+    MlaPrefillParams p;
+    ops::check_mla_prefill(c.tensor(0, "q"), kv_layer_of(*s, info[2]), c.tensor(3, "blockTable"), c.tensor(4, "seqlens"),
+                           c.tensor(5, "cuSeqlensQ"), c.tensor(6, "kvB"), c.number(7, "scale"), integer(c, 8, "dNope"),
+                           integer(c, 9, "dV"), &p);  // no host output: the benchmark keeps it on the device
+    const int iters = static_cast<int>(integer(c, 10, "iters"));
+    const int64_t gemm_size = integer(c, 11, "gemmSize");
+    auto r = std::make_shared<ops::PrefillBench>();
+    auto* job = new Job(
+        info.Env(), [p, iters, gemm_size, s, r] { *r = ops::mla_prefill_cuda_bench(p, iters, gemm_size); },
+        [r](Napi::Env env) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("ms", r->ms);
+          o.Set("attendMs", r->attend_ms);
+          o.Set("gemmMs", r->gemm_ms);
+          o.Set("kernel", r->kernel);
+          o.Set("gemmKernel", r->gemm_kernel);
+          return o;
+        });
+    for (int k : {0, 1, 3, 4, 5, 6}) job->keep(info[k].As<Napi::Object>());  // info[2] is the layer number
+    return job->start();
+  });
+}
+
+// benchMoeRouteCuda(logits, options, bias | null, iters) -> {us, kernel}: µs per routing call
+// (logits on the device); options.unfused times the one-launch-per-step baseline instead.
 Napi::Value BenchMoeRouteCuda(const Napi::CallbackInfo& info) {
   return run_op(info, [&info](Call& c) -> Napi::Value {
     Napi::Object o = c.object(1, "options");
@@ -197,15 +227,55 @@ Napi::Value BenchMoeRouteCuda(const Napi::CallbackInfo& info) {
     p.scoring = o.Get("scoring").IsString() && o.Get("scoring").As<Napi::String>().Utf8Value() == "sigmoid" ? MoeScoring::kSigmoid : MoeScoring::kSoftmax;
     p.norm_topk_prob = o.Get("normTopkProb").ToBoolean().Value();
     p.routed_scaling_factor = static_cast<float>(get_number(o, "routedScalingFactor", "routedScalingFactor", 1));
+    const bool unfused = o.Get("unfused").ToBoolean().Value();
     TensorView bias;
     const bool has_bias = c.optional_tensor(2, "bias", &bias);
     c.outputs(ops::check_moe_route(c.tensor(0, "logits"), has_bias ? &bias : nullptr, &p));
     const int iters = static_cast<int>(integer(c, 3, "iters"));
     auto us = std::make_shared<double>(0);
-    auto* job = new Job(info.Env(), [p, iters, us] { *us = ops::moe_route_cuda_bench(p, iters); },
-                        [us](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *us); });
+    auto* job = new Job(info.Env(), [p, iters, unfused, us] { *us = ops::moe_route_cuda_bench(p, iters, unfused); },
+                        [us, unfused, p](Napi::Env env) -> Napi::Value {
+                          Napi::Object r = Napi::Object::New(env);
+                          r.Set("us", *us);
+                          r.Set("kernel", unfused ? "unfused" : ops::moe_route_cuda_kernel_name(p));
+                          return r;
+                        });
     job->keep(info[0].As<Napi::Object>());
     if (has_bias) job->keep(info[2].As<Napi::Object>());
+    return job->start();
+  });
+}
+
+// benchMoeExpertsCuda({t, hidden, inter, nExperts, topK, interShared, seed}, iters)
+//   -> {ms, kernel, expertsHit, weightBytes, flops, gemmMs, gemmKernel, gemmFlops}: kernel-only
+//   moe_experts with random bf16 weights resident on the device and seeded random routing.
+Napi::Value BenchMoeExpertsCuda(const Napi::CallbackInfo& info) {
+  return run_op(info, [&info](Call& c) -> Napi::Value {
+    Napi::Object o = c.object(0, "shape");
+    ops::MoeExpertsBenchShape b;
+    b.t = get_integer(o, "t", "t", -1);
+    b.hidden = get_integer(o, "hidden", "hidden", -1);
+    b.inter = get_integer(o, "inter", "inter", -1);
+    b.n_experts = get_integer(o, "nExperts", "nExperts", -1);
+    b.top_k = get_integer(o, "topK", "topK", -1);
+    b.inter_shared = get_integer(o, "interShared", "interShared", 0);
+    b.seed = static_cast<uint64_t>(get_integer(o, "seed", "seed", 0));
+    const int iters = static_cast<int>(integer(c, 1, "iters"));
+    auto r = std::make_shared<ops::MoeExpertsBench>();
+    auto* job = new Job(
+        info.Env(), [b, iters, r] { *r = ops::moe_experts_cuda_bench(b, iters); },
+        [r](Napi::Env env) -> Napi::Value {
+          Napi::Object x = Napi::Object::New(env);
+          x.Set("ms", r->ms);
+          x.Set("kernel", r->kernel);
+          x.Set("expertsHit", r->experts_hit);
+          x.Set("weightBytes", r->weight_bytes);
+          x.Set("flops", r->flops);
+          x.Set("gemmMs", r->gemm_ms);
+          x.Set("gemmKernel", r->gemm_kernel);
+          x.Set("gemmFlops", r->gemm_flops);
+          return x;
+        });
     return job->start();
   });
 }
@@ -235,7 +305,9 @@ void register_mla_moe(Napi::Env env, Napi::Object exports) {
   exports.Set("moeRoute", Napi::Function::New(env, MoeRoute, "moeRoute"));
   exports.Set("moeExperts", Napi::Function::New(env, MoeExperts, "moeExperts"));
   exports.Set("benchMlaDecodeCuda", Napi::Function::New(env, BenchMlaDecodeCuda, "benchMlaDecodeCuda"));
+  exports.Set("benchMlaPrefillCuda", Napi::Function::New(env, BenchMlaPrefillCuda, "benchMlaPrefillCuda"));
   exports.Set("benchMoeRouteCuda", Napi::Function::New(env, BenchMoeRouteCuda, "benchMoeRouteCuda"));
+  exports.Set("benchMoeExpertsCuda", Napi::Function::New(env, BenchMoeExpertsCuda, "benchMoeExpertsCuda"));
   exports.Set("cudaCopyBandwidth", Napi::Function::New(env, CudaCopyBandwidth, "cudaCopyBandwidth"));
 }
 

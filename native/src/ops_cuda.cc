@@ -6,6 +6,7 @@
 #include "ops_cuda.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/device.h"
@@ -166,15 +167,11 @@ void kv_read_raw_cuda(const KvCacheView& c, int64_t page, uint8_t* dst) {
 #ifdef DSV2_WITH_CUDA
 namespace {
 
-// Checks the tables the kernel indexes with (the CPU op makes the same checks) and builds
-// the split plan on the host; returns the longest sequence.
-struct HostPlan {
-  std::vector<int32_t> item_seq, item_t0, item_t1, begin;
-};
-
-HostPlan plan_decode(const MlaDecodeParams& hp) {
+// Checks the tables the kernels index with (the CPU op makes the same checks; the device
+// plan trusts them); returns the batch's total keys.
+int64_t check_decode_tables(const MlaDecodeParams& hp) {
   const int64_t page = hp.cache.layout.page_size;
-  int64_t max_sk = 0;
+  int64_t total = 0;
   for (int64_t i = 0; i < hp.b; ++i) {
     const int64_t s_k = hp.seqlens[i];
     DSV2_CHECK(s_k >= 0 && s_k <= hp.max_blocks * page, kRange,
@@ -184,47 +181,39 @@ HostPlan plan_decode(const MlaDecodeParams& hp) {
       DSV2_CHECK(pg >= 0 && pg < hp.cache.pages, kRange,
                  "block_table[" << i << ", " << blk << "] = " << pg << " is outside the cache's pages [0, " << hp.cache.pages << ")");
     }
-    max_sk = std::max(max_sk, s_k);
+    total += s_k;
   }
-  // Enough items to fill the device (≈ 2 per SM), splits of at least 64 keys.
-  const CudaInfo& info = cuda_info();
-  const int64_t sms = info.devices.empty() ? 108 : std::max(1, info.devices[0].multiprocessors);
-  int64_t split = hp.split_tokens;
-  if (split <= 0) {
-    const int64_t want = std::max<int64_t>(1, (2 * sms + hp.b - 1) / std::max<int64_t>(1, hp.b));
-    split = std::max<int64_t>(64, (max_sk + want - 1) / want);
-  }
-  HostPlan h;
-  h.begin.assign(hp.b + 1, 0);
-  for (int64_t i = 0; i < hp.b; ++i) {
-    h.begin[i] = static_cast<int32_t>(h.item_seq.size());
-    for (int64_t t0 = 0; t0 < hp.seqlens[i]; t0 += split) {
-      h.item_seq.push_back(static_cast<int32_t>(i));
-      h.item_t0.push_back(static_cast<int32_t>(t0));
-      h.item_t1.push_back(static_cast<int32_t>(std::min<int64_t>(hp.seqlens[i], t0 + split)));
-    }
-  }
-  h.begin[hp.b] = static_cast<int32_t>(h.item_seq.size());
-  return h;
+  return total;
 }
 
-// Uploads the inputs and plan; returns device params (outputs allocated on the device).
-MlaDecodeParams upload_decode(Scope& sc, const MlaDecodeParams& hp, const HostPlan& h, cuda::DecodePlan* plan) {
+// A decode call with its inputs on the device: params (device pointers, outputs allocated),
+// the number of split parts and the workspace of cuda::mla_decode.
+struct DecodeCall {
+  MlaDecodeParams p;
+  int64_t n_parts = 1;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+};
+
+// Uploads the inputs. n_parts: the caller's split_tokens read as ≈ keys per part (the device
+// plan cuts the batch's key line into equal parts rather than each sequence into chunks; the
+// results agree up to rounding), else the device default (cuda::mla_decode_parts).
+DecodeCall upload_decode(Scope& sc, const MlaDecodeParams& hp) {
+  const int64_t total = check_decode_tables(hp);
   const int64_t rows = hp.s_q * hp.h_q, d = hp.d_c + hp.d_r;
-  plan->n_items = static_cast<int64_t>(h.item_seq.size());
-  plan->item_seq = sc.upload(h.item_seq.data(), h.item_seq.size());
-  plan->item_t0 = sc.upload(h.item_t0.data(), h.item_t0.size());
-  plan->item_t1 = sc.upload(h.item_t1.data(), h.item_t1.size());
-  plan->seq_item_begin = sc.upload(h.begin.data(), h.begin.size());
-  plan->part_out = sc.alloc<float>(std::max<int64_t>(1, plan->n_items * rows * hp.d_c));
-  plan->part_lse = sc.alloc<float>(std::max<int64_t>(1, plan->n_items * rows));
-  MlaDecodeParams p = hp;
-  p.q = sc.upload(hp.q, hp.b * rows * d);
-  p.block_table = sc.upload(hp.block_table, hp.b * hp.max_blocks);
-  p.seqlens = sc.upload(hp.seqlens, hp.b);
-  p.out = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows * hp.d_c));
-  p.lse = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows));
-  return p;
+  DecodeCall c;
+  c.p = hp;
+  c.p.q = sc.upload(hp.q, std::max<int64_t>(1, hp.b * rows * d));
+  c.p.block_table = sc.upload(hp.block_table, std::max<int64_t>(1, hp.b * hp.max_blocks));
+  c.p.seqlens = sc.upload(hp.seqlens, std::max<int64_t>(1, hp.b));
+  c.p.out = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows * hp.d_c));
+  c.p.lse = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows));
+  c.n_parts = hp.split_tokens > 0
+                  ? std::clamp<int64_t>((total + hp.split_tokens - 1) / hp.split_tokens, 1, cuda::kDecodeMaxParts)
+                  : cuda::mla_decode_parts(c.p);
+  c.ws_bytes = cuda::mla_decode_workspace_bytes(hp.b, hp.s_q, hp.h_q, hp.d_c, c.n_parts);
+  c.ws = sc.alloc<uint8_t>(std::max<size_t>(1, c.ws_bytes));
+  return c;
 }
 
 }  // namespace
@@ -232,14 +221,14 @@ MlaDecodeParams upload_decode(Scope& sc, const MlaDecodeParams& hp, const HostPl
 
 void mla_decode_cuda(const MlaDecodeParams& hp) {
 #ifdef DSV2_WITH_CUDA
-  const HostPlan h = plan_decode(hp);
   const int64_t rows = hp.s_q * hp.h_q;
   Scope sc;
-  cuda::DecodePlan plan;
-  MlaDecodeParams p = upload_decode(sc, hp, h, &plan);
-  cuda::mla_decode(p, plan, sc.stream());
-  cuda::copy_d2h(hp.out, p.out, hp.b * rows * hp.d_c * sizeof(float), sc.stream());
-  cuda::copy_d2h(hp.lse, p.lse, hp.b * rows * sizeof(float), sc.stream());
+  const DecodeCall c = upload_decode(sc, hp);
+  cuda::mla_decode(c.p, c.n_parts, c.ws, c.ws_bytes, sc.stream());
+  if (hp.b * rows > 0) {
+    cuda::copy_d2h(hp.out, c.p.out, hp.b * rows * hp.d_c * sizeof(float), sc.stream());
+    cuda::copy_d2h(hp.lse, c.p.lse, hp.b * rows * sizeof(float), sc.stream());
+  }
   sc.finish();
 #else
   (void)hp;
@@ -247,14 +236,15 @@ void mla_decode_cuda(const MlaDecodeParams& hp) {
 #endif
 }
 
-void mla_prefill_cuda(const MlaPrefillParams& hp) {
 #ifdef DSV2_WITH_CUDA
-  // The checks the CPU op makes, on the host, before anything runs.
+namespace {
+
+// The checks the CPU op makes, on the host, before anything runs.
+void check_prefill(const MlaPrefillParams& hp) {
   DSV2_CHECK(hp.cu_seqlens_q[0] == 0, kRange, "cuSeqlensQ[0] = " << hp.cu_seqlens_q[0] << " must be 0");
   DSV2_CHECK(hp.cu_seqlens_q[hp.b] == hp.n_tokens, kRange,
              "cuSeqlensQ[" << hp.b << "] = " << hp.cu_seqlens_q[hp.b] << " must equal the number of query rows " << hp.n_tokens);
   const int64_t page = hp.cache.layout.page_size;
-  int64_t max_sk = 0;
   for (int64_t i = 0; i < hp.b; ++i) {
     const int64_t n_q = static_cast<int64_t>(hp.cu_seqlens_q[i + 1]) - hp.cu_seqlens_q[i], s_k = hp.seqlens[i];
     DSV2_CHECK(n_q >= 0, kRange, "cuSeqlensQ must be non-decreasing at " << i + 1);
@@ -265,33 +255,63 @@ void mla_prefill_cuda(const MlaPrefillParams& hp) {
       DSV2_CHECK(pg >= 0 && pg < hp.cache.pages, kRange,
                  "block_table[" << i << ", " << blk << "] = " << pg << " is outside the cache's pages [0, " << hp.cache.pages << ")");
     }
-    max_sk = std::max(max_sk, s_k);
   }
-  if (hp.n_tokens == 0) return;
+}
+
+cuda::PrefillSeq prefill_seq(const MlaPrefillParams& hp, int64_t i) {
+  cuda::PrefillSeq s;
+  s.q0 = hp.cu_seqlens_q[i];
+  s.n_q = hp.cu_seqlens_q[i + 1] - s.q0;
+  s.s_k = hp.seqlens[i];
+  s.h = hp.h;
+  s.d_nope = hp.d_nope;
+  s.d_r = hp.d_r;
+  s.d_v = hp.d_v;
+  s.d_c = hp.d_c;
+  s.scale = hp.scale;
+  return s;
+}
+
+// Device copies of the inputs, the output and one scratch buffer for the batch's largest need.
+struct PrefillDev {
+  const float* q = nullptr;
+  const void* kv_b = nullptr;
+  const int32_t* bt = nullptr;
+  float* out = nullptr;
+  void* scratch = nullptr;
+  size_t scratch_bytes = 0;
+};
+
+PrefillDev upload_prefill(Scope& sc, const MlaPrefillParams& hp) {
   const int64_t dqk = hp.d_nope + hp.d_r, row = hp.d_nope + hp.d_v;
+  PrefillDev d;
+  d.q = sc.upload(hp.q, hp.n_tokens * hp.h * dqk);
+  d.kv_b = sc.upload(static_cast<const uint8_t*>(hp.kv_b), hp.h * row * hp.d_c * dtype_size(hp.kv_b_dtype));
+  d.bt = sc.upload(hp.block_table, hp.b * hp.max_blocks);  // ≥ 1 entry: some sequence has queries, hence keys
+  d.out = sc.alloc<float>(std::max<int64_t>(1, hp.n_tokens * hp.h * hp.d_v));
+  for (int64_t i = 0; i < hp.b; ++i) d.scratch_bytes = std::max(d.scratch_bytes, cuda::mla_prefill_scratch_bytes(prefill_seq(hp, i)));
+  d.scratch = sc.alloc<uint8_t>(std::max<size_t>(1, d.scratch_bytes));
+  return d;
+}
+
+// Every sequence in turn; kernels of one stream run in order, so the scratch is reused safely.
+void run_prefill(const MlaPrefillParams& hp, const PrefillDev& d, void* stream) {
+  for (int64_t i = 0; i < hp.b; ++i)
+    cuda::mla_prefill_seq(hp.cache, d.bt + i * hp.max_blocks, prefill_seq(hp, i), d.q, d.kv_b, hp.kv_b_dtype, d.scratch,
+                          d.scratch_bytes, d.out, stream);
+}
+
+}  // namespace
+#endif
+
+void mla_prefill_cuda(const MlaPrefillParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  check_prefill(hp);
+  if (hp.n_tokens == 0 || hp.h == 0) return;  // nothing to compute (an empty output)
   Scope sc;
-  const float* q = sc.upload(hp.q, hp.n_tokens * hp.h * dqk);
-  const void* kv_b = sc.upload(static_cast<const uint8_t*>(hp.kv_b), hp.h * row * hp.d_c * dtype_size(hp.kv_b_dtype));
-  const int32_t* bt = sc.upload(hp.block_table, hp.b * hp.max_blocks);
-  float* out = sc.alloc<float>(hp.n_tokens * hp.h * hp.d_v);
-  cuda::PrefillScratch scratch;
-  scratch.c = sc.alloc<float>(std::max<int64_t>(1, max_sk * hp.d_c));
-  scratch.pe = sc.alloc<float>(std::max<int64_t>(1, max_sk * hp.d_r));
-  scratch.kvx = sc.alloc<float>(std::max<int64_t>(1, max_sk * hp.h * row));
-  for (int64_t i = 0; i < hp.b; ++i) {
-    cuda::PrefillSeq s;
-    s.q0 = hp.cu_seqlens_q[i];
-    s.n_q = hp.cu_seqlens_q[i + 1] - s.q0;
-    s.s_k = hp.seqlens[i];
-    s.h = hp.h;
-    s.d_nope = hp.d_nope;
-    s.d_r = hp.d_r;
-    s.d_v = hp.d_v;
-    s.scale = hp.scale;
-    // kernels of one stream run in order, so the scratch is reused safely across sequences
-    cuda::mla_prefill_seq(hp.cache, bt + i * hp.max_blocks, s, q, kv_b, hp.kv_b_dtype, scratch, out, sc.stream());
-  }
-  cuda::copy_d2h(hp.out, out, hp.n_tokens * hp.h * hp.d_v * sizeof(float), sc.stream());
+  const PrefillDev d = upload_prefill(sc, hp);
+  run_prefill(hp, d, sc.stream());
+  cuda::copy_d2h(hp.out, d.out, hp.n_tokens * hp.h * hp.d_v * sizeof(float), sc.stream());
   sc.finish();
 #else
   (void)hp;
@@ -299,18 +319,62 @@ void mla_prefill_cuda(const MlaPrefillParams& hp) {
 #endif
 }
 
+PrefillBench mla_prefill_cuda_bench(const MlaPrefillParams& hp, int iters, int64_t gemm_size) {
+#ifdef DSV2_WITH_CUDA
+  DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
+  DSV2_CHECK(gemm_size >= 0 && gemm_size <= 16384, kRange, "gemmSize = " << gemm_size << " must be in [0, 16384]");
+  check_prefill(hp);
+  PrefillBench r;
+  Scope sc;
+  if (hp.b > 0) r.kernel = cuda::mla_prefill_kernel_name(prefill_seq(hp, 0));
+  if (hp.n_tokens > 0 && hp.h > 0) {
+    const PrefillDev d = upload_prefill(sc, hp);
+    run_prefill(hp, d, sc.stream());  // warm-up
+    r.ms = cuda::time_ms(sc.stream(), iters, [&] { run_prefill(hp, d, sc.stream()); });
+    for (int64_t i = 0; i < hp.b; ++i) {  // attention alone: each sequence's expansion, then its attend timed
+      const cuda::PrefillSeq s = prefill_seq(hp, i);
+      if (s.n_q == 0) continue;
+      cuda::mla_prefill_expand(hp.cache, d.bt + i * hp.max_blocks, s, d.kv_b, hp.kv_b_dtype, d.scratch, d.scratch_bytes, sc.stream());
+      r.attend_ms += cuda::time_ms(sc.stream(), iters, [&] {
+        cuda::mla_prefill_attend(s, d.q, d.scratch, d.scratch_bytes, d.out, sc.stream());
+      });
+    }
+  }
+  if (gemm_size > 0) {  // the dense bf16-weight GEMM rate of this run: [n, n] · [n, n]ᵀ
+    GemmParams g;
+    g.m = g.n = g.k = gemm_size;
+    g.w_dtype = DType::kBF16;
+    float* x = sc.alloc<float>(gemm_size * gemm_size);
+    uint16_t* w = sc.alloc<uint16_t>(gemm_size * gemm_size);
+    g.y = sc.alloc<float>(gemm_size * gemm_size);
+    cuda::memset(x, 0x3c, gemm_size * gemm_size * sizeof(float), sc.stream());     // ≈ 0.0115 (f32 and bf16 alike)
+    cuda::memset(w, 0x3c, gemm_size * gemm_size * sizeof(uint16_t), sc.stream());  // finite, nonzero operands
+    g.x = x;
+    g.w = w;
+    cuda::gemm(g, sc.stream());
+    r.gemm_ms = cuda::time_ms(sc.stream(), std::min(iters, 20), [&] { cuda::gemm(g, sc.stream()); });
+    r.gemm_kernel = cuda::gemm_kernel_name(g);
+  }
+  sc.finish();
+  return r;
+#else
+  (void)hp, (void)iters, (void)gemm_size;
+  require_cuda_usable("mla_prefill benchmark");
+  return {};
+#endif
+}
+
 DecodeBench mla_decode_cuda_bench(const MlaDecodeParams& hp, int iters) {
 #ifdef DSV2_WITH_CUDA
   DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
-  const HostPlan h = plan_decode(hp);
   Scope sc;
-  cuda::DecodePlan plan;
-  MlaDecodeParams p = upload_decode(sc, hp, h, &plan);
-  cuda::mla_decode(p, plan, sc.stream());  // warm-up
+  const DecodeCall c = upload_decode(sc, hp);
+  cuda::mla_decode(c.p, c.n_parts, c.ws, c.ws_bytes, sc.stream());  // warm-up
   DecodeBench r;
-  r.ms = cuda::time_ms(sc.stream(), iters, [&] { cuda::mla_decode(p, plan, sc.stream()); });
-  r.n_items = plan.n_items;
-  r.kernel = cuda::mla_decode_kernel_name(p);
+  r.ms = cuda::time_ms(sc.stream(), iters, [&] { cuda::mla_decode(c.p, c.n_parts, c.ws, c.ws_bytes, sc.stream()); });
+  int64_t n_split = 0;
+  cuda::mla_decode_plan_stats(c.p, c.n_parts, c.ws, &r.n_items, &n_split, sc.stream());
+  r.kernel = cuda::mla_decode_kernel_name(c.p);
   return r;
 #else
   (void)hp, (void)iters;
@@ -350,15 +414,20 @@ void moe_route_cuda(const MoeRouteParams& hp) {
 #endif
 }
 
-double moe_route_cuda_bench(const MoeRouteParams& hp, int iters) {
+double moe_route_cuda_bench(const MoeRouteParams& hp, int iters, bool unfused) {
 #ifdef DSV2_WITH_CUDA
   DSV2_CHECK(iters >= 1 && iters <= 100000, kRange, "iters = " << iters << " must be in [1, 100000]");
   Scope sc;
   MoeRouteParams p = upload_route(sc, hp);
+  if (unfused) {
+    void* scratch = sc.alloc<uint8_t>(cuda::moe_route_unfused_scratch_bytes(p));
+    cuda::moe_route_unfused(p, scratch, sc.stream());
+    return 1e3 * cuda::time_ms(sc.stream(), iters, [&] { cuda::moe_route_unfused(p, scratch, sc.stream()); });
+  }
   cuda::moe_route(p, sc.stream());
   return 1e3 * cuda::time_ms(sc.stream(), iters, [&] { cuda::moe_route(p, sc.stream()); });
 #else
-  (void)hp, (void)iters;
+  (void)hp, (void)iters, (void)unfused;
   require_cuda_usable("moe_route benchmark");
   return 0;
 #endif
@@ -396,9 +465,18 @@ GemmBench gemm_cuda_bench(const GemmParams& hp, int iters) {
   DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
   Scope sc;
   GemmParams p = upload_gemm(sc, hp);
-  cuda::gemm(p, sc.stream());
+  // Cold-cache timing: consecutive calls cycle through copies of W totalling ≥ 256 MiB (5× an
+  // H100's 50 MB L2), so every call streams its weights from DRAM as a model's layers do.
+  const size_t wbytes = static_cast<size_t>(hp.n * hp.k) * dtype_size(hp.w_dtype);
+  const size_t copies = wbytes == 0 ? 1 : std::min<size_t>(32, std::max<size_t>(1, ((256u << 20) + wbytes - 1) / wbytes));
+  std::vector<GemmParams> ps(copies, p);
+  for (size_t i = 1; i < copies; ++i) {
+    uint8_t* w = sc.alloc<uint8_t>(wbytes);
+    cuda::copy_d2d(w, p.w, wbytes, sc.stream());
+    ps[i].w = w;
+  }
   GemmBench r;
-  r.ms = cuda::time_ms(sc.stream(), iters, [&] { cuda::gemm(p, sc.stream()); });
+  r.ms = cuda::gemm_bench_ms(ps.data(), static_cast<int>(ps.size()), iters, sc.stream());
   r.kernel = cuda::gemm_kernel_name(p);
   return r;
 #else
@@ -527,28 +605,137 @@ void moe_experts_cuda(const MoeExpertsParams& hp) {
   p.weights = sc.upload(hp.weights, pairs);
   p.gate_up = sc.upload(static_cast<const uint8_t*>(hp.gate_up), hp.n_experts * 2 * hp.inter * hp.hidden * wsz);
   p.down = sc.upload(static_cast<const uint8_t*>(hp.down), hp.n_experts * hp.hidden * hp.inter * wsz);
-  cuda::MoeScratch s;
   if (hp.shared_gate_up) {
     const size_t ssz = dtype_size(hp.shared_dtype);
     p.shared_gate_up = sc.upload(static_cast<const uint8_t*>(hp.shared_gate_up), 2 * hp.inter_shared * hp.hidden * ssz);
     p.shared_down = sc.upload(static_cast<const uint8_t*>(hp.shared_down), hp.hidden * hp.inter_shared * ssz);
-    s.shared_gu = sc.alloc<float>(hp.t * 2 * hp.inter_shared);
-    s.shared_h = sc.alloc<float>(hp.t * hp.inter_shared);
-    s.shared_out = sc.alloc<float>(hp.t * hp.hidden);
   }
   p.y = sc.alloc<float>(hp.t * hp.hidden);
-  s.counts = sc.alloc<int32_t>(hp.n_experts);
-  s.offsets = sc.alloc<int32_t>(hp.n_experts + 1);
-  s.cursor = sc.alloc<int32_t>(hp.n_experts);
-  s.rows = sc.alloc<int32_t>(std::max<int64_t>(1, pairs));
-  s.h = sc.alloc<float>(std::max<int64_t>(1, pairs * hp.inter));
-  s.slot_out = sc.alloc<float>(std::max<int64_t>(1, pairs * hp.hidden));
+  const cuda::MoeScratch s = cuda::moe_scratch_carve(sc.alloc<uint8_t>(cuda::moe_scratch_bytes(hp)), hp);
   cuda::moe_experts(p, s, sc.stream());
   cuda::copy_d2h(hp.y, p.y, hp.t * hp.hidden * sizeof(float), sc.stream());
   sc.finish();
 #else
   (void)hp;
   require_cuda_usable("moe_experts");
+#endif
+}
+
+const char* moe_route_cuda_kernel_name(const MoeRouteParams& p) {
+#ifdef DSV2_WITH_CUDA
+  return cuda::moe_route_kernel_name(p);
+#else
+  (void)p;
+  return "";
+#endif
+}
+
+MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters) {
+#ifdef DSV2_WITH_CUDA
+  DSV2_CHECK(iters >= 1 && iters <= 10000, kRange, "iters = " << iters << " must be in [1, 10000]");
+  DSV2_CHECK(b.t >= 1 && b.t <= 65536 && b.hidden >= 1 && b.inter >= 1 && b.n_experts >= 1 && b.top_k >= 1 &&
+                 b.top_k <= b.n_experts && b.inter_shared >= 0,
+             kRange, "moe_experts benchmark shape t " << b.t << ", hidden " << b.hidden << ", inter " << b.inter << ", experts "
+                                                      << b.n_experts << ", top_k " << b.top_k << ", inter_shared "
+                                                      << b.inter_shared << " is not a valid MoE layer");
+  constexpr int kSets = 8;  // routings cycled between calls, so the weights are not L2-resident from the last call
+  const int64_t pairs = b.t * b.top_k;
+  // Seeded random routing: top_k distinct experts per token (splitmix64), weights in (0, 1].
+  std::vector<int32_t> ids(kSets * pairs);
+  std::vector<float> wts(kSets * pairs);
+  uint64_t st = b.seed;
+  auto next = [&st] {
+    uint64_t z = (st += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  double hit = 0;
+  for (int r = 0; r < kSets; ++r) {
+    std::vector<char> used(b.n_experts, 0);
+    for (int64_t t = 0; t < b.t; ++t) {
+      for (int64_t k = 0; k < b.top_k; ++k) {
+        int32_t e;
+        bool again;
+        do {
+          e = static_cast<int32_t>(next() % static_cast<uint64_t>(b.n_experts));
+          again = false;
+          for (int64_t j = 0; j < k; ++j) again = again || ids[r * pairs + t * b.top_k + j] == e;
+        } while (again);
+        ids[r * pairs + t * b.top_k + k] = e;
+        wts[r * pairs + t * b.top_k + k] = static_cast<float>((next() >> 11) * 0x1.0p-53) * 0.5f + 0.5f;
+        used[e] = 1;
+      }
+    }
+    for (char u : used) hit += u;
+  }
+  Scope sc;
+  MoeExpertsParams p;
+  p.t = b.t;
+  p.hidden = b.hidden;
+  p.top_k = b.top_k;
+  p.n_experts = b.n_experts;
+  p.inter = b.inter;
+  p.inter_shared = b.inter_shared;
+  p.w_dtype = p.shared_dtype = DType::kBF16;
+  const int64_t n_gu = b.n_experts * 2 * b.inter * b.hidden, n_dn = b.n_experts * b.hidden * b.inter;
+  float* x = sc.alloc<float>(b.t * b.hidden);
+  void* gu = sc.alloc<uint16_t>(n_gu);
+  void* dn = sc.alloc<uint16_t>(n_dn);
+  cuda::moe_bench_fill(x, DType::kF32, b.t * b.hidden, b.seed + 1, 1.0f, sc.stream());
+  cuda::moe_bench_fill(gu, DType::kBF16, n_gu, b.seed + 2, 1.0f / std::sqrt(static_cast<float>(b.hidden)), sc.stream());
+  cuda::moe_bench_fill(dn, DType::kBF16, n_dn, b.seed + 3, 1.0f / std::sqrt(static_cast<float>(b.inter)), sc.stream());
+  p.x = x;
+  p.gate_up = gu;
+  p.down = dn;
+  if (b.inter_shared > 0) {
+    const int64_t n_sgu = 2 * b.inter_shared * b.hidden, n_sdn = b.hidden * b.inter_shared;
+    void* sgu = sc.alloc<uint16_t>(n_sgu);
+    void* sdn = sc.alloc<uint16_t>(n_sdn);
+    cuda::moe_bench_fill(sgu, DType::kBF16, n_sgu, b.seed + 4, 1.0f / std::sqrt(static_cast<float>(b.hidden)), sc.stream());
+    cuda::moe_bench_fill(sdn, DType::kBF16, n_sdn, b.seed + 5, 1.0f / std::sqrt(static_cast<float>(b.inter_shared)), sc.stream());
+    p.shared_gate_up = sgu;
+    p.shared_down = sdn;
+  }
+  int32_t* d_ids = sc.upload(ids.data(), ids.size());
+  float* d_wts = sc.upload(wts.data(), wts.size());
+  p.y = sc.alloc<float>(b.t * b.hidden);
+  const cuda::MoeScratch s = cuda::moe_scratch_carve(sc.alloc<uint8_t>(cuda::moe_scratch_bytes(p)), p);
+  int call = 0;
+  auto enqueue = [&] {
+    const int r = call++ % kSets;
+    p.ids = d_ids + r * pairs;
+    p.weights = d_wts + r * pairs;
+    cuda::moe_experts(p, s, sc.stream());
+  };
+  for (int i = 0; i < kSets; ++i) enqueue();  // warm-up
+  MoeExpertsBench r;
+  r.ms = cuda::time_ms(sc.stream(), iters, enqueue);
+  r.kernel = cuda::moe_experts_kernel_name(p);
+  r.experts_hit = hit / kSets;
+  const double wsz = 2.0;  // bf16
+  r.weight_bytes = r.experts_hit * 3.0 * b.hidden * b.inter * wsz + 3.0 * b.hidden * b.inter_shared * wsz;
+  r.flops = 6.0 * pairs * b.hidden * b.inter + 6.0 * b.t * b.hidden * b.inter_shared;
+  // The dense reference: one cuda::gemm of the shared gate+up's shape (m = t, n = 2·inter_shared
+  // or 2·inter, k = hidden), bf16 weights, in the same run.
+  GemmParams g;
+  g.m = b.t;
+  g.n = 2 * (b.inter_shared > 0 ? b.inter_shared : b.inter);
+  g.k = b.hidden;
+  g.x = x;
+  g.w = gu;  // the first rows of the expert weights serve as a [n, k] matrix (n·k ≤ n_gu elements)
+  g.w_dtype = DType::kBF16;
+  if (g.n * g.k > n_gu) g.n = 2 * b.inter;
+  g.y = sc.alloc<float>(g.m * g.n);
+  cuda::gemm(g, sc.stream());
+  r.gemm_ms = cuda::time_ms(sc.stream(), std::max(1, iters / 2), [&] { cuda::gemm(g, sc.stream()); });
+  r.gemm_kernel = cuda::gemm_kernel_name(g);
+  r.gemm_flops = 2.0 * g.m * g.n * g.k;
+  return r;
+#else
+  (void)b, (void)iters;
+  require_cuda_usable("moe_experts benchmark");
+  return {};
 #endif
 }
 

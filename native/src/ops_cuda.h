@@ -30,7 +30,8 @@ void silu_mul_cuda(const SiluMulParams& p);
 void softmax_cuda(const SoftmaxParams& p);
 void moe_experts_cuda(const MoeExpertsParams& p);  // p: host inputs, weights and output
 
-// Kernel-only milliseconds per gemm call with x and W resident on the device.
+// Kernel-only milliseconds per gemm call with x and W resident on the device: calls cycle
+// through copies of W (≥ 256 MiB together, so L2 is cold) inside one CUDA graph.
 struct GemmBench {
   double ms = 0;
   const char* kernel = "";
@@ -44,9 +45,39 @@ struct DecodeBench {
   const char* kernel = "";
 };
 DecodeBench mla_decode_cuda_bench(const MlaDecodeParams& p, int iters);
+// Kernel-only timing of mla_prefill with every input already on the device (CUDA events):
+// ms = the whole op per call (gather + expand + attention, every sequence), attend_ms = the
+// attention kernels alone (summed over sequences); gemm_ms = one [n, n]·[n, n]ᵀ cuda::gemm
+// with bf16 weights (n = gemm_size; 0: not run), the run's dense GEMM rate.
+struct PrefillBench {
+  double ms = 0, attend_ms = 0, gemm_ms = 0;
+  const char* kernel = "";
+  const char* gemm_kernel = "";
+};
+PrefillBench mla_prefill_cuda_bench(const MlaPrefillParams& p, int iters, int64_t gemm_size);
 // Device-to-device cudaMemcpy bandwidth (read + write bytes per second), the decode roofline.
 double copy_bandwidth_cuda(size_t bytes, int iters);
-// Kernel-only microseconds per fused routing call with the logits on the device.
-double moe_route_cuda_bench(const MoeRouteParams& p, int iters);
+// Kernel-only microseconds per routing call with the logits on the device: the fused kernel,
+// or (unfused) the baseline of one launch per step as eager torch runs it.
+double moe_route_cuda_bench(const MoeRouteParams& p, int iters, bool unfused = false);
+// Which routing kernel the fused path runs for p ("" without CUDA in the build).
+const char* moe_route_cuda_kernel_name(const MoeRouteParams& p);
+// Kernel-only timing of moe_experts (bf16 weights, random and resident; seeded random routing,
+// 8 routings cycled between calls), beside one dense cuda::gemm for the rate it is compared with.
+struct MoeExpertsBenchShape {
+  int64_t t = 0, hidden = 0, inter = 0, n_experts = 0, top_k = 0, inter_shared = 0;
+  uint64_t seed = 0;
+};
+struct MoeExpertsBench {
+  double ms = 0;            // per moe_experts call (prep, GEMMs, combine)
+  const char* kernel = "";  // moe_experts_kernel_name
+  double experts_hit = 0;   // distinct routed experts per call (mean over the routings)
+  double weight_bytes = 0;  // weight bytes touched per call: experts hit + shared
+  double flops = 0;         // 6·pairs·H·I + 6·t·H·I_shared
+  double gemm_ms = 0;       // the dense reference gemm
+  const char* gemm_kernel = "";
+  double gemm_flops = 0;
+};
+MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters);
 
 }  // namespace dsv2::ops

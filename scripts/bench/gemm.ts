@@ -62,36 +62,4 @@ export async function benchGemm(opts: { quick?: boolean } = {}): Promise<void> {
   console.log(`results: ${file}`);
 }
 
-/**
- * GPU gemm (`npm run bench -- gemm_cuda`): decode shapes (M = 1..64, weight streaming: % of
- * the D2D copy bandwidth is the figure) and prefill shapes (M = 4096: TFLOP/s). Kernel-only
- * times, x and W resident on the device. Same FLOP/byte model as the CPU bench.
- */
-export async function benchGemmCuda(opts: { quick?: boolean } = {}): Promise<void> {
-  const { info } = await import('../../lib/info');
-  const { cudaCopyBandwidth } = await import('../../lib/bench');
-  const { binding } = await import('../../lib/native');
-  const i = await info();
-  if (!i.cuda.usable) {
-    console.log(`gemm_cuda: skipped — CUDA is not usable here: ${i.cuda.reason}`);
-    return;
-  }
-  const dev = i.cuda.devices[0];
-  const bw = await cudaCopyBandwidth();
-  console.log(`gemm_cuda on ${dev.name}; D2D copy ${(bw / 1e12).toFixed(2)} TB/s`);
-  const rows: Record<string, string | number>[] = [];
-  for (const s of opts.quick ? SHAPES.slice(0, 1) : SHAPES) {
-    const w = await ops.cast(Tensor.from(randomF32(s.n * s.k, s.n, 0.05), [s.n, s.k]), 'bf16');
-    for (const mm of opts.quick ? [1, 64] : [1, 2, 8, 16, 64, 4096]) {
-      const x = Tensor.from(randomF32(mm * s.k, mm, 0.05), [mm, s.k]);
-      const r = await binding().benchGemmCuda(x.raw('x'), w.raw('weight'), opts.quick ? 5 : 20);
-      const t = r.ms / 1e3;
-      const bytes = s.n * s.k * 2 + mm * s.k * 4 + mm * s.n * 4;
-      const flops = 2 * mm * s.n * s.k;
-      rows.push({ shape: s.name, M: mm, N: s.n, K: s.k, kernel: r.kernel, us: r.ms * 1e3, 'GB/s': bytes / t / 1e9,
-        'TFLOP/s': flops / t / 1e12, '%copy bw': (100 * bytes) / t / bw });
-    }
-  }
-  table(rows);
-  console.log(`results: ${writeResults('gemm-cuda', dev.name, { bench: 'gemm_cuda', date: new Date().toISOString(), device: dev, copyBandwidth: bw, rows })}`);
-}
+// The GPU gemm benchmark lives in gemm_cuda.ts.

@@ -3,10 +3,11 @@
  * Each prints a table and writes JSON under bench/results/.
  */
 import { benchE2e } from './e2e';
-import { benchGemm, benchGemmCuda } from './gemm';
+import { benchGemm } from './gemm';
+import { benchGemmCuda } from './gemm_cuda';
 import { benchKvAppend, benchMlaDecode } from './mla';
 import { benchMlaDecodeCuda } from './mla_cuda';
-import { benchMoeRoute, benchMoeRouteCuda } from './moe';
+import { benchMoeExpertsCuda, benchMoeRoute, benchMoeRouteCuda } from './moe';
 
 const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   gemm: benchGemm,
@@ -17,6 +18,8 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   mla_decode_cuda: benchMlaDecodeCuda,
   gemm_cuda: benchGemmCuda,
   moe_route_cuda: benchMoeRouteCuda,
+  moe_experts_cuda: benchMoeExpertsCuda,
+  mla_prefill_cuda: async (o) => (await import('./mla_prefill_cuda')).benchMlaPrefillCuda(o),
 };
 
 async function run(argv: string[]): Promise<number> {

@@ -1,11 +1,20 @@
 /**
  * The CUDA MoE experts (on-device dispatch, grouped SwiGLU kernels, shared experts, slot-order
- * combine) against the CPU op: T ∈ {1, 7, 64, 513}; routing from the real router over V2-Lite-
- * and V2-like expert counts; experts with no token, all tokens on one expert, -1 slots; f32 and
- * bf16 weights; deterministic across runs.
- * Tolerance: both sides accumulate in f32 in different orders: each output is a sum of k + 1
- * SwiGLU terms whose dot products run over H and I; a relative 1e-4 of the output row's
- * magnitude plus 1e-5 covers γ_{H+I} ≈ 2·10^-4 × ‖terms‖ for the sizes here with margin.
+ * combine) against the CPU op: T ∈ {1, 7, 64, 513, 4096}; routing from the real router over
+ * V2-Lite- and V2-like expert counts; experts with no token (t = 1 over 160 experts, 'holes'),
+ * all tokens on one expert (segments of many tiles), -1 slots; f32 and bf16 weights; widths
+ * that are not multiples of the kernels' tiles; deterministic across runs (bit-identical).
+ * Kernels exercised (moe_experts_kernel_name): f32 → simt; bf16 with H, I multiples of 8 →
+ * mma_skinny (≤ 8 pairs per expert; shared experts at t ≤ 64) or mma_tiled; bf16 with H = 36 → simt.
+ * Tolerances:
+ * - simt (f32 math on both sides, different summation orders): each output is a sum of k + 1
+ *   SwiGLU terms whose dot products run over H and I; a relative 1e-4 of the output row's
+ *   magnitude plus 1e-5 covers γ_{H+I} ≈ 2·10^-4 × ‖terms‖ for the sizes here with margin.
+ * - tensor cores: x is rounded to bf16 once (emulated here: the CPU op gets the same rounded x,
+ *   ops.cast is the same round-to-nearest-even), and h = silu(g)·u is rounded to bf16 before the
+ *   down GEMM (not emulated): each h_j carries a relative error ≤ 2^-9, so y_n moves by
+ *   Σ_j δh_j·d_nj, random in sign, ≈ 2^-9/√3 · |y_n|-scale per term; 2^-7 of the row's magnitude
+ *   (≈ 4× that, times the ratio row-max / rms ≥ 1) + 1e-5 bounds it with margin over the sizes here.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  */
 import * as ops from '../../lib/ops';
@@ -18,10 +27,21 @@ interface Case { t: number; e: number; k: number; h: number; i: number; shared: 
 const CASES: Case[] = [];
 for (const dtype of ['f32', 'bf16'] as const) {
   for (const t of [1, 7, 64, 513]) CASES.push({ t, e: 64, k: 6, h: 64, i: 48, shared: 2, dtype, routing: 'router' });
+  CASES.push({ t: 1, e: 160, k: 6, h: 96, i: 32, shared: 2, dtype, routing: 'router' });
   CASES.push({ t: 64, e: 160, k: 6, h: 96, i: 32, shared: 0, dtype, routing: 'router' });
   CASES.push({ t: 33, e: 8, k: 2, h: 40, i: 24, shared: 1, dtype, routing: 'one' });
   CASES.push({ t: 17, e: 8, k: 3, h: 40, i: 24, shared: 1, dtype, routing: 'holes' });
 }
+// bf16 only (the tensor-core kernels): prefill size, odd widths (H not a multiple of 32 or 128,
+// I not a multiple of 16 or 64), one expert taking 513 · 2 rows (9 tiles of 128), H % 8 ≠ 0 (simt).
+CASES.push({ t: 4096, e: 64, k: 6, h: 64, i: 48, shared: 2, dtype: 'bf16', routing: 'router' });
+CASES.push({ t: 7, e: 16, k: 4, h: 136, i: 88, shared: 1, dtype: 'bf16', routing: 'router' });
+CASES.push({ t: 300, e: 16, k: 4, h: 136, i: 88, shared: 1, dtype: 'bf16', routing: 'router' });
+CASES.push({ t: 513, e: 8, k: 2, h: 64, i: 40, shared: 1, dtype: 'bf16', routing: 'one' });
+CASES.push({ t: 64, e: 8, k: 2, h: 36, i: 24, shared: 1, dtype: 'bf16', routing: 'router' });
+
+/** Whether the CUDA op takes the tensor-core path for this case (see moe.cu's dispatch). */
+const tensorCores = (c: Case) => c.dtype === 'bf16' && c.h % 8 === 0 && c.i % 8 === 0;
 
 gpuDescribe(gpuTitle('CUDA moe_experts vs CPU'), () => {
   test.each(CASES.map((c) => [JSON.stringify(c), c] as const))('%s', async (_n, c) => {
@@ -48,17 +68,21 @@ gpuDescribe(gpuTitle('CUDA moe_experts vs CPU'), () => {
     const shared = c.shared
       ? { gateUp: await cast(rand(2 * is * c.h, 1 / Math.sqrt(c.h)), [2 * is, c.h]), down: await cast(rand(c.h * is, 1 / Math.sqrt(is)), [c.h, is]) }
       : null;
-    const want = (await ops.moeExperts(x, ids, weights, experts, shared)).data as Float32Array;
+    const tc = tensorCores(c);
+    // the tensor-core path rounds x to bf16 once: give the CPU op the same x
+    const xRef = tc ? await ops.cast(await ops.cast(x, 'bf16'), 'f32') : x;
+    const want = (await ops.moeExperts(xRef, ids, weights, experts, shared)).data as Float32Array;
     const got = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
     const again = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
     expect(Array.from(again)).toEqual(Array.from(got)); // deterministic
+    const [rel, abs] = tc ? [2 ** -7, 1e-5] : [1e-4, 1e-5];
     for (let r = 0; r < c.t; r++) {
       let mag = 0;
       for (let n = 0; n < c.h; n++) mag = Math.max(mag, Math.abs(want[r * c.h + n]));
       for (let n = 0; n < c.h; n++) {
         const a = want[r * c.h + n];
         const b = got[r * c.h + n];
-        if (!(Math.abs(a - b) <= 1e-4 * mag + 1e-5)) throw new Error(`y[${r}, ${n}]: cpu ${a} cuda ${b}`);
+        if (!(Math.abs(a - b) <= rel * mag + abs)) throw new Error(`y[${r}, ${n}]: cpu ${a} cuda ${b} (tolerance ${rel} × ${mag} + ${abs})`);
       }
     }
   });

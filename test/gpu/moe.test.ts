@@ -2,7 +2,9 @@
  * The fused CUDA routing kernel against the CPU op (test/moe checks the CPU op against a
  * float64 reference): V2 (160 experts, 8 groups, top-3 groups, top-6, ×16), V2-Lite (64,
  * greedy), V3 (256, noaux_tc sigmoid + bias, top-8, normalised ×2.5); T ∈ {1, 7, 64, 513, 4096};
- * forced ties, NaN rows, all tokens to one expert; determinism across runs.
+ * forced ties, NaN rows, all tokens to one expert (at T = 64: the one-block launch, and T = 513:
+ * the grid launch); determinism across runs. (The unfused baseline of the router benchmark,
+ * router_unfused.cu, is timed by scripts/bench/moe.ts only.)
  * Expert ids identical; weights within fp32 rounding (the CPU computes the softmax in
  * double, the GPU in f32: relative 2^-20 covers both roundings with margin); counts exact.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
@@ -39,7 +41,8 @@ gpuDescribe(gpuTitle('CUDA moe_route vs CPU'), () => {
   const cases: [string, keyof typeof GEOMETRIES, number, Data][] = [];
   for (const g of Object.keys(GEOMETRIES) as (keyof typeof GEOMETRIES)[]) {
     for (const t of [1, 7, 64, 513, 4096]) cases.push([`${g} T=${t} random`, g, t, 'random']);
-    for (const d of ['ties', 'nan-rows', 'one-expert'] as const) cases.push([`${g} T=64 ${d}`, g, 64, d]);
+    // T = 64 runs the one-block launch, T = 513 the grid launch (moe_route_kernel_name)
+    for (const t of [64, 513]) for (const d of ['ties', 'nan-rows', 'one-expert'] as const) cases.push([`${g} T=${t} ${d}`, g, t, d]);
   }
   test.each(cases)('%s', async (_n, g, t, data) => {
     const geo = GEOMETRIES[g];
@@ -51,6 +54,7 @@ gpuDescribe(gpuTitle('CUDA moe_route vs CPU'), () => {
     const again = await ops.moeRoute(x, { ...geo.opts, bias, device: 'cuda' });
     expect(Array.from(got.ids.data as Int32Array)).toEqual(Array.from(want.ids.data as Int32Array));
     expect(Array.from(again.weights.data as Float32Array)).toEqual(Array.from(got.weights.data as Float32Array)); // deterministic
+    expect(Array.from(again.ids.data as Int32Array)).toEqual(Array.from(got.ids.data as Int32Array));
     const wa = want.weights.data as Float32Array;
     const wb = got.weights.data as Float32Array;
     for (let i = 0; i < wa.length; i++) {

@@ -1,19 +1,45 @@
 // y[M, N] = x[M, K] · W[N, K]ᵀ on the GPU, f32 activations, f32/bf16/f16 weights, fp32
 // accumulation (GemmParams, as the CPU op).
 //
-// Two SIMT kernels chosen in one visible dispatch (gemm below):
-// - M ≤ 8 (decode): weight streaming. A warp per output column n walks W's row with
-//   coalesced loads and keeps M accumulators; x rows come from L1/L2 (every warp reads the
-//   same x). The bound is W's bytes over memory bandwidth.
-// - M > 8: 64×64 output tiles, K in steps of 16 through shared memory, 4×4 outputs per
-//   thread (256 threads).
-// Tensor-core (mma.sync / wgmma) kernels for bf16 are the next step for prefill shapes.
+// Kernels, chosen in ONE place (make_plan below; gemm_kernel_name reports the choice):
+//
+// - "tc_m16x", "tc_m32x", "tc_m64", "tc_m128": tensor cores (mma.sync m16n8k16 bf16 → f32)
+//   for bf16 W when K % 8 == 0 and x, W are 16-byte aligned. Block tile BM × 128 × BK, 8 warps,
+//   a 4-stage cp.async pipeline for both operands: W tiles as bf16 (read by ldmatrix), x tiles
+//   as f32, rounded to bf16 while the A fragments are built (BK = 64 for BM ≤ 32, else 32). Edges in M, N and K are
+//   predicated (zero-filled tiles, guarded stores). BM by M:
+//     M ≤ 16 → BM = 16, M ≤ 32 → BM = 32  ("x" suffix: x split into bf16 hi + lo, two mma per
+//               step, so x·W is about as accurate as f32 (|x − hi − lo| ≤ 2^-18·|x|). These
+//               are the decode shapes: W is streamed once for all M rows and the kernel is
+//               bound by W's bytes, so the doubled tensor work is free);
+//     M ≤ 64 → BM = 64, else BM = 128 (x rounded to bf16, round-to-nearest-even: relative
+//               error ≤ 2^-9 per x element; W is bf16 already, products are exact, sums f32).
+//   When the tile grid is smaller than one wave of resident blocks (decode, N·M small against
+//   the GPU), or, for M ≤ 64, when a block would stream more than 256 KiB of W (a long tail
+//   of the last wave), K is split over gridDim.z: each split writes its own f32 partial
+//   [M, N] into a stream-ordered scratch buffer and a second kernel sums the partials in
+//   split order — deterministic, no atomics. Splits ≤ 16, ≥ 4 K-tiles each, and ≤ K / (32·M)
+//   so that the partials' traffic (8·M·N bytes per split) stays within 1/8 of W's bytes.
+// - "gemv" (M ≤ 8) and "tiled" (SIMT, 64×64 tiles): every other case (f32 and f16 W, bf16 W
+//   with K % 8 != 0 or unaligned pointers); x stays f32.
+//
+// Results are bit-identical run to run on one device (fixed reduction orders everywhere);
+// the split count depends on the device's SM count, so two GPU models may differ in the
+// last bits.
+#include <algorithm>
+#include <map>
+#include <mutex>
+
 #include "common.cuh"
 #include "cuda_ops.h"
+#include "gemm_mma.cuh"
 #include "../core/dtype.h"
 
 namespace dsv2::cuda {
 namespace {
+
+// ---------------------------------------------------------------------------------------
+// Generic SIMT kernels (any weight dtype, any alignment).
 
 constexpr int kGemvMaxM = 8;
 constexpr int kGemvWarps = 8;
@@ -79,21 +105,356 @@ __global__ void __launch_bounds__(256) gemm_tiled_kernel(GemmParams p) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Tensor-core kernel (bf16 W).
+
+constexpr int kBN = 128, kStages = 4, kTcThreads = 256;
+
+// K-tile 64 for the decode tiles (128 contiguous bytes per W row per tile, fewer barriers),
+// 32 for the large ones (shared memory). Rows are padded by 8 elements: the x row stride
+// (BK + 8 f32) is ≡ 8 words mod 32 banks, so the float2 fragment loads of a half-warp hit 32
+// distinct banks; the W row stride (BK + 8 bf16 = 80 or 144 B) puts ldmatrix's 8 rows in 8
+// distinct 16-byte bank groups.
+template <int BM>
+struct TcCfg {
+  static constexpr int kBK = BM <= 32 ? 64 : 32;
+  static constexpr int kXStride = kBK + 8, kWStride = kBK + 8;
+  static constexpr int kWarpsM = BM >= 64 ? 2 : 1, kWarpsN = 8 / kWarpsM;
+  static constexpr int kWarpM = BM / kWarpsM, kWarpN = kBN / kWarpsN;  // warp tile
+  static constexpr int kMT = kWarpM / 16, kNT = kWarpN / 8;           // m16 / n8 tiles per warp
+  static constexpr int kXBytes = BM * kXStride * 4;
+  static constexpr int kStageBytes = kXBytes + kBN * kWStride * 2;
+  static constexpr int kSmem = kStages * kStageBytes;
+  static_assert(kNT % 2 == 0, "ldmatrix.x4 loads two n8 tiles");
+  static_assert(kXBytes % 16 == 0 && kStageBytes % 16 == 0, "16-byte aligned stages");
+};
+
+// Issues the cp.async copies of K-tile [k0, k0 + BK) ∩ [.., k_end) into one stage. Chunks
+// outside M, N or k_end are zero-filled (a NaN-free zero on both operands, so padding
+// never contaminates valid outputs).
+template <int BM>
+__device__ __forceinline__ void tc_load_tile(const GemmParams& p, int64_t m0, int64_t n0, int64_t k0, int64_t k_end,
+                                             uint32_t stage) {
+  using C = TcCfg<BM>;
+  constexpr int kBK = C::kBK, kXStride = C::kXStride, kWStride = C::kWStride;
+  const uint16_t* w = static_cast<const uint16_t*>(p.w);
+  for (int c = threadIdx.x; c < BM * (kBK / 4); c += kTcThreads) {  // x: chunks of 4 f32
+    const int r = c / (kBK / 4), q = c % (kBK / 4);
+    const int64_t m = m0 + r, k = k0 + q * 4;
+    const bool ok = m < p.m && k < k_end;  // K % 8 == 0, k % 4 == 0: the chunk is whole
+    mma::cp_async16(stage + (r * kXStride + q * 4) * 4, ok ? p.x + m * p.k + k : p.x, ok ? 16 : 0);
+  }
+  for (int c = threadIdx.x; c < kBN * (kBK / 8); c += kTcThreads) {  // W: chunks of 8 bf16
+    const int r = c / (kBK / 8), q = c % (kBK / 8);
+    const int64_t n = n0 + r, k = k0 + q * 8;
+    const bool ok = n < p.n && k < k_end;
+    mma::cp_async16(stage + C::kXBytes + (r * kWStride + q * 8) * 2, ok ? w + n * p.k + k : w, ok ? 16 : 0);
+  }
+}
+
+// grid (⌈N/128⌉, ⌈M/BM⌉, splits); split z covers K in [z·k_split, min(K, (z+1)·k_split)) and,
+// with splits > 1, writes part[z][M][N] instead of y.
+template <int BM, bool kSplitX>
+__global__ void __launch_bounds__(kTcThreads, BM >= 128 ? 1 : 2) tc_kernel(GemmParams p, int64_t k_split, float* part) {
+  using C = TcCfg<BM>;
+  constexpr int kBK = C::kBK, kXStride = C::kXStride, kWStride = C::kWStride;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN, m0 = static_cast<int64_t>(blockIdx.y) * BM;
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * k_split;
+  const int64_t ke = min(p.k, kb + k_split);
+  const int ktiles = static_cast<int>((ke - kb + kBK - 1) / kBK);
+  const uint32_t base = mma::smem_addr(smem);
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < ktiles) tc_load_tile<BM>(p, m0, n0, kb + s * kBK, ke, base + s * C::kStageBytes);
+    mma::cp_async_commit();
+  }
+
+  float acc[C::kMT][C::kNT][4];
+#pragma unroll
+  for (int i = 0; i < C::kMT; ++i)
+#pragma unroll
+    for (int j = 0; j < C::kNT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    // Groups committed so far: kStages − 1 + kt; ≤ kStages − 2 pending means tile kt landed.
+    mma::cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile kt visible to all; everyone is done with tile kt − 1's stage
+    {
+      const int nk = kt + kStages - 1;  // refill the stage tile kt − 1 used
+      if (nk < ktiles) tc_load_tile<BM>(p, m0, n0, kb + static_cast<int64_t>(nk) * kBK, ke, base + (nk % kStages) * C::kStageBytes);
+      mma::cp_async_commit();
+    }
+    const int st = kt % kStages;
+    const float* xs = reinterpret_cast<const float*>(smem + st * C::kStageBytes);
+    const uint32_t ws = base + st * C::kStageBytes + C::kXBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t a[C::kMT][4], al[C::kMT][4];
+#pragma unroll
+      for (int i = 0; i < C::kMT; ++i) {
+        const float* r0 = xs + (wm * C::kWarpM + i * 16 + g) * kXStride + kk + 2 * t;
+        const float* r1 = r0 + 8 * kXStride;
+        const float2 v0 = *reinterpret_cast<const float2*>(r0);      // A[g][2t..]
+        const float2 v1 = *reinterpret_cast<const float2*>(r1);      // A[g+8][2t..]
+        const float2 v2 = *reinterpret_cast<const float2*>(r0 + 8);  // A[g][2t+8..]
+        const float2 v3 = *reinterpret_cast<const float2*>(r1 + 8);  // A[g+8][2t+8..]
+        if constexpr (kSplitX) {
+          mma::split_bf16(v0.x, v0.y, a[i][0], al[i][0]);
+          mma::split_bf16(v1.x, v1.y, a[i][1], al[i][1]);
+          mma::split_bf16(v2.x, v2.y, a[i][2], al[i][2]);
+          mma::split_bf16(v3.x, v3.y, a[i][3], al[i][3]);
+        } else {
+          a[i][0] = mma::pack_bf16(v0.x, v0.y);
+          a[i][1] = mma::pack_bf16(v1.x, v1.y);
+          a[i][2] = mma::pack_bf16(v2.x, v2.y);
+          a[i][3] = mma::pack_bf16(v3.x, v3.y);
+        }
+      }
+      uint32_t b[C::kNT][2];
+#pragma unroll
+      for (int jp = 0; jp < C::kNT / 2; ++jp) {
+        // Matrix q = lane / 8: n8 tile 2·jp + q / 2, k half q % 2; this lane's row is lane % 8.
+        const int row = wn * C::kWarpN + (2 * jp + lane / 16) * 8 + lane % 8;
+        const int col = kk + ((lane / 8) % 2) * 8;
+        mma::ldmatrix_x4(b[2 * jp][0], b[2 * jp][1], b[2 * jp + 1][0], b[2 * jp + 1][1], ws + (row * kWStride + col) * 2);
+      }
+#pragma unroll
+      for (int i = 0; i < C::kMT; ++i)
+#pragma unroll
+        for (int j = 0; j < C::kNT; ++j) {
+          mma::mma_bf16(acc[i][j], a[i], b[j][0], b[j][1]);
+          if constexpr (kSplitX) mma::mma_bf16(acc[i][j], al[i], b[j][0], b[j][1]);
+        }
+    }
+  }
+  mma::cp_async_wait<0>();  // only empty groups can be pending here; leave none behind
+
+  float* out = gridDim.z > 1 ? part + static_cast<int64_t>(blockIdx.z) * p.m * p.n : p.y;
+#pragma unroll
+  for (int i = 0; i < C::kMT; ++i)
+#pragma unroll
+    for (int j = 0; j < C::kNT; ++j) {
+      const int64_t m = m0 + wm * C::kWarpM + i * 16 + g;
+      const int64_t n = n0 + wn * C::kWarpN + j * 8 + 2 * t;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // rows g and g + 8
+        const int64_t mm = m + 8 * h;
+        if (mm >= p.m) continue;
+        if (n < p.n) out[mm * p.n + n] = acc[i][j][2 * h];
+        if (n + 1 < p.n) out[mm * p.n + n + 1] = acc[i][j][2 * h + 1];
+      }
+    }
+}
+
+// y[i] = Σ_z part[z][i], z in order: the deterministic second pass of split-K.
+__global__ void __launch_bounds__(256) splitk_reduce_kernel(const float* part, int splits, int64_t mn, float* y) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < mn;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float s = part[i];
+    for (int z = 1; z < splits; ++z) s += part[z * mn + i];
+    y[i] = s;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The plan: which kernel, how many K splits.
+
+enum class Kind { kGemv, kTiled, kTc16x, kTc32x, kTc64, kTc128 };
+constexpr int kTcKinds = 4;  // kTc16x.. kTc128, indexed from kTc16x
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::kGemv: return "gemv";
+    case Kind::kTiled: return "tiled";
+    case Kind::kTc16x: return "tc_m16x";
+    case Kind::kTc32x: return "tc_m32x";
+    case Kind::kTc64: return "tc_m64";
+    case Kind::kTc128: return "tc_m128";
+  }
+  return "?";
+}
+
+template <int BM, bool kSplitX>
+void tc_func_setup(int* slots) {
+  auto* f = tc_kernel<BM, kSplitX>;
+  DSV2_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, TcCfg<BM>::kSmem));
+  int n = 0;
+  DSV2_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f, kTcThreads, TcCfg<BM>::kSmem));
+  *slots = std::max(1, n);
+}
+
+struct DeviceInfo {
+  int sms = 1;
+  int slots[kTcKinds] = {1, 1, 1, 1};  // resident tc blocks per SM, per kind
+  bool pools = false;                  // stream-ordered allocation (split-K scratch) works
+};
+
+// Per device, once: SM count, the tc kernels' shared-memory opt-in and occupancy, and a
+// memory-pool release threshold so the per-call split-K scratch is recycled, not remapped.
+const DeviceInfo& device_info() {
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<int, DeviceInfo> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(dev);
+  if (it != cache.end()) return it->second;
+  DeviceInfo d;
+  DSV2_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  tc_func_setup<16, true>(&d.slots[0]);
+  tc_func_setup<32, true>(&d.slots[1]);
+  tc_func_setup<64, false>(&d.slots[2]);
+  tc_func_setup<128, false>(&d.slots[3]);
+  int pools = 0;
+  if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess && pools) {
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+      d.pools = true;
+      uint64_t cur = 0, want = 64ull << 20;  // only ever raised, never lowered
+      if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &cur) == cudaSuccess && cur < want)
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &want);
+    }
+  }
+  cudaGetLastError();  // the optional pool queries must not leave an error behind
+  return cache.emplace(dev, d).first->second;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+struct Plan {
+  Kind kind = Kind::kTiled;
+  int splits = 1;
+  int64_t k_split = 0;  // K per split (a multiple of kBK)
+};
+
+Plan make_plan(const GemmParams& p) {
+  Plan pl;
+  const bool tc = p.w_dtype == DType::kBF16 && p.k > 0 && p.k % 8 == 0 && aligned16(p.x) && aligned16(p.w);
+  if (!tc) {
+    pl.kind = p.m <= kGemvMaxM ? Kind::kGemv : Kind::kTiled;
+    return pl;
+  }
+  pl.kind = p.m <= 16 ? Kind::kTc16x : p.m <= 32 ? Kind::kTc32x : p.m <= 64 ? Kind::kTc64 : Kind::kTc128;
+  const int bm = p.m <= 16 ? 16 : p.m <= 32 ? 32 : p.m <= 64 ? 64 : 128;
+  const int bk = p.m <= 32 ? TcCfg<16>::kBK : TcCfg<64>::kBK;
+  const int64_t ktiles = (p.k + bk - 1) / bk;
+  pl.k_split = ktiles * bk;
+  const DeviceInfo& d = device_info();
+  const int64_t blocks = ((p.n + kBN - 1) / kBN) * ((p.m + bm - 1) / bm);
+  const int64_t slots = static_cast<int64_t>(d.sms) * d.slots[static_cast<int>(pl.kind) - static_cast<int>(Kind::kTc16x)];
+  // Splits wanted: enough blocks for one wave of resident blocks; and, for the weight-
+  // streaming shapes (M ≤ 64), blocks of ≤ 256 KiB of W each, so the last, partial wave (a
+  // few blocks streaming at one SM's rate) stays short against the whole call.
+  int64_t want = blocks < slots ? (slots + blocks - 1) / blocks : 1;
+  if (p.m <= 64) want = std::max<int64_t>(want, (kBN * p.k * 2 + (256 << 10) - 1) / (256 << 10));
+  if (d.pools && want > 1) {
+    const int64_t cap = std::min<int64_t>({16, ktiles / 4, p.k / (32 * p.m)});
+    const int64_t s = std::max<int64_t>(1, std::min(want, cap));
+    const int64_t per = (ktiles + s - 1) / s;  // K-tiles per split; every split non-empty
+    pl.splits = static_cast<int>((ktiles + per - 1) / per);
+    pl.k_split = per * bk;
+  }
+  return pl;
+}
+
+template <int BM, bool kSplitX>
+void launch_tc(const GemmParams& p, const Plan& pl, float* part, cudaStream_t s) {
+  const dim3 grid(ceil_div(p.n, kBN), ceil_div(p.m, BM), static_cast<unsigned>(pl.splits));
+  tc_kernel<BM, kSplitX><<<grid, kTcThreads, TcCfg<BM>::kSmem, s>>>(p, pl.k_split, part);
+  DSV2_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
-const char* gemm_kernel_name(const GemmParams& p) { return p.m <= kGemvMaxM ? "gemv" : "tiled"; }
+const char* gemm_kernel_name(const GemmParams& p) { return kind_name(make_plan(p).kind); }
 
 void gemm(const GemmParams& p, void* stream) {
   if (p.m == 0 || p.n == 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (p.m <= kGemvMaxM) {
+  if (p.k == 0) {  // an empty sum
+    DSV2_CUDA_CHECK(cudaMemsetAsync(p.y, 0, static_cast<size_t>(p.m * p.n) * sizeof(float), s));
+    return;
+  }
+  Plan pl = make_plan(p);
+  if (pl.kind == Kind::kGemv) {
     gemv_kernel<<<ceil_div(p.n, kGemvWarps), kGemvWarps * 32, 0, s>>>(p);
-  } else {
+    DSV2_CUDA_LAUNCH_CHECK();
+    return;
+  }
+  if (pl.kind == Kind::kTiled) {
     DSV2_CHECK(ceil_div(p.m, kTile) <= 65535, kUnsupported, "CUDA gemm: m = " << p.m << " rows exceed the tiled kernel's grid");
     const dim3 grid(ceil_div(p.n, kTile), ceil_div(p.m, kTile));
     gemm_tiled_kernel<<<grid, 256, 0, s>>>(p);
+    DSV2_CUDA_LAUNCH_CHECK();
+    return;
   }
-  DSV2_CUDA_LAUNCH_CHECK();
+  DSV2_CHECK(ceil_div(p.m, 128) <= 65535, kUnsupported, "CUDA gemm: m = " << p.m << " rows exceed the tensor-core kernel's grid");
+  float* part = nullptr;
+  const int64_t mn = p.m * p.n;
+  if (pl.splits > 1) {
+    // Stream-ordered scratch: no race with other streams, recycled by the pool.
+    if (cudaMallocAsync(reinterpret_cast<void**>(&part), static_cast<size_t>(pl.splits * mn) * sizeof(float), s) != cudaSuccess) {
+      cudaGetLastError();  // no scratch: run unsplit (slower, same sums up to the split order)
+      part = nullptr;
+      pl.splits = 1;
+      pl.k_split = p.k;  // one split: all of K
+    }
+  }
+  switch (pl.kind) {
+    case Kind::kTc16x: launch_tc<16, true>(p, pl, part, s); break;
+    case Kind::kTc32x: launch_tc<32, true>(p, pl, part, s); break;
+    case Kind::kTc64: launch_tc<64, false>(p, pl, part, s); break;
+    default: launch_tc<128, false>(p, pl, part, s); break;
+  }
+  if (part) {
+    const int64_t blocks = std::min<int64_t>((mn + 255) / 256, 8 * static_cast<int64_t>(device_info().sms));
+    splitk_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(part, pl.splits, mn, p.y);
+    DSV2_CUDA_LAUNCH_CHECK();
+    DSV2_CUDA_CHECK(cudaFreeAsync(part, s));
+  }
+}
+
+double gemm_bench_ms(const GemmParams* ps, int n, int iters, void* stream) {
+  DSV2_CHECK(n >= 1 && iters >= 1, kRange, "gemm_bench_ms: n = " << n << ", iters = " << iters << " must be ≥ 1");
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  for (int i = 0; i < n; ++i) gemm(ps[i], stream);  // warm-up: device setup, pool growth
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(s));
+  // One CUDA graph of `iters` calls, so that host launch overhead (two launches and the
+  // scratch allocation per call) does not hide microsecond kernels.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+    bool ok = true;
+    try {
+      for (int i = 0; i < iters; ++i) gemm(ps[i % n], stream);
+    } catch (const Error&) {
+      ok = false;
+    }
+    if (cudaStreamEndCapture(s, &graph) != cudaSuccess) ok = false;
+    if (ok && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) ok = false;
+    if (!ok) {
+      if (graph) cudaGraphDestroy(graph);
+      graph = nullptr;
+      exec = nullptr;
+    }
+  }
+  cudaGetLastError();
+  if (!exec) {  // no graphs here: plain launches
+    int i = 0;
+    return time_ms(stream, iters, [&] { gemm(ps[i++ % n], stream); });
+  }
+  DSV2_CUDA_CHECK(cudaGraphLaunch(exec, s));  // warm-up of the graph itself
+  const double ms = time_ms(stream, 1, [&] { DSV2_CUDA_CHECK(cudaGraphLaunch(exec, s)); });
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ms / iters;
 }
 
 }  // namespace dsv2::cuda

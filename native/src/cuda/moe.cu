@@ -1,17 +1,36 @@
 // DeepSeekMoE experts on the GPU (see MoeExpertsParams in dsv2/moe.h), with no host
-// synchronisation, so a decode step can be captured in a CUDA graph:
-//   dispatch: counts per expert (atomics) → exclusive scan → scatter (token, slot) pairs into
-//             per-expert segments (order inside a segment is free: every pair's result is
-//             computed independently, so it cannot change the output);
-//   grouped gate+up with SwiGLU fused, grouped down: a warp per (pair, output column), lanes
-//             splitting the reduction dim (coalesced weight rows), each pair's expert found
-//             by binary search in the segment offsets;
-//   shared experts: the dense gemm kernel + SwiGLU;
-//   combine: y[t] = Σ_slots w · out[t, slot] in slot order + shared[t] (deterministic).
-// Generic SIMT kernels: the tensor-core grouped GEMM (and FP8 block-scaled weights) are the
-// fast path still to come; weights are f32 / bf16 / f16 like the CPU op.
+// synchronisation and no grid that depends on device-side counts, so a decode step can be
+// captured in a CUDA graph. One visible dispatch (moe_experts_kernel_name / moe_experts below)
+// picks, for the routed experts and for the shared experts separately:
+//   mma_skinny  bf16 weights, at most 8 pairs per expert on average (decode): tensor-core swap-AB
+//               grouped GEMM, 16 tokens per tile, weights streamed with 16-byte loads (moe_mma.cu);
+//   mma_tiled   bf16 weights, larger batches (prefill): 128×128 tiles, cp.async pipeline (moe_mma.cu);
+//   simt        f32 / f16 weights, or shapes the tensor-core kernels do not take (hidden or inter
+//               not a multiple of 8, unaligned pointers, more than 1024 experts): the generic
+//               kernels below, warp per (pair, output column).
+// Tensor-core path:
+//   prep (one launch): block 0 dispatches — counts per expert (shared-memory atomics), exclusive
+//             scan, per-expert segment offsets, a tile table {expert, first row} for the chosen
+//             kernel's tile height, and the scatter of (token, slot) pairs into the segments (order
+//             inside a segment is free: every row's result is computed independently, with the
+//             same k order, so it cannot change the output); the other blocks convert x to bf16
+//             (round to nearest even, as the CPU cast: the first of the two bf16 roundings of
+//             this path, the other is h below);
+//   gate+up:  SwiGLU fused in the epilogue, h = bf16(silu(x·gate) · (x·up)) per segment row;
+//   down:     the routing weight fused, slot_out[pair] = w · (h · down);
+//   shared:   the same two kernels over one segment of all t tokens (in the same launches when
+//             both parts pick the same kernel);
+//   combine:  y[t] = Σ_slots slot_out[t, slot] in slot order + shared[t] (deterministic).
+// SIMT path: dispatch count → scan → scatter, grouped gate/up and down SIMT kernels, the
+// shared experts through cuda::gemm + SwiGLU, combine with the weights.
+// FP8 block-scaled expert weights (V3: e4m3 + weight_scale_inv per 128×128 block) would be a
+// third weight format of moe_mma's Problem (a scale pointer and block size, dequantised in
+// the tiled kernel's shared-memory stage / the skinny kernel's registers); not implemented.
+#include <algorithm>
+
 #include "common.cuh"
 #include "cuda_ops.h"
+#include "moe_mma.cuh"
 #include "../core/dtype.h"
 
 namespace dsv2::cuda {
@@ -96,64 +115,390 @@ __global__ void silu_mul_kernel(const float* gu, int64_t rows, int64_t inter, fl
   out[i] = g / (1.0f + expf(-g)) * u;
 }
 
-__global__ void combine_kernel(MoeExpertsParams p, const float* slot_out, const float* shared) {
+// weighted: the SIMT path applies the routing weights here; the tensor-core path fused them
+// into the down GEMM's epilogue (the same f32 product w · out).
+__global__ void combine_kernel(MoeExpertsParams p, const float* slot_out, const float* shared, bool weighted) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.t * p.hidden) return;
   const int64_t t = i / p.hidden, n = i % p.hidden;
   float y = 0.0f;
   for (int64_t s = 0; s < p.top_k; ++s) {
     if (p.ids[t * p.top_k + s] < 0) continue;
-    y += p.weights[t * p.top_k + s] * slot_out[(t * p.top_k + s) * p.hidden + n];
+    const float o = slot_out[(t * p.top_k + s) * p.hidden + n];
+    y += weighted ? p.weights[t * p.top_k + s] * o : o;
   }
   if (shared) y += shared[i];
   p.y[i] = y;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core path: prep = dispatch (block 0) + x → bf16 (the other blocks).
+
+constexpr int kPrepThreads = 1024;
+constexpr int64_t kPrepMaxExperts = kPrepThreads;  // one scan lane per expert
+
+struct PrepArgs {
+  const int32_t* ids = nullptr;
+  int64_t pairs = 0, e = 0;
+  int tile_rows = 16;
+  bool dispatch = false;
+  int32_t *counts = nullptr, *offsets = nullptr, *rows = nullptr, *tiles = nullptr, *n_tiles = nullptr;
+  const float* x = nullptr;  // [n_x], n_x % 4 == 0, 16-byte aligned
+  uint16_t* xb = nullptr;
+  int64_t n_x = 0;
+};
+
+__device__ void dispatch_block(const PrepArgs& a) {
+  __shared__ int32_t s_cnt[kPrepMaxExperts];
+  __shared__ int32_t s_cur[kPrepMaxExperts];
+  __shared__ int32_t s_warp[2][32];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int E = static_cast<int>(a.e);
+  for (int e = tid; e < E; e += kPrepThreads) s_cnt[e] = 0;
+  __syncthreads();
+#pragma unroll 4
+  for (int64_t i = tid; i < a.pairs; i += kPrepThreads) {
+    const int id = a.ids[i];
+    if (id >= 0 && id < E) atomicAdd(&s_cnt[id], 1);
+  }
+  __syncthreads();
+  // Exclusive scans of the counts and of the tiles per expert (thread e owns expert e).
+  const int c = tid < E ? s_cnt[tid] : 0;
+  const int tc = (c + a.tile_rows - 1) / a.tile_rows;
+  int ic = c, it = tc;  // inclusive within the warp
+  for (int off = 1; off < 32; off <<= 1) {
+    const int vc = __shfl_up_sync(0xffffffffu, ic, off), vt = __shfl_up_sync(0xffffffffu, it, off);
+    if (lane >= off) {
+      ic += vc;
+      it += vt;
+    }
+  }
+  if (lane == 31) {
+    s_warp[0][warp] = ic;
+    s_warp[1][warp] = it;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int w0 = s_warp[0][lane], w1 = s_warp[1][lane];
+    int v0 = w0, v1 = w1;
+    for (int off = 1; off < 32; off <<= 1) {
+      const int u0 = __shfl_up_sync(0xffffffffu, v0, off), u1 = __shfl_up_sync(0xffffffffu, v1, off);
+      if (lane >= off) {
+        v0 += u0;
+        v1 += u1;
+      }
+    }
+    s_warp[0][lane] = v0 - w0;  // exclusive warp prefix
+    s_warp[1][lane] = v1 - w1;
+  }
+  __syncthreads();
+  if (tid < E) {
+    const int off = ic - c + s_warp[0][warp], toff = it - tc + s_warp[1][warp];
+    a.counts[tid] = c;
+    a.offsets[tid] = off;
+    s_cur[tid] = off;
+    for (int j = 0; j < tc; ++j) {
+      a.tiles[2 * (toff + j)] = tid;
+      a.tiles[2 * (toff + j) + 1] = j * a.tile_rows;
+    }
+    if (tid == E - 1) {
+      a.offsets[E] = off + c;
+      *a.n_tiles = toff + tc;
+    }
+  }
+  __syncthreads();
+#pragma unroll 4
+  for (int64_t i = tid; i < a.pairs; i += kPrepThreads) {
+    const int id = a.ids[i];
+    if (id >= 0 && id < E) a.rows[atomicAdd(&s_cur[id], 1)] = static_cast<int32_t>(i);
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16);
+}
+
+__global__ void __launch_bounds__(kPrepThreads) prep_kernel(PrepArgs a) {
+  if (a.dispatch && blockIdx.x == 0) {
+    dispatch_block(a);
+    return;
+  }
+  const int64_t b0 = a.dispatch ? 1 : 0, nb = gridDim.x - b0;
+  const int64_t n4 = a.n_x / 4;
+  for (int64_t i = (blockIdx.x - b0) * kPrepThreads + threadIdx.x; i < n4; i += nb * kPrepThreads) {
+    const float4 v = reinterpret_cast<const float4*>(a.x)[i];
+    reinterpret_cast<uint2*>(a.xb)[i] = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+  }
+}
+
+enum class Path { kNone, kSimt, kSkinny, kTiled };
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Routed experts: tensor cores for bf16 weights whose shapes and pointers the kernels take.
+Path routed_path(const MoeExpertsParams& p) {
+  if (p.t * p.top_k == 0 || p.inter == 0 || p.hidden == 0 || p.n_experts == 0) return Path::kNone;
+  const bool mma = p.w_dtype == DType::kBF16 && p.hidden % 8 == 0 && p.inter % 8 == 0 &&
+                   p.n_experts <= kPrepMaxExperts && aligned16(p.x) && aligned16(p.gate_up) && aligned16(p.down);
+  if (!mma) return Path::kSimt;
+  // At most 8 (token, slot) pairs per expert on average: segments are short, the weights are
+  // the traffic, and 16-row swap-AB tiles waste none of them.
+  return p.t * p.top_k <= 8 * p.n_experts ? Path::kSkinny : Path::kTiled;
+}
+
+// Shared experts: one segment of t rows; swap-AB while t ≤ 64 (≤ 4 tiles re-reading the weights
+// from L2), 128-row tiles above.
+Path shared_path(const MoeExpertsParams& p) {
+  if (!p.shared_gate_up || p.inter_shared == 0 || p.hidden == 0) return Path::kNone;
+  const bool mma = p.shared_dtype == DType::kBF16 && p.hidden % 8 == 0 && p.inter_shared % 8 == 0 && aligned16(p.x) &&
+                   aligned16(p.shared_gate_up) && aligned16(p.shared_down);
+  if (!mma) return Path::kSimt;
+  return p.t <= 64 ? Path::kSkinny : Path::kTiled;
+}
+
+bool tensor_core(Path x) { return x == Path::kSkinny || x == Path::kTiled; }
+int tile_rows(Path x) { return x == Path::kSkinny ? moe_mma::kSkinnyRows : moe_mma::kTiledRows; }
+
+// Tiles the grid reserves for the routed segments: each live tile holds ≥ 1 pair, and
+// Σ_e ceil(c_e / R) ≤ pairs / R + (experts hit).
+int64_t routed_grid_tiles(int64_t pairs, int64_t e, int rows) {
+  return std::min<int64_t>(pairs, (pairs + rows - 1) / rows + std::min<int64_t>(e, pairs));
+}
+
+void run_grouped(Path path, const moe_mma::Problem* probs, int n, bool swiglu, cudaStream_t st) {
+  moe_mma::Launch l;
+  l.n_prob = n;
+  for (int i = 0; i < n; ++i) l.prob[i] = probs[i];
+  if (path == Path::kSkinny) moe_mma::grouped_skinny(l, swiglu, st);
+  else moe_mma::grouped_tiled(l, swiglu, st);
+}
+
+void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, cudaStream_t st) {
+  const int64_t pairs = p.t * p.top_k;
+  DSV2_CUDA_CHECK(cudaMemsetAsync(s.counts, 0, p.n_experts * sizeof(int32_t), st));
+  DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
+  count_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.counts);
+  DSV2_CUDA_LAUNCH_CHECK();
+  scan_kernel<<<1, 32, 0, st>>>(s.counts, p.n_experts, s.offsets, s.cursor);
+  DSV2_CUDA_LAUNCH_CHECK();
+  scatter_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.cursor, s.rows);
+  DSV2_CUDA_LAUNCH_CHECK();
+  // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
+  gate_up_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
+  DSV2_CUDA_LAUNCH_CHECK();
+  down_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
+  DSV2_CUDA_LAUNCH_CHECK();
+}
+
+void simt_shared(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  GemmParams g;
+  g.m = p.t;
+  g.n = 2 * p.inter_shared;
+  g.k = p.hidden;
+  g.x = p.x;
+  g.w = p.shared_gate_up;
+  g.w_dtype = p.shared_dtype;
+  g.y = s.shared_gu;
+  gemm(g, stream);
+  silu_mul_kernel<<<ceil_div(p.t * p.inter_shared, 256), 256, 0, st>>>(s.shared_gu, p.t, p.inter_shared, s.shared_h);
+  DSV2_CUDA_LAUNCH_CHECK();
+  g.n = p.hidden;
+  g.k = p.inter_shared;
+  g.x = s.shared_h;
+  g.w = p.shared_down;
+  g.y = s.shared_out;
+  gemm(g, stream);
+}
+
 }  // namespace
+
+const char* moe_experts_kernel_name(const MoeExpertsParams& p) {
+  static const char* const kNames[4][4] = {
+      {"routed=none shared=none", "routed=none shared=simt", "routed=none shared=mma_skinny", "routed=none shared=mma_tiled"},
+      {"routed=simt shared=none", "routed=simt shared=simt", "routed=simt shared=mma_skinny", "routed=simt shared=mma_tiled"},
+      {"routed=mma_skinny shared=none", "routed=mma_skinny shared=simt", "routed=mma_skinny shared=mma_skinny",
+       "routed=mma_skinny shared=mma_tiled"},
+      {"routed=mma_tiled shared=none", "routed=mma_tiled shared=simt", "routed=mma_tiled shared=mma_skinny",
+       "routed=mma_tiled shared=mma_tiled"}};
+  return kNames[static_cast<int>(routed_path(p))][static_cast<int>(shared_path(p))];
+}
 
 void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const int64_t pairs = p.t * p.top_k;
   if (p.t == 0) return;
-  DSV2_CUDA_CHECK(cudaMemsetAsync(s.counts, 0, p.n_experts * sizeof(int32_t), st));
-  DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
-  if (pairs > 0 && p.inter > 0 && p.hidden > 0) {  // zero-size grids are launch errors: skip empty work
-    count_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.counts);
-    DSV2_CUDA_LAUNCH_CHECK();
-    scan_kernel<<<1, 32, 0, st>>>(s.counts, p.n_experts, s.offsets, s.cursor);
-    DSV2_CUDA_LAUNCH_CHECK();
-    scatter_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.cursor, s.rows);
-    DSV2_CUDA_LAUNCH_CHECK();
-    // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
-    gate_up_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
-    DSV2_CUDA_LAUNCH_CHECK();
-    down_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
+  const int64_t pairs = p.t * p.top_k;
+  const Path rp = routed_path(p), sp = shared_path(p);
+  const bool rtc = tensor_core(rp), stc = tensor_core(sp);
+
+  if (rtc || stc) {
+    PrepArgs a;
+    a.ids = p.ids;
+    a.pairs = pairs;
+    a.e = p.n_experts;
+    a.tile_rows = tile_rows(rp);
+    a.dispatch = rtc;
+    a.counts = s.counts;
+    a.offsets = s.offsets;
+    a.rows = s.rows;
+    a.tiles = s.tiles;
+    a.n_tiles = s.n_tiles;
+    a.x = p.x;
+    a.xb = s.xb;
+    a.n_x = p.t * p.hidden;  // hidden % 8 == 0 on this path
+    const int64_t conv_blocks = std::min<int64_t>(ceil_div(a.n_x / 4, kPrepThreads), 1024);
+    prep_kernel<<<static_cast<unsigned>((rtc ? 1 : 0) + std::max<int64_t>(conv_blocks, 1)), kPrepThreads, 0, st>>>(a);
     DSV2_CUDA_LAUNCH_CHECK();
   }
-  const float* shared = nullptr;
-  if (p.shared_gate_up && p.inter_shared > 0 && p.hidden > 0) {
-    GemmParams g;
-    g.m = p.t;
-    g.n = 2 * p.inter_shared;
+  if (rp == Path::kSimt) simt_routed(p, s, st);
+
+  // Tensor-core problems: routed gate+up / down over the tile table, shared over all t rows.
+  uint16_t* hb = reinterpret_cast<uint16_t*>(s.h);          // bf16 [pairs, inter] in the f32 buffer
+  uint16_t* shb = reinterpret_cast<uint16_t*>(s.shared_h);  // bf16 [t, inter_shared]
+  moe_mma::Problem gu[2], dn[2];
+  if (rtc) {
+    moe_mma::Problem g;
+    g.w = static_cast<const uint16_t*>(p.gate_up);
+    g.w_stride = 2 * p.inter * p.hidden;
+    g.n = p.inter;
     g.k = p.hidden;
-    g.x = p.x;
-    g.w = p.shared_gate_up;
-    g.w_dtype = p.shared_dtype;
-    g.y = s.shared_gu;
-    gemm(g, stream);
-    silu_mul_kernel<<<ceil_div(p.t * p.inter_shared, 256), 256, 0, st>>>(s.shared_gu, p.t, p.inter_shared, s.shared_h);
-    DSV2_CUDA_LAUNCH_CHECK();
-    g.n = p.hidden;
-    g.k = p.inter_shared;
-    g.x = s.shared_h;
-    g.w = p.shared_down;
-    g.y = s.shared_out;
-    gemm(g, stream);
-    shared = s.shared_out;
+    g.tiles = s.tiles;
+    g.n_tiles = s.n_tiles;
+    g.offsets = s.offsets;
+    g.grid_tiles = routed_grid_tiles(pairs, p.n_experts, tile_rows(rp));
+    g.a = s.xb;
+    g.a_rows = s.rows;
+    g.a_div = static_cast<int32_t>(p.top_k);
+    g.h = hb;
+    moe_mma::Problem d = g;
+    d.w = static_cast<const uint16_t*>(p.down);
+    d.w_stride = p.hidden * p.inter;
+    d.n = p.hidden;
+    d.k = p.inter;
+    d.a = hb;
+    d.a_rows = nullptr;
+    d.a_div = 1;
+    d.h = nullptr;
+    d.out = s.slot_out;
+    d.o_rows = s.rows;
+    d.o_scale = p.weights;
+    gu[0] = g;
+    dn[0] = d;
   }
+  moe_mma::Problem sg, sd;
+  if (stc) {
+    sg.w = static_cast<const uint16_t*>(p.shared_gate_up);
+    sg.n = p.inter_shared;
+    sg.k = p.hidden;
+    sg.m = p.t;
+    sg.grid_tiles = ceil_div(p.t, tile_rows(sp));
+    sg.a = s.xb;
+    sg.h = shb;
+    sd = sg;
+    sd.w = static_cast<const uint16_t*>(p.shared_down);
+    sd.n = p.hidden;
+    sd.k = p.inter_shared;
+    sd.a = shb;
+    sd.h = nullptr;
+    sd.out = s.shared_out;
+  }
+  if (rtc && stc && rp == sp) {  // one launch per GEMM for both parts
+    gu[1] = sg;
+    dn[1] = sd;
+    run_grouped(rp, gu, 2, true, st);
+    run_grouped(rp, dn, 2, false, st);
+  } else {
+    if (rtc) {
+      run_grouped(rp, gu, 1, true, st);
+      run_grouped(rp, dn, 1, false, st);
+    }
+    if (stc) {
+      run_grouped(sp, &sg, 1, true, st);
+      run_grouped(sp, &sd, 1, false, st);
+    }
+  }
+  if (sp == Path::kSimt) simt_shared(p, s, stream);
+
   if (p.t * p.hidden == 0) return;
-  combine_kernel<<<ceil_div(p.t * p.hidden, 256), 256, 0, st>>>(p, s.slot_out, shared);
+  const bool routed = rp != Path::kNone;
+  if (!routed && pairs > 0) {  // nothing computed per slot (inter or hidden 0, or no experts): zeros
+    DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
+  }
+  combine_kernel<<<ceil_div(p.t * p.hidden, 256), 256, 0, st>>>(p, s.slot_out, sp == Path::kNone ? nullptr : s.shared_out,
+                                                                rp == Path::kSimt || !routed);
   DSV2_CUDA_LAUNCH_CHECK();
+}
+
+namespace {
+__global__ void fill_kernel(void* p, DType t, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint64_t z = seed + static_cast<uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float v = scale * (static_cast<float>(z >> 40) * 0x1.0p-23f - 1.0f);  // [-scale, scale)
+    if (t == DType::kF32) static_cast<float*>(p)[i] = v;
+    else static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
+  }
+}
+}  // namespace
+
+void moe_bench_fill(void* p, DType t, int64_t n, uint64_t seed, float scale, void* stream) {
+  DSV2_CHECK(t == DType::kF32 || t == DType::kBF16, kUnsupported, "moe_bench_fill: f32 or bf16 only");
+  if (n == 0) return;
+  fill_kernel<<<std::min<unsigned>(ceil_div(n, 256), 8192), 256, 0, static_cast<cudaStream_t>(stream)>>>(p, t, n, seed, scale);
+  DSV2_CUDA_LAUNCH_CHECK();
+}
+
+namespace {
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+template <class F>
+void scratch_layout(const MoeExpertsParams& m, F&& take) {
+  const int64_t pairs = std::max<int64_t>(1, m.t * m.top_k), t = std::max<int64_t>(1, m.t);
+  const int64_t e = std::max<int64_t>(1, m.n_experts), is = std::max<int64_t>(1, m.inter_shared);
+  take(0, e * 4);
+  take(1, (e + 1) * 4);
+  take(2, e * 4);
+  take(3, pairs * 4);
+  take(4, std::max<int64_t>(1, pairs * m.inter) * 4);
+  take(5, std::max<int64_t>(1, pairs * m.hidden) * 4);
+  take(6, t * 2 * is * 4);
+  take(7, t * is * 4);
+  take(8, std::max<int64_t>(1, t * m.hidden) * 4);
+  take(9, std::max<int64_t>(1, t * m.hidden) * 2);
+  take(10, 2 * pairs * 4);
+  take(11, 4);
+}
+}  // namespace
+
+size_t moe_scratch_bytes(const MoeExpertsParams& max_shape) {
+  size_t total = 0;
+  scratch_layout(max_shape, [&](int, int64_t bytes) { total += align256(static_cast<size_t>(bytes)); });
+  return total;
+}
+
+MoeScratch moe_scratch_carve(void* base, const MoeExpertsParams& max_shape) {
+  MoeScratch s;
+  char* at = static_cast<char*>(base);
+  void* parts[12];
+  scratch_layout(max_shape, [&](int i, int64_t bytes) {
+    parts[i] = at;
+    at += align256(static_cast<size_t>(bytes));
+  });
+  s.counts = static_cast<int32_t*>(parts[0]);
+  s.offsets = static_cast<int32_t*>(parts[1]);
+  s.cursor = static_cast<int32_t*>(parts[2]);
+  s.rows = static_cast<int32_t*>(parts[3]);
+  s.h = static_cast<float*>(parts[4]);
+  s.slot_out = static_cast<float*>(parts[5]);
+  s.shared_gu = static_cast<float*>(parts[6]);
+  s.shared_h = static_cast<float*>(parts[7]);
+  s.shared_out = static_cast<float*>(parts[8]);
+  s.xb = static_cast<uint16_t*>(parts[9]);
+  s.tiles = static_cast<int32_t*>(parts[10]);
+  s.n_tiles = static_cast<int32_t*>(parts[11]);
+  return s;
 }
 
 }  // namespace dsv2::cuda

@@ -1,0 +1,208 @@
+/**
+ * The native model engine: the whole forward in C++ on one backend (CUDA: device-resident
+ * weights and activations, a step enqueued on one stream, only the sampled tokens or the
+ * requested logits read back; CPU: the core's CPU ops — the same orchestration, tested
+ * against the TypeScript forward). `Model.load({device: 'cuda'})` runs on it; the CPU runs
+ * on it with `engine: 'native'`.
+ */
+import { Dsv2Error, fromNative, native } from '../errors';
+import type { KvCache } from '../kv-cache';
+import { binding, type RawEngine } from '../native';
+import type { RopeTable } from '../ops';
+import { tensorArg } from '../ops/args';
+import type { Tensor } from '../tensor';
+import { isMoeLayer, type DeepSeekConfig } from './config';
+import type { ModelWeights } from './weights';
+
+export interface EngineLimits {
+  /** Tokens one step carries (longer prompts are prefilled in chunks of this size). */
+  maxTokens: number;
+  /** Sequences one step carries. */
+  maxSeqs: number;
+  /** Keys one sequence may hold. */
+  maxSeqlen: number;
+}
+
+/** One sequence's part of a step: its new tokens and its place in the cache. */
+export interface EngineSeq {
+  tokens: ArrayLike<number>;
+  /** Tokens already cached (the new ones follow at positions pos0, pos0 + 1, ...). */
+  pos0: number;
+  /** Its pages in order; must cover pos0 + tokens.length tokens. */
+  pages: readonly number[];
+}
+
+export interface EngineSampling {
+  temperature: number;
+  topK: number;
+  topP: number;
+  /** One seed per sequence (the draw of a one-row `ops.sample` call with that seed). */
+  seeds: readonly bigint[];
+}
+
+export interface EngineMemory {
+  /** Weight bytes on the engine's device (as stored: bf16 stays bf16, f32 stays f32), rope tables included. */
+  weights: number;
+  /** KV cache bytes (all pages of all layers). */
+  cache: number;
+  /** Activations and kernel scratch, sized for the limits. */
+  workspace: number;
+  device: string;
+}
+
+const U64 = (1n << 64n) - 1n;
+
+export class NativeEngine {
+  readonly device: 'cpu' | 'cuda';
+  readonly limits: EngineLimits;
+  readonly #pageSize: number;
+  readonly #vocab: number;
+  #raw: RawEngine | null;
+
+  private constructor(raw: RawEngine, device: 'cpu' | 'cuda', limits: EngineLimits, pageSize: number, vocab: number) {
+    this.#raw = raw;
+    this.device = device;
+    this.limits = limits;
+    this.#pageSize = pageSize;
+    this.#vocab = vocab;
+  }
+
+  /**
+   * Builds the engine on `device` and copies every weight there (progress in bytes). The
+   * cache must live on the same device; the engine keeps it alive.
+   */
+  static async create(c: DeepSeekConfig, weights: ModelWeights, cache: KvCache, rope: RopeTable, device: 'cpu' | 'cuda',
+    limits: EngineLimits, opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<NativeEngine> {
+    const dims = {
+      vocab: c.vocabSize, hidden: c.hiddenSize, inter: c.intermediateSize, moeInter: c.moeIntermediateSize,
+      layers: c.numLayers, heads: c.numHeads, qLora: c.qLoraRank ?? 0, dC: c.kvLoraRank, dNope: c.qkNopeHeadDim,
+      dR: c.qkRopeHeadDim, dV: c.vHeadDim, nExperts: c.nRoutedExperts ?? 0, topK: c.numExpertsPerTok,
+      nGroup: c.nGroup, topkGroup: c.topkGroup, interShared: c.nSharedExperts * c.moeIntermediateSize,
+      topkMethod: c.topkMethod, scoring: c.scoringFunc, normTopkProb: c.normTopkProb,
+      routedScalingFactor: c.routedScalingFactor, eps: c.rmsNormEps, softmaxScale: c.softmaxScale,
+      moeLayers: Array.from({ length: c.numLayers }, (_, i) => isMoeLayer(c, i)),
+    };
+    let raw: RawEngine;
+    try {
+      raw = new (binding().Engine)({ device, dims, cache: cache.raw(), ...limits });
+    } catch (e) {
+      throw fromNative(e);
+    }
+    const engine = new NativeEngine(raw, device, limits, cache.pageSize, c.vocabSize);
+    try {
+      const list = engineWeights(weights);
+      const total = list.reduce((a, [, , t]) => a + t.data.byteLength, 0);
+      let done = 0;
+      for (const [layer, name, t] of list) {
+        if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted while copying weights to ${device}`);
+        await native(raw.setWeight(layer, name, tensorArg(t, name)));
+        done += t.data.byteLength;
+        opts.onProgress?.(done, total);
+      }
+      await native(raw.setRope(tensorArg(rope.cos, 'cos'), tensorArg(rope.sin, 'sin')));
+    } catch (e) {
+      engine.dispose();
+      throw e;
+    }
+    return engine;
+  }
+
+  #engine(): RawEngine {
+    if (!this.#raw) throw new Dsv2Error('E_DISPOSED', 'the model engine was disposed');
+    return this.#raw;
+  }
+
+  /**
+   * One forward step over several sequences: `prefill` (any number of new tokens per
+   * sequence, attention over expanded K/V) or `decode` (the same number — at most 4 — per
+   * sequence, absorbed attention on the latent cache). Returns the logits of each sequence's
+   * last token (`last`, [b, vocab]) or of every token (`all`, [T, vocab]), and/or one sampled
+   * token per sequence.
+   */
+  async step(seqs: readonly EngineSeq[], mode: 'prefill' | 'decode', logits: 'none' | 'last' | 'all',
+    sampling?: EngineSampling): Promise<{ logits: Float32Array | null; tokens: Int32Array | null }> {
+    const raw = this.#engine();
+    const b = seqs.length;
+    if (b === 0) throw new Dsv2Error('E_RANGE', 'a step needs at least one sequence');
+    const page = this.#pageSize;
+    const T = seqs.reduce((a, s) => a + s.tokens.length, 0);
+    const maxBlocks = Math.max(1, ...seqs.map((s) => s.pages.length));
+    const tokens = new Int32Array(T);
+    const positions = new Int32Array(T);
+    const slots = new Int32Array(T);
+    const seqlens = new Int32Array(b);
+    const cuQ = new Int32Array(b + 1);
+    const blockTable = new Int32Array(b * maxBlocks);
+    let r = 0;
+    seqs.forEach((s, i) => {
+      blockTable.set(s.pages, i * maxBlocks);
+      for (let j = 0; j < s.tokens.length; j++, r++) {
+        const t = s.tokens[j];
+        if (!Number.isSafeInteger(t) || t < 0 || t >= this.#vocab) throw new Dsv2Error('E_RANGE', `sequence ${i}: token ${j} = ${t} is outside the vocabulary [0, ${this.#vocab})`);
+        const pos = s.pos0 + j;
+        const pg = s.pages[Math.floor(pos / page)];
+        if (pg === undefined) throw new Dsv2Error('E_RANGE', `sequence ${i}: position ${pos} has no page (${s.pages.length} pages of ${page} tokens)`);
+        tokens[r] = t;
+        positions[r] = pos;
+        slots[r] = pg * page + (pos % page);
+      }
+      seqlens[i] = s.pos0 + s.tokens.length;
+      cuQ[i + 1] = r;
+    });
+    let sample;
+    if (sampling) {
+      if (sampling.seeds.length !== b) throw new Dsv2Error('E_ARG', `sampling.seeds has ${sampling.seeds.length} seeds for ${b} sequences`);
+      sample = { temperature: sampling.temperature, topK: sampling.topK, topP: sampling.topP, seeds: BigUint64Array.from(sampling.seeds, (x) => BigInt(x) & U64) };
+    }
+    return native(raw.step({ tokens, positions, slots, seqlens, cuQ, blockTable, maxBlocks, decode: mode === 'decode', logits, sample }));
+  }
+
+  memory(): EngineMemory {
+    return this.#engine().memory();
+  }
+
+  get disposed(): boolean {
+    return this.#raw === null;
+  }
+
+  /** Frees the engine's weights and workspace (in-flight steps finish first). */
+  dispose(): void {
+    this.#raw?.dispose();
+    this.#raw = null;
+  }
+}
+
+/** Every weight the engine takes: [layer (-1: global), name, tensor]. */
+function engineWeights(w: ModelWeights): [number, string, Tensor][] {
+  const out: [number, string, Tensor][] = [[-1, 'embed', w.embed], [-1, 'norm', w.norm], [-1, 'lm_head', w.lmHead]];
+  w.layers.forEach((L, l) => {
+    const add = (name: string, t: Tensor | null | undefined) => {
+      if (t) out.push([l, name, t]);
+    };
+    add('input_norm', L.inputNorm);
+    add('post_norm', L.postNorm);
+    add('q_proj', L.qProj);
+    add('q_a', L.qA);
+    add('q_a_norm', L.qANorm);
+    add('q_b', L.qB);
+    add('kv_a', L.kvA);
+    add('kv_a_norm', L.kvANorm);
+    add('kv_b', L.kvB);
+    add('w_uk_t', L.wUkT);
+    add('w_uv', L.wUv);
+    add('o_proj', L.oProj);
+    const m = L.mlp;
+    if (m.kind === 'dense') {
+      add('gate_up', m.gateUp);
+      add('down', m.down);
+    } else {
+      add('gate', m.gate);
+      add('bias', m.bias);
+      add('experts_gate_up', m.experts.gateUp);
+      add('experts_down', m.experts.down);
+      add('shared_gate_up', m.shared?.gateUp);
+      add('shared_down', m.shared?.down);
+    }
+  });
+  return out;
+}

@@ -1,0 +1,628 @@
+// The native model engine (see engine.h): weights and activations in one backend's memory,
+// the forward of every layer enqueued op after op, and only the requested rows' logits (or
+// the sampled tokens) copied back.
+#include "engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <sstream>
+
+#include "dsv2/status.h"
+
+namespace dsv2::model {
+
+struct Engine::Layer {
+  bool moe = false;
+  Weight input_norm, post_norm, q_proj, q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b, w_uk_t, w_uv, o_proj;
+  Weight gate_up, down;                              // dense MLP
+  Weight gate, bias, experts_gate_up, experts_down;  // MoE
+  Weight shared_gate_up, shared_down;
+};
+
+namespace {
+
+// Activation buffers (f32 unless noted), sized for Limits::max_tokens rows.
+enum Buf : size_t {
+  kX, kH, kDelta, kQ, kQa, kQaN, kKv, kCkvIn, kCkv, kKpeIn, kKpe, kQpeIn, kQpe, kQnope, kQlat, kQdec, kOlat, kLse,
+  kO, kGu, kAct, kRouter, kIds /* i32 */, kRw, kTpe /* i32 */, kTpg /* i32 */, kHsel, kLogits,
+  kInTokens /* i32 */, kInPos /* i32 */, kInSlots /* i32 */, kInSeqlens /* i32 */, kInCuQ /* i32 */,
+  kInTable /* i32 */, kInSeeds /* u64 */, kOutTokens /* i32 */, kOutBad /* i32 */, kNumBufs
+};
+
+std::string shape_of(const std::vector<int64_t>& s) { return shape_str(s); }
+
+}  // namespace
+
+Engine::Engine(std::unique_ptr<Backend> backend, const ModelDims& dims, KvLayout cache_layout, int64_t cache_pages,
+               uint8_t* cache_data, std::shared_ptr<void> cache_owner, const Limits& limits)
+    : be_(std::move(backend)), d_(dims), layout_(cache_layout), pages_(cache_pages), limits_(limits),
+      cache_(cache_data), cache_owner_(std::move(cache_owner)) {
+  DSV2_CHECK(d_.layers >= 1 && d_.hidden >= 1 && d_.vocab >= 1 && d_.heads >= 1, kArg,
+             "engine: layers = " << d_.layers << ", hidden = " << d_.hidden << ", vocab = " << d_.vocab
+                                 << ", heads = " << d_.heads << " must all be >= 1");
+  DSV2_CHECK(static_cast<int64_t>(d_.moe_layer.size()) == d_.layers, kArg,
+             "engine: moe_layer has " << d_.moe_layer.size() << " entries for " << d_.layers << " layers");
+  DSV2_CHECK(layout_.d_c == d_.d_c && layout_.d_r == d_.d_r, kArg,
+             "engine: the cache holds dC = " << layout_.d_c << ", dR = " << layout_.d_r << " but the model has dC = "
+                                            << d_.d_c << ", dR = " << d_.d_r);
+  DSV2_CHECK(limits_.max_tokens >= 1 && limits_.max_seqs >= 1 && limits_.max_seqlen >= 1, kRange,
+             "engine limits: maxTokens = " << limits_.max_tokens << ", maxSeqs = " << limits_.max_seqs
+                                          << ", maxSeqlen = " << limits_.max_seqlen << " must all be >= 1");
+  for (int64_t l = 0; l < d_.layers; ++l) {
+    layers_.push_back(std::make_unique<Layer>());
+    layers_.back()->moe = d_.moe_layer[l] != 0;
+  }
+  const int64_t T = limits_.max_tokens, H = d_.hidden, nh = d_.heads;
+  const int64_t max_blocks = (limits_.max_seqlen + layout_.page_size - 1) / layout_.page_size;
+  const int64_t gu = 2 * std::max({d_.inter, d_.moe_inter, d_.inter_shared, int64_t{1}});
+  const int64_t logit_rows = std::min(T, std::max<int64_t>(limits_.max_seqs, 128));
+  const int64_t k = std::max<int64_t>(d_.top_k, 1), E = std::max<int64_t>(d_.n_experts, 1);
+  const int64_t sizes[kNumBufs] = {
+      T * H, T * H, T * H, T * nh * d_.qk_dim(), T * std::max<int64_t>(d_.q_lora, 1), T * std::max<int64_t>(d_.q_lora, 1),
+      T * (d_.d_c + d_.d_r), T * d_.d_c, T * d_.d_c, T * d_.d_r, T * d_.d_r, T * nh * d_.d_r, T * nh * d_.d_r,
+      T * nh * d_.d_nope, T * nh * d_.d_c, T * nh * (d_.d_c + d_.d_r), T * nh * d_.d_c, T * nh,
+      T * nh * d_.d_v, T * gu, T * gu / 2, T * E, T * k, T * k, E, std::max<int64_t>(d_.n_group, 1),
+      logit_rows * H, logit_rows * d_.vocab,
+      T, T, T, limits_.max_seqs, limits_.max_seqs + 1, limits_.max_seqs * max_blocks, 2 * limits_.max_seqs,
+      limits_.max_seqs, 1};
+  bufs_.assign(kNumBufs, nullptr);
+  try {
+    for (size_t i = 0; i < kNumBufs; ++i) {
+      const size_t bytes = static_cast<size_t>(std::max<int64_t>(sizes[i], 1)) * 4;
+      bufs_[i] = static_cast<float*>(be_->alloc(bytes));
+      workspace_bytes_ += bytes;
+    }
+    MlaDecodeParams dd;
+    dd.b = limits_.max_seqs;
+    dd.s_q = std::min<int64_t>(kMaxDecodeQ, T);
+    dd.h_q = nh;
+    dd.d_c = d_.d_c;
+    dd.d_r = d_.d_r;
+    dd.cache.layout = layout_;
+    dd.max_blocks = max_blocks;
+    MlaPrefillParams pd;
+    pd.b = limits_.max_seqs;
+    pd.n_tokens = T;
+    pd.h = nh;
+    pd.d_nope = d_.d_nope;
+    pd.d_r = d_.d_r;
+    pd.d_v = d_.d_v;
+    pd.d_c = d_.d_c;
+    pd.cache.layout = layout_;
+    pd.max_blocks = max_blocks;
+    MoeExpertsParams md;
+    md.t = T;
+    md.hidden = H;
+    md.top_k = d_.top_k;
+    md.n_experts = d_.n_experts;
+    md.inter = d_.moe_inter;
+    md.inter_shared = d_.inter_shared;
+    workspace_bytes_ += be_->reserve_scratch(T, limits_.max_seqs, limits_.max_seqlen, dd, pd, md);
+  } catch (...) {
+    for (float* p : bufs_) be_->release(p);
+    throw;
+  }
+}
+
+Engine::~Engine() {
+  try {
+    be_->sync();
+  } catch (...) {
+    // a failed device keeps its error; the memory is released below all the same
+  }
+  for (float* p : bufs_) be_->release(p);
+  for (Weight* w : {&embed_, &norm_, &lm_head_}) be_->release(w->data);
+  for (auto& L : layers_)
+    for (Weight* w : {&L->input_norm, &L->post_norm, &L->q_proj, &L->q_a, &L->q_a_norm, &L->q_b, &L->kv_a,
+                      &L->kv_a_norm, &L->kv_b, &L->w_uk_t, &L->w_uv, &L->o_proj, &L->gate_up, &L->down, &L->gate,
+                      &L->bias, &L->experts_gate_up, &L->experts_down, &L->shared_gate_up, &L->shared_down})
+      be_->release(w->data);
+  be_->release(cos_);
+  be_->release(sin_);
+}
+
+KvCacheView Engine::cache_layer(int64_t l) const {
+  return KvCacheView{layout_, cache_ + l * pages_ * layout_.page_bytes(), pages_, be_->device()};
+}
+
+void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                        const void* host, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t H = d_.hidden, nh = d_.heads;
+  Weight* w = nullptr;
+  std::vector<int64_t> want;
+  if (layer < 0) {
+    if (name == "embed") w = &embed_, want = {d_.vocab, H};
+    else if (name == "norm") w = &norm_, want = {H};
+    else if (name == "lm_head") w = &lm_head_, want = {d_.vocab, H};
+  } else {
+    DSV2_CHECK(layer < d_.layers, kRange, "weight '" << name << "': layer " << layer << " is outside [0, " << d_.layers << ")");
+    Layer& L = *layers_[layer];
+    const std::map<std::string, std::pair<Weight*, std::vector<int64_t>>> table = {
+        {"input_norm", {&L.input_norm, {H}}},
+        {"post_norm", {&L.post_norm, {H}}},
+        {"q_proj", {d_.q_lora ? nullptr : &L.q_proj, {nh * d_.qk_dim(), H}}},
+        {"q_a", {d_.q_lora ? &L.q_a : nullptr, {d_.q_lora, H}}},
+        {"q_a_norm", {d_.q_lora ? &L.q_a_norm : nullptr, {d_.q_lora}}},
+        {"q_b", {d_.q_lora ? &L.q_b : nullptr, {nh * d_.qk_dim(), d_.q_lora}}},
+        {"kv_a", {&L.kv_a, {d_.d_c + d_.d_r, H}}},
+        {"kv_a_norm", {&L.kv_a_norm, {d_.d_c}}},
+        {"kv_b", {&L.kv_b, {nh * (d_.d_nope + d_.d_v), d_.d_c}}},
+        {"w_uk_t", {&L.w_uk_t, {nh, d_.d_c, d_.d_nope}}},
+        {"w_uv", {&L.w_uv, {nh, d_.d_v, d_.d_c}}},
+        {"o_proj", {&L.o_proj, {H, nh * d_.d_v}}},
+        {"gate_up", {L.moe ? nullptr : &L.gate_up, {2 * d_.inter, H}}},
+        {"down", {L.moe ? nullptr : &L.down, {H, d_.inter}}},
+        {"gate", {L.moe ? &L.gate : nullptr, {d_.n_experts, H}}},
+        {"bias", {L.moe && d_.method == MoeMethod::kNoauxTc ? &L.bias : nullptr, {d_.n_experts}}},
+        {"experts_gate_up", {L.moe ? &L.experts_gate_up : nullptr, {d_.n_experts, 2 * d_.moe_inter, H}}},
+        {"experts_down", {L.moe ? &L.experts_down : nullptr, {d_.n_experts, H, d_.moe_inter}}},
+        {"shared_gate_up", {L.moe && d_.inter_shared ? &L.shared_gate_up : nullptr, {2 * d_.inter_shared, H}}},
+        {"shared_down", {L.moe && d_.inter_shared ? &L.shared_down : nullptr, {H, d_.inter_shared}}},
+    };
+    auto it = table.find(name);
+    if (it != table.end()) w = it->second.first, want = it->second.second;
+  }
+  DSV2_CHECK(w != nullptr, kArg,
+             "weight '" << name << "'" << (layer >= 0 ? " of layer " + std::to_string(layer) : std::string())
+                        << " is not one this configuration uses");
+  DSV2_CHECK(shape == want, kShape, "weight '" << name << "' (layer " << layer << "): shape " << shape_of(shape)
+                                               << " but the config implies " << shape_of(want));
+  const bool is_bias = name == "bias";
+  DSV2_CHECK(is_bias ? dtype == DType::kF32 : (dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16),
+             kDtype, "weight '" << name << "' (layer " << layer << "): dtype " << dtype_name(dtype) << " must be "
+                                << (is_bias ? "f32" : "f32, bf16 or f16"));
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  DSV2_CHECK(bytes == static_cast<size_t>(n) * dtype_size(dtype), kShape,
+             "weight '" << name << "': " << bytes << " bytes for " << n << " elements of " << dtype_name(dtype));
+  if (w->data) {
+    weight_bytes_ -= w->bytes;
+    be_->release(w->data);
+    w->data = nullptr;
+  }
+  w->data = be_->alloc(bytes);
+  w->dtype = dtype;
+  w->shape = shape;
+  w->bytes = bytes;
+  weight_bytes_ += bytes;
+  be_->upload(w->data, host, bytes);
+  be_->sync();  // the host data may go away when this returns
+}
+
+void Engine::set_rope(const float* cos, const float* sin, int64_t max_pos) {
+  std::lock_guard<std::mutex> lock(mu_);
+  DSV2_CHECK(max_pos >= 1, kRange, "rope table rows = " << max_pos << " must be >= 1");
+  const size_t bytes = static_cast<size_t>(max_pos * (d_.d_r / 2)) * sizeof(float);
+  be_->release(cos_);
+  be_->release(sin_);
+  cos_ = sin_ = nullptr;
+  cos_ = static_cast<float*>(be_->alloc(bytes));
+  sin_ = static_cast<float*>(be_->alloc(bytes));
+  be_->upload(cos_, cos, bytes);
+  be_->upload(sin_, sin, bytes);
+  be_->sync();
+  max_pos_ = max_pos;
+}
+
+void Engine::check_complete() const {
+  auto need = [](const Weight& w, const char* name, int64_t layer) {
+    DSV2_CHECK(w.data != nullptr, kCheckpoint,
+               "the engine is missing weight '" << name << "'" << (layer >= 0 ? " of layer " + std::to_string(layer) : std::string()));
+  };
+  need(embed_, "embed", -1);
+  need(norm_, "norm", -1);
+  need(lm_head_, "lm_head", -1);
+  DSV2_CHECK(cos_ != nullptr, kArg, "the engine has no rope table (set_rope)");
+  for (int64_t l = 0; l < d_.layers; ++l) {
+    const Layer& L = *layers_[l];
+    need(L.input_norm, "input_norm", l);
+    need(L.post_norm, "post_norm", l);
+    if (d_.q_lora) {
+      need(L.q_a, "q_a", l);
+      need(L.q_a_norm, "q_a_norm", l);
+      need(L.q_b, "q_b", l);
+    } else {
+      need(L.q_proj, "q_proj", l);
+    }
+    need(L.kv_a, "kv_a", l);
+    need(L.kv_a_norm, "kv_a_norm", l);
+    need(L.kv_b, "kv_b", l);
+    need(L.w_uk_t, "w_uk_t", l);
+    need(L.w_uv, "w_uv", l);
+    need(L.o_proj, "o_proj", l);
+    if (L.moe) {
+      need(L.gate, "gate", l);
+      DSV2_CHECK(!L.experts_down.data || !L.experts_gate_up.data || L.experts_down.dtype == L.experts_gate_up.dtype, kDtype,
+                 "layer " << l << ": experts_down is " << dtype_name(L.experts_down.dtype) << " but experts_gate_up "
+                          << dtype_name(L.experts_gate_up.dtype) << " (the experts take one dtype)");
+      DSV2_CHECK(!L.shared_down.data || !L.shared_gate_up.data || L.shared_down.dtype == L.shared_gate_up.dtype, kDtype,
+                 "layer " << l << ": shared_down is " << dtype_name(L.shared_down.dtype) << " but shared_gate_up "
+                          << dtype_name(L.shared_gate_up.dtype));
+      if (d_.method == MoeMethod::kNoauxTc) need(L.bias, "bias", l);
+      need(L.experts_gate_up, "experts_gate_up", l);
+      need(L.experts_down, "experts_down", l);
+      if (d_.inter_shared) {
+        need(L.shared_gate_up, "shared_gate_up", l);
+        need(L.shared_down, "shared_down", l);
+      }
+    } else {
+      need(L.gate_up, "gate_up", l);
+      need(L.down, "down", l);
+    }
+  }
+}
+
+MemoryReport Engine::memory() const {
+  MemoryReport r;
+  r.weights = weight_bytes_ + (cos_ ? 2 * static_cast<size_t>(max_pos_ * (d_.d_r / 2)) * sizeof(float) : 0);
+  r.cache = static_cast<size_t>(d_.layers * pages_ * layout_.page_bytes());
+  r.workspace = workspace_bytes_;
+  return r;
+}
+
+void Engine::check_step(const StepInput& in) const {
+  check_complete();
+  DSV2_CHECK(in.n_tokens >= 1 && in.n_tokens <= limits_.max_tokens, kRange,
+             "a step of " << in.n_tokens << " tokens: must be in [1, " << limits_.max_tokens << "] (maxTokens per step)");
+  DSV2_CHECK(in.b >= 1 && in.b <= limits_.max_seqs, kRange,
+             "a step of " << in.b << " sequences: must be in [1, " << limits_.max_seqs << "] (maxSeqs)");
+  const int64_t page = layout_.page_size;
+  const int64_t cap_blocks = (limits_.max_seqlen + page - 1) / page;
+  DSV2_CHECK(in.max_blocks >= 1 && in.max_blocks <= cap_blocks, kRange,
+             "block table width " << in.max_blocks << " must be in [1, " << cap_blocks << "]");
+  DSV2_CHECK(in.cu_q[0] == 0 && in.cu_q[in.b] == in.n_tokens, kRange,
+             "cuSeqlensQ must run from 0 to the " << in.n_tokens << " tokens (got " << in.cu_q[0] << " .. " << in.cu_q[in.b] << ")");
+  for (int64_t i = 0; i < in.b; ++i) {
+    const int64_t n_q = static_cast<int64_t>(in.cu_q[i + 1]) - in.cu_q[i], s_k = in.seqlens[i];
+    DSV2_CHECK(n_q >= 1, kRange, "sequence " << i << " has " << n_q << " query tokens (cuSeqlensQ must increase)");
+    DSV2_CHECK(s_k >= n_q && s_k <= std::min(in.max_blocks * page, limits_.max_seqlen), kRange,
+               "seqlens[" << i << "] = " << s_k << " must be in [" << n_q << ", " << std::min(in.max_blocks * page, limits_.max_seqlen) << "]");
+    if (in.decode) {
+      DSV2_CHECK(n_q == in.n_tokens / in.b && in.n_tokens % in.b == 0, kRange,
+                 "decode steps need the same number of tokens per sequence: sequence " << i << " has " << n_q);
+      DSV2_CHECK(n_q <= kMaxDecodeQ, kRange,
+                 "a decode step of " << n_q << " tokens per sequence: at most " << kMaxDecodeQ << " (use prefill)");
+    }
+    for (int64_t blk = 0; blk < (s_k + page - 1) / page; ++blk) {
+      const int64_t pg = in.block_table[i * in.max_blocks + blk];
+      DSV2_CHECK(pg >= 0 && pg < pages_, kRange,
+                 "blockTable[" << i << ", " << blk << "] = " << pg << " is outside the cache's pages [0, " << pages_ << ")");
+    }
+    for (int64_t j = 0; j < n_q; ++j) {
+      const int64_t r = in.cu_q[i] + j, pos = s_k - n_q + j;
+      DSV2_CHECK(in.positions[r] == pos, kRange,
+                 "positions[" << r << "] = " << in.positions[r] << " but token " << j << " of sequence " << i << " sits at " << pos);
+      DSV2_CHECK(pos < max_pos_, kRange, "position " << pos << " is beyond the rope table's " << max_pos_ << " rows");
+      const int64_t want = static_cast<int64_t>(in.block_table[i * in.max_blocks + pos / page]) * page + pos % page;
+      DSV2_CHECK(in.slots[r] == want, kRange,
+                 "slots[" << r << "] = " << in.slots[r] << " but the block table puts position " << pos << " at " << want);
+    }
+  }
+  for (int64_t r = 0; r < in.n_tokens; ++r)
+    DSV2_CHECK(in.tokens[r] >= 0 && in.tokens[r] < d_.vocab, kRange,
+               "tokens[" << r << "] = " << in.tokens[r] << " is outside the vocabulary [0, " << d_.vocab << ")");
+  if (in.sample) {
+    DSV2_CHECK(in.temperature >= 0 && in.temperature == in.temperature, kRange, "temperature = " << in.temperature << " must be >= 0");
+    DSV2_CHECK(in.top_k >= 0, kRange, "topK = " << in.top_k << " must be >= 0");
+    DSV2_CHECK(in.top_p > 0 && in.top_p <= 1, kRange, "topP = " << in.top_p << " must be in (0, 1]");
+  }
+}
+
+StepOutput Engine::step(const StepInput& in) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_step(in);
+  const int64_t T = in.n_tokens, H = d_.hidden, b = in.b;
+  Backend& be = *be_;
+  auto i32 = [this](size_t i) { return reinterpret_cast<int32_t*>(bufs_[i]); };
+  be.upload(i32(kInTokens), in.tokens, T * 4);
+  be.upload(i32(kInPos), in.positions, T * 4);
+  be.upload(i32(kInSlots), in.slots, T * 4);
+  be.upload(i32(kInSeqlens), in.seqlens, b * 4);
+  be.upload(i32(kInCuQ), in.cu_q, (b + 1) * 4);
+  be.upload(i32(kInTable), in.block_table, b * in.max_blocks * 4);
+  SeqSizes sz;
+  sz.seqlens = in.seqlens;
+  sz.cu_q = in.cu_q;
+  for (int64_t i = 0; i < b; ++i) sz.max_seqlen = std::max<int64_t>(sz.max_seqlen, in.seqlens[i]);
+
+  EmbeddingParams ep;
+  ep.n_tokens = T;
+  ep.vocab = d_.vocab;
+  ep.hidden = H;
+  ep.ids = i32(kInTokens);
+  ep.table = embed_.data;
+  ep.table_dtype = embed_.dtype;
+  ep.out = buf(kX);
+  be.embedding(ep);
+
+  AddRmsNormParams an;
+  an.rows = T;
+  an.dim = H;
+  an.x = buf(kX);
+  an.eps = d_.eps;
+  an.y = buf(kH);
+  for (int64_t l = 0; l < d_.layers; ++l) {
+    const Layer& L = *layers_[l];
+    an.delta = l == 0 ? nullptr : buf(kDelta);  // the previous layer's MLP output joins the residual here
+    an.w = L.input_norm.data;
+    an.w_dtype = L.input_norm.dtype;
+    be.add_rms_norm(an);
+    attention(l, in, sz);  // → kDelta
+    an.delta = buf(kDelta);
+    an.w = L.post_norm.data;
+    an.w_dtype = L.post_norm.dtype;
+    be.add_rms_norm(an);
+    mlp(l, T);  // → kDelta
+  }
+  an.delta = buf(kDelta);
+  an.w = norm_.data;
+  an.w_dtype = norm_.dtype;
+  be.add_rms_norm(an);  // buf(kH): final hidden states
+
+  StepOutput out;
+  const int64_t V = d_.vocab;
+  const int64_t chunk = std::min(limits_.max_tokens, std::max<int64_t>(limits_.max_seqs, 128));
+  GemmParams g;
+  g.n = V;
+  g.k = H;
+  g.w = lm_head_.data;
+  g.w_dtype = lm_head_.dtype;
+  g.y = buf(kLogits);
+  if (in.logits == LogitsRows::kAll) {
+    out.logits.resize(static_cast<size_t>(T * V));
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+      g.m = std::min(chunk, T - r0);
+      g.x = buf(kH) + r0 * H;
+      be.gemm(g);
+      be.download(out.logits.data() + r0 * V, buf(kLogits), static_cast<size_t>(g.m * V) * sizeof(float));
+    }
+  }
+  if (in.logits == LogitsRows::kLast || in.sample) {
+    // Each sequence's last row: decode steps of one token per sequence already have them in order.
+    if (T != b)
+      for (int64_t i = 0; i < b; ++i)
+        be.copy(buf(kHsel) + i * H, buf(kH) + (in.cu_q[i + 1] - 1) * H, H * sizeof(float));
+    g.m = b;
+    g.x = T == b ? buf(kH) : buf(kHsel);
+    be.gemm(g);
+    if (in.logits == LogitsRows::kLast) {
+      out.logits.resize(static_cast<size_t>(b * V));
+      be.download(out.logits.data(), buf(kLogits), out.logits.size() * sizeof(float));
+    }
+    if (in.sample) {
+      be.upload(bufs_[kInSeeds], in.seeds, b * sizeof(uint64_t));
+      SampleBatchParams sp;
+      sp.rows = b;
+      sp.vocab = V;
+      sp.logits = buf(kLogits);
+      sp.temperature = in.temperature;
+      sp.top_k = in.top_k;
+      sp.top_p = in.top_p;
+      sp.seeds = reinterpret_cast<const uint64_t*>(bufs_[kInSeeds]);
+      sp.out = i32(kOutTokens);
+      sp.bad = i32(kOutBad);
+      be.sample(sp);
+      out.tokens.resize(b);
+      int32_t bad = 0;
+      be.download(out.tokens.data(), i32(kOutTokens), b * sizeof(int32_t));
+      be.download(&bad, i32(kOutBad), sizeof(int32_t));
+      DSV2_CHECK(bad == 0, kRange,
+                 "sequence " << bad - 1 << ": its logits hold a NaN or +inf, or only -inf: nothing can be sampled");
+    }
+  }
+  be.sync();
+  return out;
+}
+
+void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
+  const Layer& L = *layers_[l];
+  Backend& be = *be_;
+  const int64_t T = in.n_tokens, H = d_.hidden, nh = d_.heads, qk = d_.qk_dim();
+  const int64_t dC = d_.d_c, dR = d_.d_r, dN = d_.d_nope, dV = d_.d_v;
+  auto gemm = [&](const float* x, int64_t m, const Weight& w, float* y) {
+    GemmParams g;
+    g.m = m;
+    g.n = w.shape[0];
+    g.k = w.shape[1];
+    g.x = x;
+    g.w = w.data;
+    g.w_dtype = w.dtype;
+    g.y = y;
+    be.gemm(g);
+  };
+  auto norm = [&](const float* x, int64_t rows, const Weight& w, float* y) {
+    RmsNormParams n;
+    n.rows = rows;
+    n.dim = w.shape[0];
+    n.x = x;
+    n.w = w.data;
+    n.w_dtype = w.dtype;
+    n.eps = d_.eps;
+    n.y = y;
+    be.rms_norm(n);
+  };
+  auto cols = [&](int64_t rows, int64_t width, const float* src, int64_t ss, int64_t sc, float* dst, int64_t ds, int64_t dc) {
+    CopyColsParams c;
+    c.rows = rows;
+    c.width = width;
+    c.src = src;
+    c.src_stride = ss;
+    c.src_col = sc;
+    c.dst = dst;
+    c.dst_stride = ds;
+    c.dst_col = dc;
+    be.copy_cols(c);
+  };
+  auto rope = [&](const float* x, int64_t heads, float* out) {
+    RopeParams r;
+    r.n_tokens = T;
+    r.n_heads = heads;
+    r.dim = dR;
+    r.max_pos = max_pos_;
+    r.x = x;
+    r.positions = bufs_[kInPos];
+    r.positions_dtype = DType::kI32;
+    r.cos = cos_;
+    r.sin = sin_;
+    r.interleaved = true;
+    r.out = out;
+    be.rope(r);
+  };
+  auto heads = [&](const float* x, const Weight& w, float* y) {
+    HeadsGemmParams h;
+    h.t = T;
+    h.h = nh;
+    h.n = w.shape[1];
+    h.k = w.shape[2];
+    h.x = x;
+    h.w = w.data;
+    h.w_dtype = w.dtype;
+    h.y = y;
+    be.heads_gemm(h);
+  };
+
+  // q [T, nh, qk]
+  if (d_.q_lora) {
+    gemm(buf(kH), T, L.q_a, buf(kQa));
+    norm(buf(kQa), T, L.q_a_norm, buf(kQaN));
+    gemm(buf(kQaN), T, L.q_b, buf(kQ));
+  } else {
+    gemm(buf(kH), T, L.q_proj, buf(kQ));
+  }
+  // Joint KV compression: c_kv normalised, k_pe rotated; both to the cache.
+  gemm(buf(kH), T, L.kv_a, buf(kKv));
+  cols(T, dC, buf(kKv), dC + dR, 0, buf(kCkvIn), dC, 0);
+  norm(buf(kCkvIn), T, L.kv_a_norm, buf(kCkv));
+  cols(T, dR, buf(kKv), dC + dR, dC, buf(kKpeIn), dR, 0);
+  rope(buf(kKpeIn), 1, buf(kKpe));
+  KvAppendParams ap;
+  ap.cache = cache_layer(l);
+  ap.n_tokens = T;
+  ap.c_kv = buf(kCkv);
+  ap.k_pe = buf(kKpe);
+  ap.slots = bufs_[kInSlots];
+  ap.slots_dtype = DType::kI32;
+  be.kv_append(ap);
+  // q_pe rotated
+  cols(T * nh, dR, buf(kQ), qk, dN, buf(kQpeIn), dR, 0);
+  rope(buf(kQpeIn), nh, buf(kQpe));
+  const int32_t* table = reinterpret_cast<const int32_t*>(bufs_[kInTable]);
+  const int32_t* seqlens = reinterpret_cast<const int32_t*>(bufs_[kInSeqlens]);
+  if (in.decode) {
+    // Absorbed: q_lat = q_nope · W_UK per head, attention on the latent, then · W_UV.
+    cols(T * nh, dN, buf(kQ), qk, 0, buf(kQnope), dN, 0);
+    heads(buf(kQnope), L.w_uk_t, buf(kQlat));
+    cols(T * nh, dC, buf(kQlat), dC, 0, buf(kQdec), dC + dR, 0);
+    cols(T * nh, dR, buf(kQpe), dR, 0, buf(kQdec), dC + dR, dC);
+    MlaDecodeParams p;
+    p.b = in.b;
+    p.s_q = T / in.b;
+    p.h_q = nh;
+    p.d_c = dC;
+    p.d_r = dR;
+    p.cache = cache_layer(l);
+    p.q = buf(kQdec);
+    p.block_table = table;
+    p.max_blocks = in.max_blocks;
+    p.seqlens = seqlens;
+    p.scale = d_.softmax_scale;
+    p.out = buf(kOlat);
+    p.lse = buf(kLse);
+    be.mla_decode(p, sz);
+    heads(buf(kOlat), L.w_uv, buf(kO));
+  } else {
+    // Prefill: q with its rotated rope part, attention over K/V expanded from the latent.
+    cols(T * nh, dR, buf(kQpe), dR, 0, buf(kQ), qk, dN);
+    MlaPrefillParams p;
+    p.b = in.b;
+    p.n_tokens = T;
+    p.h = nh;
+    p.d_nope = dN;
+    p.d_r = dR;
+    p.d_v = dV;
+    p.d_c = dC;
+    p.cache = cache_layer(l);
+    p.q = buf(kQ);
+    p.block_table = table;
+    p.max_blocks = in.max_blocks;
+    p.seqlens = seqlens;
+    p.cu_seqlens_q = reinterpret_cast<const int32_t*>(bufs_[kInCuQ]);
+    p.kv_b = L.kv_b.data;
+    p.kv_b_dtype = L.kv_b.dtype;
+    p.scale = d_.softmax_scale;
+    p.out = buf(kO);
+    be.mla_prefill(p, sz);
+  }
+  gemm(buf(kO), T, L.o_proj, buf(kDelta));
+  (void)H;
+}
+
+void Engine::mlp(int64_t l, int64_t T) {
+  const Layer& L = *layers_[l];
+  Backend& be = *be_;
+  const int64_t H = d_.hidden;
+  auto gemm = [&](const float* x, const Weight& w, float* y) {
+    GemmParams g;
+    g.m = T;
+    g.n = w.shape[0];
+    g.k = w.shape[1];
+    g.x = x;
+    g.w = w.data;
+    g.w_dtype = w.dtype;
+    g.y = y;
+    be.gemm(g);
+  };
+  if (!L.moe) {
+    gemm(buf(kH), L.gate_up, buf(kGu));
+    SiluMulParams s;
+    s.rows = T;
+    s.inter = d_.inter;
+    s.gate = buf(kGu);
+    s.up = buf(kGu) + d_.inter;
+    s.gate_stride = s.up_stride = 2 * d_.inter;
+    s.out = buf(kAct);
+    be.silu_mul(s);
+    gemm(buf(kAct), L.down, buf(kDelta));
+    return;
+  }
+  gemm(buf(kH), L.gate, buf(kRouter));
+  MoeRouteParams r;
+  r.t = T;
+  r.e = d_.n_experts;
+  r.top_k = d_.top_k;
+  r.n_group = d_.n_group;
+  r.topk_group = d_.topk_group;
+  r.method = d_.method;
+  r.scoring = d_.scoring;
+  r.norm_topk_prob = d_.norm_topk_prob;
+  r.routed_scaling_factor = d_.routed_scaling_factor;
+  r.logits = buf(kRouter);
+  r.bias = L.bias.data ? static_cast<const float*>(L.bias.data) : nullptr;
+  r.ids = reinterpret_cast<int32_t*>(bufs_[kIds]);
+  r.weights = buf(kRw);
+  r.tokens_per_expert = reinterpret_cast<int32_t*>(bufs_[kTpe]);
+  r.tokens_per_group = reinterpret_cast<int32_t*>(bufs_[kTpg]);
+  be.moe_route(r);
+  MoeExpertsParams m;
+  m.t = T;
+  m.hidden = H;
+  m.top_k = d_.top_k;
+  m.n_experts = d_.n_experts;
+  m.inter = d_.moe_inter;
+  m.inter_shared = d_.inter_shared;
+  m.x = buf(kH);
+  m.ids = r.ids;
+  m.weights = r.weights;
+  m.gate_up = L.experts_gate_up.data;
+  m.down = L.experts_down.data;
+  m.w_dtype = L.experts_gate_up.dtype;
+  m.shared_gate_up = L.shared_gate_up.data;
+  m.shared_down = L.shared_down.data;
+  m.shared_dtype = L.shared_gate_up.data ? L.shared_gate_up.dtype : DType::kF32;
+  m.y = buf(kDelta);
+  be.moe_experts(m);
+}
+
+}  // namespace dsv2::model

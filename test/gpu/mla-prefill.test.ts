@@ -1,0 +1,202 @@
+/**
+ * The CUDA MLA prefill (ops.mlaPrefill on a cuda cache) against the CPU op (which test/mla
+ * checks against float64 references):
+ *   - DeepSeek-V2 dims (dC 512, dR 64, dNope 128, dV 128): the tensor-core flash kernel, which
+ *     rounds K, V and P to bf16 — inputs here are bf16 values (q, kv_b, the bf16/fp8 cache),
+ *     so the rounding of K, V and P is the only difference (tolerance below);
+ *   - small and odd dims: the generic all-f32 kernel (FlashMLA's f32 tolerance).
+ * Varlen batches mixing cached-prefix lengths 0/1/63/64/65 with n_q 1/7/64/65/300, h 1/3/16/128,
+ * bf16 and fp8 caches, permuted page tables with junk past each sequence's end, NaN-poisoned
+ * unused pages, sequences with no queries and with no keys, an empty batch.
+ * Skipped with the reason in the title where no CUDA device is usable (CI).
+ */
+import { KvCache, type KvCacheDtype } from '../../lib/kv-cache';
+import * as ops from '../../lib/ops';
+import { benchMlaPrefillCuda } from '../../lib/ops/mla';
+import { Tensor } from '../../lib/tensor';
+import { Rng } from '../reference/rng';
+import { gpuDescribe, gpuTitle } from './cuda';
+
+interface Dims { dC: number; dR: number; dNope: number; dV: number }
+const V2: Dims = { dC: 512, dR: 64, dNope: 128, dV: 128 };
+const SMALL: Dims = { dC: 32, dR: 8, dNope: 16, dV: 16 };
+const ODD: Dims = { dC: 130, dR: 6, dNope: 10, dV: 12 };
+const NEAR_V2: Dims = { dC: 512, dR: 64, dNope: 128, dV: 64 }; // one dim off: must take the generic kernel
+const PAGE = 64;
+const FLASH = 'flash_mma_bf16_qk192_v128';
+const GENERIC = 'generic_simt_f32';
+
+interface Seq { prefix: number; nq: number }
+interface Case { dtype: KvCacheDtype; dims: Dims; h: number; seqs: Seq[]; kvB: 'bf16' | 'f32' }
+
+const PREFIXES = [0, 1, 63, 64, 65];
+const NQ = [1, 7, 64, 65, 300];
+
+/** Batch k of 5: sequence i has prefix PREFIXES[i] and n_q NQ[(i + k) % 5], so the 5 batches cover all 25 pairs. */
+function rotation(k: number): Seq[] {
+  return PREFIXES.map((prefix, i) => ({ prefix, nq: NQ[(i + k) % NQ.length] }));
+}
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  for (const dtype of ['bf16', 'fp8'] as const) {
+    for (const h of [1, 3, 16, 128]) for (let k = 0; k < 5; k++) out.push({ dtype, dims: V2, h, seqs: rotation(k), kvB: 'bf16' });
+    out.push({ dtype, dims: V2, h: 16, seqs: rotation(2), kvB: 'f32' }); // f32 weights holding bf16 values
+    // sequences with no queries (with and without cached keys) between real ones
+    out.push({ dtype, dims: V2, h: 3, seqs: [{ prefix: 0, nq: 0 }, { prefix: 70, nq: 0 }, { prefix: 5, nq: 65 }, { prefix: 0, nq: 0 }], kvB: 'bf16' });
+    for (const dims of [SMALL, ODD]) for (const h of [1, 3, 16]) for (const k of [0, 3]) out.push({ dtype, dims, h, seqs: rotation(k), kvB: 'bf16' });
+    out.push({ dtype, dims: NEAR_V2, h: 3, seqs: rotation(1), kvB: 'bf16' });
+  }
+  return out;
+}
+
+/** Round to the nearest bf16 value, ties to even (finite inputs), in place. */
+function bf16Values(a: Float32Array): Float32Array {
+  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i];
+    u[i] = (x + 0x7fff + ((x >>> 16) & 1)) & 0xffff0000;
+  }
+  return a;
+}
+
+/** n values of unit variance (uniform in ±√3, fast for the large q tensors), seeded from rng. */
+function unitValues(rng: Rng, n: number, std = 1): Float32Array {
+  const a = new Float32Array(n);
+  let s = rng.nextU32() | 1;
+  const k = (2 * Math.sqrt(3) * std) / 4294967296;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    a[i] = (s >>> 0) * k - Math.sqrt(3) * std;
+  }
+  return a;
+}
+
+/** 0..n-1 in a seeded random order (Fisher-Yates). */
+function permutation(rng: Rng, n: number): number[] {
+  const a = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(0, i + 1);
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+/** Both caches filled with the same keys, page tables permuted, unused pages poisoned; the op's inputs. */
+async function setup(c: Case) {
+  const rng = new Rng(`prefill ${JSON.stringify(c)}`);
+  const { dC, dR, dNope, dV } = c.dims;
+  const lens = c.seqs.map((s) => s.prefix + s.nq);
+  const b = lens.length;
+  const perSeq = lens.map((l) => Math.ceil(l / PAGE));
+  const maxBlocks = Math.max(1, ...perSeq) + 1;
+  const total = perSeq.reduce((a, x) => a + x, 0) + 2; // + 2 pages nobody uses: NaN-poisoned
+  const cpu = await KvCache.create({ layers: 2, pages: total, dC, dR, pageSize: PAGE, dtype: c.dtype });
+  const gpu = await KvCache.create({ layers: 2, pages: total, dC, dR, pageSize: PAGE, dtype: c.dtype, device: 'cuda' });
+  await cpu.poison();
+  await gpu.poison();
+  const order = permutation(rng, total);
+  const bt = new Int32Array(b * maxBlocks).fill(2 ** 31 - 1); // junk past each sequence's end: never read
+  let o = 0;
+  for (let s = 0; s < b; s++) for (let k = 0; k < perSeq[s]; k++) bt[s * maxBlocks + k] = order[o++];
+  const slots: number[] = [];
+  for (let s = 0; s < b; s++) for (let t = 0; t < lens[s]; t++) slots.push(bt[s * maxBlocks + Math.floor(t / PAGE)] * PAGE + (t % PAGE));
+  const n = slots.length;
+  if (n > 0) {
+    const cKv = Tensor.from(Float32Array.from({ length: n * dC }, () => rng.normal()), [n, dC]);
+    const kPe = Tensor.from(Float32Array.from({ length: n * dR }, () => rng.normal()), [n, dR]);
+    for (const cache of [cpu, gpu]) await cache.append(1, cKv, kPe, Tensor.from(Int32Array.from(slots)));
+  }
+  const T = c.seqs.reduce((a, s) => a + s.nq, 0);
+  const cu = new Int32Array(b + 1);
+  for (let s = 0; s < b; s++) cu[s + 1] = cu[s] + c.seqs[s].nq;
+  const q = Tensor.from(bf16Values(unitValues(rng, T * c.h * (dNope + dR))), [T, c.h, dNope + dR]);
+  const kvB32 = Tensor.from(bf16Values(unitValues(rng, c.h * (dNope + dV) * dC, 1 / Math.sqrt(dC))), [c.h * (dNope + dV), dC]);
+  const kvB = c.kvB === 'f32' ? kvB32 : await ops.cast(kvB32, 'bf16'); // exact: the values are bf16 already
+  // V2's YaRN mscale² ≈ 1.6 on top of dQk^-½; the small dims keep the plain scale.
+  const scale = (c.dims === V2 ? 1.6 : 1) / Math.sqrt(dNope + dR);
+  const tables = [Tensor.from(bt, [b, maxBlocks]), Tensor.from(Int32Array.from(lens)), Tensor.from(cu)] as const;
+  return { cpu, gpu, q, kvB, scale, tables, T };
+}
+
+gpuDescribe(gpuTitle('CUDA mla_prefill (flash and generic kernels) vs CPU'), () => {
+  jest.setTimeout(120_000);
+
+  test.each(cases().map((c) => [
+    `${c.dtype} ${c.dims === V2 ? 'V2' : JSON.stringify(c.dims)} h=${c.h} kvB=${c.kvB} seqs=${c.seqs.map((s) => `${s.prefix}+${s.nq}`).join(',')}`, c,
+  ] as const))('%s', async (_n, c) => {
+    const { cpu, gpu, q, kvB, scale, tables, T } = await setup(c);
+    const opts = { scale, dNope: c.dims.dNope, dV: c.dims.dV };
+    const want = (await ops.mlaPrefill(q, cpu, 1, ...tables, kvB, { ...opts, impl: 'fast' })).data as Float32Array;
+    const got = (await ops.mlaPrefill(q, gpu, 1, ...tables, kvB, opts)).data as Float32Array;
+    expect(got.length).toBe(T * c.h * c.dims.dV);
+    const dV = c.dims.dV;
+    const flash = c.dims === V2;
+    for (let r = 0; r < T * c.h; r++) {
+      let ss = 0;
+      for (let k = 0; k < dV; k++) ss += want[r * dV + k] ** 2;
+      const rms = Math.sqrt(ss / dV);
+      let es = 0;
+      for (let k = 0; k < dV; k++) {
+        const a = want[r * dV + k];
+        const g = got[r * dV + k];
+        const d = Math.abs(a - g);
+        es += d * d;
+        // flash: the GPU rounds K_nope and V (f32 products of bf16 inputs) and the unnormalised
+        // probabilities P to bf16, unit roundoff u = 2^-9; the CPU keeps them f32. In
+        // o = Σ p_t v_t / Σ p_t, rounding v_t moves o by ≤ u·Σ p|v|, rounding p_t likewise, and
+        // rounding k moves each score by ≤ |scale|·u·Σ|q_i k_i| (≈ 2u at these magnitudes),
+        // i.e. p_t by that factor: ≤ ~4u = 2^-7 of Σ p|v| in the worst case, far less on
+        // average (independent roundings). Σ p|v| is not |o_k| when the sum cancels, so the
+        // bound is taken against |o_k| + the row's RMS, with a factor 4 of margin: 2^-5.
+        // generic: both sides f32 (different summation orders): FlashMLA's abs 8e-4, rel 2/128.
+        const tol = flash ? 2 ** -5 * (Math.abs(a) + rms) + 1e-6 : 8e-4 + (2 / 128) * Math.abs(a);
+        if (!(d <= tol)) throw new Error(`row ${r} (token ${Math.floor(r / c.h)}, head ${r % c.h}) dim ${k}: cpu ${a} cuda ${g} (tol ${tol})`);
+      }
+      // The row as a whole: independent roundings average out, so its relative L2 error stays
+      // well under the 4u = 2^-7 worst case of any one term.
+      if (flash && Math.sqrt(es) > 2 ** -7 * Math.sqrt(ss) + 1e-6) {
+        throw new Error(`row ${r}: relative L2 error ${Math.sqrt(es / ss)} > 2^-7`);
+      }
+    }
+    cpu.dispose();
+    gpu.dispose();
+  });
+
+  test('an empty batch (no sequences) and one of only empty sequences give empty outputs', async () => {
+    for (const seqs of [[], [{ prefix: 0, nq: 0 }, { prefix: 3, nq: 0 }]]) {
+      const c: Case = { dtype: 'bf16', dims: V2, h: 2, seqs, kvB: 'bf16' };
+      const { cpu, gpu, q, kvB, scale, tables } = await setup(c);
+      const got = await ops.mlaPrefill(q, gpu, 1, ...tables, kvB, { scale, dNope: 128, dV: 128 });
+      expect(got.shape).toEqual([0, 2, 128]);
+      cpu.dispose();
+      gpu.dispose();
+    }
+  });
+
+  test('V2 dims run the flash kernel; other dims the generic one (the dispatch, by name)', async () => {
+    for (const [dims, name] of [[V2, FLASH], [SMALL, GENERIC], [NEAR_V2, GENERIC]] as const) {
+      const c: Case = { dtype: 'bf16', dims, h: 2, seqs: [{ prefix: 3, nq: 5 }], kvB: 'bf16' };
+      const { cpu, gpu, q, kvB, scale, tables } = await setup(c);
+      const r = await benchMlaPrefillCuda(q, gpu, 1, ...tables, kvB, { scale, dNope: dims.dNope, dV: dims.dV, iters: 1 });
+      expect(r.kernel).toBe(name);
+      expect(r.ms).toBeGreaterThan(0);
+      expect(r.attendMs).toBeGreaterThan(0);
+      expect(r.gemmMs).toBe(0);
+      cpu.dispose();
+      gpu.dispose();
+    }
+  });
+
+  test('bad tables are E_RANGE before anything runs', async () => {
+    const c: Case = { dtype: 'bf16', dims: V2, h: 1, seqs: [{ prefix: 2, nq: 3 }], kvB: 'bf16' };
+    const { cpu, gpu, q, kvB, scale, tables } = await setup(c);
+    const badLens = Tensor.from(Int32Array.of(2)); // fewer keys than queries
+    await expect(ops.mlaPrefill(q, gpu, 1, tables[0], badLens, tables[2], kvB, { scale, dNope: 128, dV: 128 }))
+      .rejects.toMatchObject({ code: 'E_RANGE' });
+    cpu.dispose();
+    gpu.dispose();
+  });
+});
