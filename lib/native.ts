@@ -104,6 +104,7 @@ export interface RawEngineStep {
 export interface RawEngine {
   setWeight(layer: number, name: string, t: RawTensor): Promise<void>;
   setRope(cos: RawTensor, sin: RawTensor): Promise<void>;
+  randomWeights(seed: number, dtype: 'bf16' | 'f32'): Promise<void>;
   step(input: RawEngineStep): Promise<{ logits: Float32Array | null; tokens: Int32Array | null }>;
   memory(): { weights: number; cache: number; workspace: number; device: string };
   dispose(): void;
@@ -135,6 +136,7 @@ export interface Binding {
   copyBandwidth(bytes: number, iters: number): Promise<number>;
   KvCache: new (opts: RawKvCacheOptions) => RawKvCache;
   Engine: new (opts: RawEngineOptions) => RawEngine;
+  planEngineMemory(opts: Omit<RawEngineOptions, 'cache'> & { cache: { dC: number; dR: number; pageSize: number; dtype: string } }): number;
   headsGemm(x: RawTensor, weight: RawTensor, impl?: RawImpl): Promise<RawTensor>;
   mlaDecode(q: RawTensor, cache: RawKvCache, layer: number, blockTable: RawTensor, seqlens: RawTensor, scale: number,
     splitTokens: number, impl?: RawImpl): Promise<[RawTensor, RawTensor]>;
@@ -159,6 +161,8 @@ export interface Binding {
     sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;
   cudaInfo(): Promise<RawCudaInfo>;
+  /** Rejects with E_CUDA from a deliberately invalid launch (tests of the error path). */
+  cudaTestError(): Promise<void>;
 }
 
 

@@ -7,6 +7,7 @@
 import { Command, CommanderError } from 'commander';
 import { Dsv2Error } from '../errors';
 import { VERSION } from '../paths';
+import { benchCommands } from './bench';
 import { infoCommand } from './info';
 import { modelCommands } from './model-commands';
 
@@ -21,6 +22,7 @@ export function program(): Command {
     .exitOverride();
   infoCommand(cmd);
   modelCommands(cmd);
+  benchCommands(cmd);
   return cmd;
 }
 

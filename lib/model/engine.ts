@@ -68,20 +68,14 @@ export class NativeEngine {
   }
 
   /**
-   * Builds the engine on `device` and copies every weight there (progress in bytes). The
-   * cache must live on the same device; the engine keeps it alive.
+   * Builds the engine on `device` and copies every weight there (progress in bytes), or with
+   * `{random: seed}` makes random weights there (benchmarks: std 1/sqrt(fan_in), the same
+   * values on every device). The cache must live on the same device; the engine keeps it alive.
    */
-  static async create(c: DeepSeekConfig, weights: ModelWeights, cache: KvCache, rope: RopeTable, device: 'cpu' | 'cuda',
-    limits: EngineLimits, opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<NativeEngine> {
-    const dims = {
-      vocab: c.vocabSize, hidden: c.hiddenSize, inter: c.intermediateSize, moeInter: c.moeIntermediateSize,
-      layers: c.numLayers, heads: c.numHeads, qLora: c.qLoraRank ?? 0, dC: c.kvLoraRank, dNope: c.qkNopeHeadDim,
-      dR: c.qkRopeHeadDim, dV: c.vHeadDim, nExperts: c.nRoutedExperts ?? 0, topK: c.numExpertsPerTok,
-      nGroup: c.nGroup, topkGroup: c.topkGroup, interShared: c.nSharedExperts * c.moeIntermediateSize,
-      topkMethod: c.topkMethod, scoring: c.scoringFunc, normTopkProb: c.normTopkProb,
-      routedScalingFactor: c.routedScalingFactor, eps: c.rmsNormEps, softmaxScale: c.softmaxScale,
-      moeLayers: Array.from({ length: c.numLayers }, (_, i) => isMoeLayer(c, i)),
-    };
+  static async create(c: DeepSeekConfig, weights: ModelWeights | { random: number; dtype?: 'bf16' | 'f32' }, cache: KvCache,
+    rope: RopeTable, device: 'cpu' | 'cuda', limits: EngineLimits,
+    opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<NativeEngine> {
+    const dims = engineDims(c);
     let raw: RawEngine;
     try {
       raw = new (binding().Engine)({ device, dims, cache: cache.raw(), ...limits });
@@ -90,6 +84,12 @@ export class NativeEngine {
     }
     const engine = new NativeEngine(raw, device, limits, cache.pageSize, c.vocabSize);
     try {
+      if ('random' in weights) {
+        // Random weights made where the engine runs (no files, nothing through the host).
+        await native(raw.randomWeights(weights.random, weights.dtype ?? 'bf16'));
+        await native(raw.setRope(tensorArg(rope.cos, 'cos'), tensorArg(rope.sin, 'sin')));
+        return engine;
+      }
       const list = engineWeights(weights);
       const total = list.reduce((a, [, , t]) => a + t.data.byteLength, 0);
       let done = 0;
@@ -157,6 +157,19 @@ export class NativeEngine {
     return native(raw.step({ tokens, positions, slots, seqlens, cuQ, blockTable, maxBlocks, decode: mode === 'decode', logits, sample }));
   }
 
+  /**
+   * Workspace bytes (activations + kernel scratch) an engine with these limits allocates on
+   * `device`, without allocating anything (cuda needs a usable device: E_UNSUPPORTED otherwise).
+   */
+  static planWorkspace(c: DeepSeekConfig, device: 'cpu' | 'cuda', cache: { dtype: 'f32' | 'bf16' | 'fp8'; pageSize: number },
+    limits: EngineLimits): number {
+    try {
+      return binding().planEngineMemory({ device, dims: engineDims(c), cache: { dC: c.kvLoraRank, dR: c.qkRopeHeadDim, ...cache }, ...limits });
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
   memory(): EngineMemory {
     return this.#engine().memory();
   }
@@ -170,6 +183,19 @@ export class NativeEngine {
     this.#raw?.dispose();
     this.#raw = null;
   }
+}
+
+/** The engine's view of a config (native ModelDims). */
+export function engineDims(c: DeepSeekConfig): Record<string, number | string | boolean | boolean[]> {
+  return {
+    vocab: c.vocabSize, hidden: c.hiddenSize, inter: c.intermediateSize, moeInter: c.moeIntermediateSize,
+    layers: c.numLayers, heads: c.numHeads, qLora: c.qLoraRank ?? 0, dC: c.kvLoraRank, dNope: c.qkNopeHeadDim,
+    dR: c.qkRopeHeadDim, dV: c.vHeadDim, nExperts: c.nRoutedExperts ?? 0, topK: c.numExpertsPerTok,
+    nGroup: c.nGroup, topkGroup: c.topkGroup, interShared: c.nSharedExperts * c.moeIntermediateSize,
+    topkMethod: c.topkMethod, scoring: c.scoringFunc, normTopkProb: c.normTopkProb,
+    routedScalingFactor: c.routedScalingFactor, eps: c.rmsNormEps, softmaxScale: c.softmaxScale,
+    moeLayers: Array.from({ length: c.numLayers }, (_, i) => isMoeLayer(c, i)),
+  };
 }
 
 /** Every weight the engine takes: [layer (-1: global), name, tensor]. */

@@ -4,6 +4,7 @@
  * share one decode token touches, and the KV cache per token per dtype.
  */
 import { Checkpoint } from './checkpoint';
+import { NativeEngine } from './engine';
 import { expectedTensors } from './weights';
 
 export interface ModelMemory {
@@ -19,9 +20,32 @@ export interface ModelMemory {
   loadedBytes: number;
   /** KV cache bytes per token per layer, and for all layers, by cache dtype. */
   kvCache: Record<'f32' | 'bf16' | 'fp8', { bytesPerTokenPerLayer: number; bytesPerToken: number }>;
+  /** What Model.load with these options holds on the device the native engine runs on. */
+  runtime?: RuntimeMemory;
 }
 
-export async function modelMemory(dir: string): Promise<ModelMemory> {
+export interface RuntimeMemoryOptions {
+  device: 'cpu' | 'cuda';
+  /** Cache capacity in tokens (Model.load's maxTokens); default 4096. */
+  maxTokens?: number;
+  kvCache?: 'f32' | 'bf16' | 'fp8';
+}
+
+/** The native engine's memory for a checkpoint, exactly as it allocates it. */
+export interface RuntimeMemory {
+  device: 'cpu' | 'cuda';
+  kvCache: 'f32' | 'bf16' | 'fp8';
+  maxTokens: number;
+  /** Weights as loaded (FP8 widened to bf16), plus kv_b's per-head split copies (W_UKᵀ, W_UV) and the rope tables. */
+  weights: number;
+  /** Every cache page of every layer: ceil(maxTokens / 64) pages. */
+  cache: number;
+  /** Activations and kernel scratch for steps of up to maxStepTokens tokens. */
+  workspace: number;
+  total: number;
+}
+
+export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): Promise<ModelMemory> {
   const ck = await Checkpoint.open(dir);
   try {
     const c = ck.config;
@@ -29,6 +53,7 @@ export async function modelMemory(dir: string): Promise<ModelMemory> {
     let active = 0;
     let disk = 0;
     let loaded = 0;
+    let kvbCopies = 0;
     for (const [name, shape] of expectedTensors(c)) {
       const n = shape.reduce((a, b) => a * b, 1);
       params += n;
@@ -38,13 +63,30 @@ export async function modelMemory(dir: string): Promise<ModelMemory> {
       disk += e.end - e.begin;
       const scale = ck.entries.get(`${name}_scale_inv`);
       if (scale) disk += scale.end - scale.begin;
-      loaded += e.dtype === 'fp8_e4m3' ? 2 * n : e.end - e.begin;
+      const bytes = e.dtype === 'fp8_e4m3' ? 2 * n : e.end - e.begin;
+      loaded += bytes;
+      if (name.endsWith('.kv_b_proj.weight')) kvbCopies += bytes;
     }
     const dc = c.kvLoraRank;
     const dr = c.qkRopeHeadDim;
     const per = { f32: 4 * (dc + dr), bf16: 2 * (dc + dr), fp8: dc + 4 * Math.ceil(dc / 128) + 2 * dr };
     const kv = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, { bytesPerTokenPerLayer: v, bytesPerToken: v * c.numLayers }])) as ModelMemory['kvCache'];
-    return { architecture: c.architecture, layers: c.numLayers, params, activeParams: Math.round(active), diskBytes: disk, loadedBytes: loaded, kvCache: kv };
+    const out: ModelMemory = { architecture: c.architecture, layers: c.numLayers, params, activeParams: Math.round(active), diskBytes: disk, loadedBytes: loaded, kvCache: kv };
+    if (runtime) {
+      // The sizes Model.load picks (model.ts): 64-token pages, rope rows = min(maxTokens, max positions), steps of min(2048, that).
+      const maxTokens = runtime.maxTokens ?? 4096;
+      const kvDtype = runtime.kvCache ?? 'bf16';
+      const pageSize = 64;
+      const pages = Math.ceil(maxTokens / pageSize);
+      const ropeRows = Math.min(maxTokens, c.maxPositionEmbeddings);
+      const maxSeqlen = Math.min(ropeRows, pages * pageSize);
+      const workspace = NativeEngine.planWorkspace(c, runtime.device, { dtype: kvDtype, pageSize },
+        { maxTokens: Math.min(2048, maxSeqlen), maxSeqs: 1, maxSeqlen });
+      const weights = loaded + kvbCopies + 2 * ropeRows * (c.qkRopeHeadDim / 2) * 4;
+      const cache = pages * pageSize * kv[kvDtype].bytesPerToken;
+      out.runtime = { device: runtime.device, kvCache: kvDtype, maxTokens, weights, cache, workspace, total: weights + cache + workspace };
+    }
+    return out;
   } finally {
     await ck.close();
   }

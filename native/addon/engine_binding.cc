@@ -53,12 +53,56 @@ std::vector<int32_t> i32_prop(Napi::Object o, const char* key) {
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
+model::ModelDims parse_dims(Napi::Object d) {
+  model::ModelDims m;
+  m.vocab = int_prop(d, "vocab");
+  m.hidden = int_prop(d, "hidden");
+  m.inter = int_prop(d, "inter", 0);
+  m.moe_inter = int_prop(d, "moeInter", 0);
+  m.layers = int_prop(d, "layers");
+  m.heads = int_prop(d, "heads");
+  m.q_lora = int_prop(d, "qLora", 0);
+  m.d_c = int_prop(d, "dC");
+  m.d_nope = int_prop(d, "dNope");
+  m.d_r = int_prop(d, "dR");
+  m.d_v = int_prop(d, "dV");
+  m.n_experts = int_prop(d, "nExperts", 0);
+  m.top_k = int_prop(d, "topK", 0);
+  m.n_group = int_prop(d, "nGroup", 1);
+  m.topk_group = int_prop(d, "topkGroup", 1);
+  m.inter_shared = int_prop(d, "interShared", 0);
+  m.method = parse_method(str_prop(d, "topkMethod", "greedy"));
+  const std::string sc = str_prop(d, "scoring", "softmax");
+  DSV2_CHECK(sc == "softmax" || sc == "sigmoid", kArg, "dims.scoring '" << sc << "' must be softmax or sigmoid");
+  m.scoring = sc == "sigmoid" ? MoeScoring::kSigmoid : MoeScoring::kSoftmax;
+  m.norm_topk_prob = d.Get("normTopkProb").ToBoolean().Value();
+  m.routed_scaling_factor = static_cast<float>(get_number(d, "routedScalingFactor", "dims.routedScalingFactor", 1));
+  m.eps = static_cast<float>(get_number(d, "eps", "dims.eps", 1e-6));
+  m.softmax_scale = static_cast<float>(get_number(d, "softmaxScale", "dims.softmaxScale", -1));
+  DSV2_CHECK(d.Get("moeLayers").IsArray(), kArg, "dims.moeLayers must be an array of booleans");
+  Napi::Array ml = d.Get("moeLayers").As<Napi::Array>();
+  for (uint32_t i = 0; i < ml.Length(); ++i) m.moe_layer.push_back(ml.Get(i).ToBoolean().Value() ? 1 : 0);
+  return m;
+}
+
+model::Limits parse_limits(Napi::Object o) {
+  model::Limits lim;
+  lim.max_tokens = int_prop(o, "maxTokens");
+  lim.max_seqs = int_prop(o, "maxSeqs", 1);
+  lim.max_seqlen = int_prop(o, "maxSeqlen");
+  DSV2_CHECK(lim.max_tokens <= (1 << 20) && lim.max_seqs <= 4096 && lim.max_seqlen <= (1 << 24), kRange,
+             "engine limits maxTokens = " << lim.max_tokens << " (≤ 2^20), maxSeqs = " << lim.max_seqs
+                                          << " (≤ 4096), maxSeqlen = " << lim.max_seqlen << " (≤ 2^24)");
+  return lim;
+}
+
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Engine",
                        {InstanceMethod("setWeight", &EngineWrap::SetWeight),
                         InstanceMethod("setRope", &EngineWrap::SetRope),
+                        InstanceMethod("randomWeights", &EngineWrap::RandomWeights),
                         InstanceMethod("step", &EngineWrap::Step),
                         InstanceMethod("memory", &EngineWrap::Memory),
                         InstanceMethod("dispose", &EngineWrap::Dispose)});
@@ -71,35 +115,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       DSV2_CHECK(info[0].IsObject(), kArg, "options must be an object");
       Napi::Object o = info[0].As<Napi::Object>();
       DSV2_CHECK(o.Get("dims").IsObject(), kArg, "options.dims must be an object");
-      Napi::Object d = o.Get("dims").As<Napi::Object>();
-      model::ModelDims m;
-      m.vocab = int_prop(d, "vocab");
-      m.hidden = int_prop(d, "hidden");
-      m.inter = int_prop(d, "inter", 0);
-      m.moe_inter = int_prop(d, "moeInter", 0);
-      m.layers = int_prop(d, "layers");
-      m.heads = int_prop(d, "heads");
-      m.q_lora = int_prop(d, "qLora", 0);
-      m.d_c = int_prop(d, "dC");
-      m.d_nope = int_prop(d, "dNope");
-      m.d_r = int_prop(d, "dR");
-      m.d_v = int_prop(d, "dV");
-      m.n_experts = int_prop(d, "nExperts", 0);
-      m.top_k = int_prop(d, "topK", 0);
-      m.n_group = int_prop(d, "nGroup", 1);
-      m.topk_group = int_prop(d, "topkGroup", 1);
-      m.inter_shared = int_prop(d, "interShared", 0);
-      m.method = parse_method(str_prop(d, "topkMethod", "greedy"));
-      const std::string sc = str_prop(d, "scoring", "softmax");
-      DSV2_CHECK(sc == "softmax" || sc == "sigmoid", kArg, "dims.scoring '" << sc << "' must be softmax or sigmoid");
-      m.scoring = sc == "sigmoid" ? MoeScoring::kSigmoid : MoeScoring::kSoftmax;
-      m.norm_topk_prob = d.Get("normTopkProb").ToBoolean().Value();
-      m.routed_scaling_factor = static_cast<float>(get_number(d, "routedScalingFactor", "dims.routedScalingFactor", 1));
-      m.eps = static_cast<float>(get_number(d, "eps", "dims.eps", 1e-6));
-      m.softmax_scale = static_cast<float>(get_number(d, "softmaxScale", "dims.softmaxScale", -1));
-      DSV2_CHECK(d.Get("moeLayers").IsArray(), kArg, "dims.moeLayers must be an array of booleans");
-      Napi::Array ml = d.Get("moeLayers").As<Napi::Array>();
-      for (uint32_t i = 0; i < ml.Length(); ++i) m.moe_layer.push_back(ml.Get(i).ToBoolean().Value() ? 1 : 0);
+      const model::ModelDims m = parse_dims(o.Get("dims").As<Napi::Object>());
       const std::string dev = str_prop(o, "device", "cpu");
       DSV2_CHECK(dev == "cpu" || dev == "cuda", kArg, "device '" << dev << "' must be cpu or cuda");
       auto storage = kv_storage_of(env, o.Get("cache"), "options.cache");
@@ -108,13 +124,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                  "options.cache lives on " << (storage->device == Device::kCuda ? "cuda" : "cpu") << " but the engine runs on " << dev);
       DSV2_CHECK(storage->layers == m.layers, kArg,
                  "options.cache has " << storage->layers << " layers but the model " << m.layers);
-      model::Limits lim;
-      lim.max_tokens = int_prop(o, "maxTokens");
-      lim.max_seqs = int_prop(o, "maxSeqs", 1);
-      lim.max_seqlen = int_prop(o, "maxSeqlen");
-      DSV2_CHECK(lim.max_tokens <= (1 << 20) && lim.max_seqs <= 4096 && lim.max_seqlen <= (1 << 24), kRange,
-                 "engine limits maxTokens = " << lim.max_tokens << " (≤ 2^20), maxSeqs = " << lim.max_seqs
-                                              << " (≤ 4096), maxSeqlen = " << lim.max_seqlen << " (≤ 2^24)");
+      const model::Limits lim = parse_limits(o);
       auto be = want == Device::kCuda ? model::make_cuda_backend() : model::make_cpu_backend();
       engine_ = std::make_shared<Engine>(std::move(be), m, storage->layout, storage->pages, storage->data,
                                          std::static_pointer_cast<void>(storage), lim);
@@ -152,6 +162,19 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                    "rope tables must be f32 [maxPos, " << half << "] (got " << dtype_name(t->dtype) << " " << shape_str(t->shape) << ")");
       return c.start([e, cs, sn] { e->set_rope(static_cast<const float*>(cs.data), static_cast<const float*>(sn.data), cs.shape[0]); },
                      true);
+    });
+  }
+
+  // randomWeights(seed, dtype) -> Promise<void>: every weight random, made in the engine's memory.
+  Napi::Value RandomWeights(const Napi::CallbackInfo& info) {
+    return run_op(info, [&](Call& c) -> Napi::Value {
+      auto e = engine("randomWeights");
+      const double seed = c.number(0, "seed");
+      DSV2_CHECK(seed >= 0 && seed == static_cast<double>(static_cast<uint64_t>(seed)), kRange, "seed = " << seed << " must be a non-negative integer");
+      DType dt;
+      const std::string ds = c.string(1, "dtype");
+      DSV2_CHECK(parse_dtype(ds, &dt), kDtype, "dtype '" << ds << "' must be bf16 or f32");
+      return c.start([e, seed, dt] { e->random_weights(static_cast<uint64_t>(seed), dt); }, true);
     });
   }
 
@@ -260,8 +283,35 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   std::shared_ptr<Engine> engine_;
 };
 
+// planEngineMemory({device, dims, cache: {dC, dR, pageSize, dtype}, maxTokens, maxSeqs, maxSeqlen})
+//   -> workspace bytes an engine of these sizes would allocate (nothing is allocated).
+Napi::Value PlanEngineMemory(const Napi::CallbackInfo& info) {
+  return coded(info.Env(), [&]() -> Napi::Value {
+    DSV2_CHECK(info[0].IsObject() && info[0].As<Napi::Object>().Get("dims").IsObject() &&
+                   info[0].As<Napi::Object>().Get("cache").IsObject(),
+               kArg, "planEngineMemory needs {device, dims, cache, maxTokens, maxSeqs, maxSeqlen}");
+    Napi::Object o = info[0].As<Napi::Object>();
+    const model::ModelDims m = parse_dims(o.Get("dims").As<Napi::Object>());
+    Napi::Object c = o.Get("cache").As<Napi::Object>();
+    KvLayout L;
+    L.d_c = int_prop(c, "dC");
+    L.d_r = int_prop(c, "dR");
+    L.page_size = int_prop(c, "pageSize", 64);
+    std::string dt = str_prop(c, "dtype", "bf16");
+    if (dt == "fp8") dt = "fp8_e4m3";
+    DSV2_CHECK(parse_dtype(dt, &L.dtype), kDtype, "cache.dtype '" << dt << "' must be f32, bf16 or fp8");
+    const std::string dev = str_prop(o, "device", "cpu");
+    DSV2_CHECK(dev == "cpu" || dev == "cuda", kArg, "device '" << dev << "' must be cpu or cuda");
+    return Napi::Number::New(info.Env(), static_cast<double>(model::Engine::plan_workspace(
+                                             dev == "cuda" ? Device::kCuda : Device::kCpu, m, L, parse_limits(o))));
+  });
+}
+
 }  // namespace
 
-void register_engine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", EngineWrap::Define(env)); }
+void register_engine(Napi::Env env, Napi::Object exports) {
+  exports.Set("Engine", EngineWrap::Define(env));
+  exports.Set("planEngineMemory", Napi::Function::New(env, PlanEngineMemory, "planEngineMemory"));
+}
 
 }  // namespace dsv2::addon

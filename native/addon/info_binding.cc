@@ -6,6 +6,11 @@
 #include "../src/core/device.h"
 #include "../src/core/thread_pool.h"
 #include "../src/cpu/cpu_ops.h"
+#include "../src/ops_cuda.h"
+#ifdef DSV2_WITH_CUDA
+#include "../src/cuda/cuda_ops.h"
+#include "../src/cuda/model_ops.h"
+#endif
 
 #ifndef DSV2_VERSION
 #define DSV2_VERSION "0.0.0"
@@ -36,6 +41,29 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   o.Set("compiler", "gcc " __VERSION__);
 #endif
   return o;
+}
+
+// cudaTestError() -> Promise that rejects with E_CUDA (cudaErrorInvalidConfiguration) from a
+// deliberately bad launch, or E_UNSUPPORTED without CUDA: tests that CUDA errors are coded
+// errors the process survives.
+Napi::Value CudaTestError(const Napi::CallbackInfo& info) {
+  auto* job = new Job(
+      info.Env(),
+      [] {
+        ops::require_cuda_usable("cudaTestError");
+#ifdef DSV2_WITH_CUDA
+        void* s = cuda::stream_create();
+        try {
+          cuda::provoke_launch_error(s);
+        } catch (...) {
+          cuda::stream_destroy(s);
+          throw;
+        }
+        cuda::stream_destroy(s);
+#endif
+      },
+      [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+  return job->start();
 }
 
 // cudaInfo() -> Promise<{compiled, archs, runtimeVersion, driverVersion, devices, unavailable}>.
@@ -76,6 +104,7 @@ Napi::Value CudaInfoFn(const Napi::CallbackInfo& info) {
 void register_info(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfoFn, "cudaInfo"));
+  exports.Set("cudaTestError", Napi::Function::New(env, CudaTestError, "cudaTestError"));
 }
 
 }  // namespace dsv2::addon

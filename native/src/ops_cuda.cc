@@ -203,9 +203,9 @@ DecodeCall upload_decode(Scope& sc, const MlaDecodeParams& hp) {
   const int64_t rows = hp.s_q * hp.h_q, d = hp.d_c + hp.d_r;
   DecodeCall c;
   c.p = hp;
-  c.p.q = sc.upload(hp.q, std::max<int64_t>(1, hp.b * rows * d));
-  c.p.block_table = sc.upload(hp.block_table, std::max<int64_t>(1, hp.b * hp.max_blocks));
-  c.p.seqlens = sc.upload(hp.seqlens, std::max<int64_t>(1, hp.b));
+  c.p.q = sc.upload(hp.q, hp.b * rows * d);
+  c.p.block_table = sc.upload(hp.block_table, hp.b * hp.max_blocks);
+  c.p.seqlens = sc.upload(hp.seqlens, hp.b);
   c.p.out = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows * hp.d_c));
   c.p.lse = sc.alloc<float>(std::max<int64_t>(1, hp.b * rows));
   c.n_parts = hp.split_tokens > 0
@@ -711,7 +711,7 @@ MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters)
   for (int i = 0; i < kSets; ++i) enqueue();  // warm-up
   MoeExpertsBench r;
   r.ms = cuda::time_ms(sc.stream(), iters, enqueue);
-  r.kernel = cuda::moe_experts_kernel_name(p);
+  r.kernel = cuda::moe_experts_kernel_name(p, &s);
   r.experts_hit = hit / kSets;
   const double wsz = 2.0;  // bf16
   r.weight_bytes = r.experts_hit * 3.0 * b.hidden * b.inter * wsz + 3.0 * b.hidden * b.inter_shared * wsz;

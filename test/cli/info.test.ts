@@ -104,4 +104,25 @@ describe('dsv2 info --model (memory accounting from the headers)', () => {
     const human = await run(['info', '--model', dir]);
     expect(human.out).toMatch(/kv cache {5}per token: bf16 \d+ B/);
   });
+
+  test('the runtime accounting equals what the engine allocates (cpu engine; --max-tokens, --kv-cache)', async () => {
+    const { Model } = require('../../lib') as typeof import('../../lib');
+    for (const [maxTokens, kv] of [[4096, 'bf16'], [300, 'fp8']] as const) {
+      const r = await run(['info', '--model', dir, '--json', '--device', 'cpu', '--max-tokens', String(maxTokens), '--kv-cache', kv]);
+      expect(r.code).toBe(0);
+      const rt = JSON.parse(r.out).model.runtime;
+      const m = await Model.load(dir, { device: 'cpu', engine: 'native', maxTokens, kvCache: kv });
+      try {
+        const got = m.memory()!;
+        expect({ weights: rt.weights, cache: rt.cache, workspace: rt.workspace }).toEqual({ weights: got.weights, cache: got.cache, workspace: got.workspace });
+        expect(rt.total).toBe(got.weights + got.cache + got.workspace);
+        expect(rt).toMatchObject({ device: 'cpu', kvCache: kv, maxTokens });
+      } finally {
+        await m.dispose();
+      }
+    }
+    const human = await run(['info', '--model', dir, '--device', 'cpu']);
+    expect(human.out).toMatch(/runtime {6}cpu engine, bf16 cache of 4096 tokens: [\d.]+ MiB = weights/);
+    expect((await run(['info', '--model', dir, '--kv-cache', 'int4'])).code).toBe(1);
+  });
 });

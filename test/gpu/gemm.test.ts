@@ -7,7 +7,9 @@
  *     when x is split hi + lo, + up to 16 split-K partial sums), γ_K with u = 2^-24 on SIMT;
  *   - the x rounding of the tensor-core kernels: 2^-9·S where x is rounded to bf16 (M > 32),
  *     2^-18·S where x is split into bf16 hi + lo (M ≤ 32), 0 where x is bf16-representable
- *     (cases marked "x bf16") or on the SIMT kernels (x used as f32).
+ *     (cases marked "x bf16") or on the SIMT kernels (x used as f32); the split path also
+ *     moves a residual below 2^-126 to ±2^-126 (never 0·inf = NaN against an infinite
+ *     weight), ≤ 1.2e-38·Σ|w| absolute, inside the 1e-30 absolute slack.
  * W's dtype conversion is exact (bf16/f16 → f32) on both sides. NaN positions must match.
  * Kernel names are checked against the documented dispatch rule; determinism is bit-exact.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
@@ -119,6 +121,7 @@ gpuDescribe(gpuTitle('CUDA gemm vs the CPU op'), () => {
         if (m > 2) xv[1 * k + 9] = Infinity;   // row 1: ±inf (or NaN where the column holds NaN)
         wv[7 * k + 3] = NaN;                   // column 7: all NaN
         wv[11 * k + (k - 1)] = -Infinity;      // column 11: ±inf, NaN against the inf row
+        if (m > 1) xv[k - 1] = 1;              // bf16-exact x against -inf: y[0, 11] = -inf, not NaN
         const x = Tensor.from(xv, [m, k]);
         const w32 = Tensor.from(wv, [n, k]);
         const w = dt === 'f32' ? w32 : await ops.cast(w32, dt);

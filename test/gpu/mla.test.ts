@@ -7,6 +7,7 @@
  */
 import { KvCache, type KvCacheDtype } from '../../lib/kv-cache';
 import * as ops from '../../lib/ops';
+import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { CUDA, gpuDescribe, gpuTitle } from './cuda';
@@ -85,59 +86,139 @@ gpuDescribe(gpuTitle('CUDA kv_cache_append / read / poison vs CPU'), () => {
   });
 });
 
-interface DecodeCase { dtype: KvCacheDtype; b: number; sQ: number; hQ: number; lens: number[]; split?: number }
+/** f32 values rounded to the nearest bf16 (ties to even), in place: the tensor-core decode
+ * rounds q to bf16, so q is made bf16-exact and the comparison sees only the kernel's other
+ * roundings. */
+function roundBf16(a: Float32Array): Float32Array {
+  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) & 0xffff0000) >>> 0;
+  return a;
+}
 
-function cases(): DecodeCase[] {
+type Dims = 'v2' | 'small';
+const DIMS: Record<Dims, { dC: number; dR: number; page: number }> = {
+  v2: { dC: 512, dR: 64, page: 64 }, // the tensor-core path (bf16 / fp8 caches)
+  small: { dC: 130, dR: 6, page: 16 }, // the generic kernel: a short fp8 tile, odd offsets
+};
+
+interface DecodeCase {
+  dims: Dims; dtype: KvCacheDtype; b: number; sQ: number; hQ: number; lens: number[];
+  split?: number; pow2?: boolean;
+}
+
+/** Varlen rows cycling through `sk` with every fifth row empty. */
+function varlen(b: number, sk: number[]): number[] {
+  return Array.from({ length: b }, (_, i) => (i % 5 === 0 ? 0 : sk[i % sk.length]));
+}
+
+/**
+ * FlashMLA's test grid, sampled: every value of every axis appears (b ∈ {1, 2, 64, 128},
+ * s_q ∈ {1, 2, 4}, s_k ∈ {1, 20, 64, 65, 4096}, h_q ∈ {1, 3, 16, 63, 64, 128}) for both
+ * caches and both kernels, plus the large corner b = 128, s_k = 4096, h_q = 128 — not the
+ * cross product (hours of CPU reference).
+ */
+function decodeCases(): DecodeCase[] {
   const out: DecodeCase[] = [];
   for (const dtype of ['bf16', 'fp8'] as const) {
-    for (const hQ of [1, 3, 16, 63, 64, 128]) {
-      for (const sQ of [1, 2, 4]) {
-        for (const sK of [1, 20, 64, 65]) out.push({ dtype, b: 2, sQ, hQ, lens: [sK, Math.max(0, sK - 3)] });
-      }
-    }
-    out.push({ dtype, b: 64, sQ: 1, hQ: 16, lens: Array.from({ length: 64 }, (_, i) => (i % 5 === 0 ? 0 : 17 * i + 1)) });
-    out.push({ dtype, b: 128, sQ: 2, hQ: 128, lens: Array.from({ length: 128 }, (_, i) => (i * 37) % 300) });
-    out.push({ dtype, b: 1, sQ: 1, hQ: 128, lens: [4096] });
-    out.push({ dtype, b: 2, sQ: 4, hQ: 64, lens: [4096, 1000], split: 128 });
+    const v2 = (c: Omit<DecodeCase, 'dims' | 'dtype'>) => out.push({ dims: 'v2', dtype, ...c });
+    v2({ b: 1, sQ: 1, hQ: 1, lens: [1] });
+    v2({ b: 2, sQ: 2, hQ: 3, lens: [20, 0] });
+    v2({ b: 2, sQ: 4, hQ: 16, lens: [64, 65] });
+    v2({ b: 1, sQ: 1, hQ: 63, lens: [65] });
+    v2({ b: 2, sQ: 2, hQ: 63, lens: [1, 64] }); // s_k < s_q: query 0 of row 0 sees nothing
+    v2({ b: 2, sQ: 1, hQ: 64, lens: [4096, 20] });
+    v2({ b: 2, sQ: 2, hQ: 128, lens: [65, 1] });
+    v2({ b: 1, sQ: 4, hQ: 128, lens: [4096] }); // one sequence spread over every part
+    v2({ b: 3, sQ: 1, hQ: 16, lens: [0, 0, 0] }); // nothing to attend anywhere
+    v2({ b: 64, sQ: 1, hQ: 16, lens: varlen(64, [1, 20, 64, 65, 300]) });
+    v2({ b: 64, sQ: 4, hQ: 3, lens: varlen(64, [65, 20, 1, 130]) });
+    v2({ b: 128, sQ: 2, hQ: 64, lens: Array.from({ length: 128 }, (_, i) => (i * 37) % 300) });
+    v2({ b: 2, sQ: 4, hQ: 64, lens: [4096, 1000], split: 128 }); // many parts and items
+    v2({ b: 128, sQ: 1, hQ: 128, lens: Array(128).fill(4096) }); // the large corner
+    const gen = (c: Omit<DecodeCase, 'dims' | 'dtype'>) => out.push({ dims: 'small', dtype, ...c });
+    gen({ b: 2, sQ: 2, hQ: 3, lens: [20, 0] });
+    gen({ b: 1, sQ: 4, hQ: 63, lens: [65] });
+    gen({ b: 64, sQ: 1, hQ: 16, lens: varlen(64, [1, 64, 65, 20]) });
+    gen({ b: 2, sQ: 1, hQ: 128, lens: [4096, 1], split: 256 });
   }
+  out.push({ dims: 'v2', dtype: 'fp8', pow2: true, b: 2, sQ: 2, hQ: 64, lens: [65, 20] }); // exact bf16 dequantization
+  out.push({ dims: 'v2', dtype: 'f32', b: 2, sQ: 2, hQ: 16, lens: [65, 0] }); // f32 cache: generic
+  out.push({ dims: 'small', dtype: 'f32', b: 64, sQ: 2, hQ: 1, lens: varlen(64, [20, 64, 1]) });
   return out;
 }
 
+/** A cache filled for `lens` with permuted pages; q rounded to bf16. */
+async function decodeSetup(c: DecodeCase, rng: Rng) {
+  const { dC, dR, page } = DIMS[c.dims];
+  const perSeq = c.lens.map((l) => Math.ceil(l / page));
+  const maxBlocks = Math.max(1, ...perSeq) + 1;
+  const total = perSeq.reduce((a, x) => a + x, 0) + 2; // + unused pages, poisoned
+  const layout: Layout = { dC, dR, pageSize: page, dtype: c.dtype, pow2Scales: c.pow2 };
+  const cpu = await KvCache.create({ layers: 2, pages: total, ...layout });
+  const gpu = await KvCache.create({ layers: 2, pages: total, ...layout, device: 'cuda' });
+  await cpu.poison(); // NaN in unused pages and in the tails past each sequence's end
+  await gpu.poison();
+  const order = permutation(rng, total);
+  const bt = new Int32Array(c.b * maxBlocks).fill(2 ** 31 - 1); // junk that must never be read
+  let o = 0;
+  for (let s = 0; s < c.b; s++) for (let k = 0; k < perSeq[s]; k++) bt[s * maxBlocks + k] = order[o++];
+  const slots: number[] = [];
+  for (let s = 0; s < c.b; s++) for (let t = 0; t < c.lens[s]; t++) slots.push(bt[s * maxBlocks + Math.floor(t / page)] * page + (t % page));
+  // Token data from a random pool, visited in a different order per sequence (scrambled by a
+  // multiplier), so the large cases stay cheap to build and mixed-up sequences still differ.
+  const pool = Math.min(slots.length, 8192);
+  const cPool = Float32Array.from({ length: pool * dC }, () => rng.normal());
+  const pPool = Float32Array.from({ length: pool * dR }, () => rng.normal());
+  let kMax = 0; // largest key norm, for the LSE tolerance
+  let kSq = 0;
+  for (let t = 0; t < pool; t++) {
+    let n = 0;
+    for (let e = 0; e < dC; e++) n += cPool[t * dC + e] ** 2;
+    for (let e = 0; e < dR; e++) n += pPool[t * dR + e] ** 2;
+    kMax = Math.max(kMax, Math.sqrt(n));
+    kSq += n;
+  }
+  const kRms = Math.sqrt(kSq / Math.max(1, pool * (dC + dR)));
+  const chunk = 32768;
+  for (let s0 = 0; s0 < slots.length; s0 += chunk) {
+    const n = Math.min(chunk, slots.length - s0);
+    const cKv = new Float32Array(n * dC);
+    const kPe = new Float32Array(n * dR);
+    for (let t = 0; t < n; t++) {
+      const src = ((s0 + t) * 7919) % pool;
+      cKv.set(cPool.subarray(src * dC, (src + 1) * dC), t * dC);
+      kPe.set(pPool.subarray(src * dR, (src + 1) * dR), t * dR);
+    }
+    const sl = Tensor.from(Int32Array.from(slots.slice(s0, s0 + n)));
+    for (const cache of [cpu, gpu]) await cache.append(0, Tensor.from(cKv, [n, dC]), Tensor.from(kPe, [n, dR]), sl);
+  }
+  const qData = roundBf16(Float32Array.from({ length: c.b * c.sQ * c.hQ * (dC + dR) }, () => rng.normal()));
+  const q = Tensor.from(qData, [c.b, c.sQ, c.hQ, dC + dR]);
+  return { cpu, gpu, q, qData, bt: Tensor.from(bt, [c.b, maxBlocks]), seqlens: Tensor.from(Int32Array.from(c.lens)), kMax, kRms };
+}
+
 gpuDescribe(gpuTitle('CUDA mla_decode vs CPU'), () => {
-  test.each(cases().map((c) => [JSON.stringify({ ...c, lens: c.lens.length > 4 ? `${c.lens.length} rows` : c.lens }), c] as const))(
+  test.each(decodeCases().map((c) => [JSON.stringify({ ...c, lens: c.lens.length > 4 ? `${c.lens.length} rows` : c.lens }), c] as const))(
     '%s', async (_n, c) => {
       const rng = new Rng(`decode ${JSON.stringify(c)}`);
-      const dC = 512;
-      const dR = 64;
-      const page = 64;
-      const perSeq = c.lens.map((l) => Math.ceil(l / page));
-      const maxBlocks = Math.max(1, ...perSeq) + 1;
-      const total = perSeq.reduce((a, x) => a + x, 0) + 2; // + unused pages, poisoned
-      const { cpu, gpu } = await pair({ dC, dR, pageSize: page, dtype: c.dtype }, total);
-      await cpu.poison();
-      await gpu.poison();
-      const order = permutation(rng, total);
-      const bt = new Int32Array(c.b * maxBlocks).fill(2 ** 31 - 1); // junk that must never be read
-      let o = 0;
-      for (let s = 0; s < c.b; s++) for (let k = 0; k < perSeq[s]; k++) bt[s * maxBlocks + k] = order[o++];
-      const slots: number[] = [];
-      for (let s = 0; s < c.b; s++) for (let t = 0; t < c.lens[s]; t++) slots.push(bt[s * maxBlocks + Math.floor(t / page)] * page + (t % page));
-      const n = slots.length;
-      const cKv = Tensor.from(Float32Array.from({ length: n * dC }, () => rng.normal()), [n, dC]);
-      const kPe = Tensor.from(Float32Array.from({ length: n * dR }, () => rng.normal()), [n, dR]);
-      for (const cache of [cpu, gpu]) await cache.append(0, cKv, kPe, Tensor.from(Int32Array.from(slots)));
-      const q = Tensor.from(Float32Array.from({ length: c.b * c.sQ * c.hQ * (dC + dR) }, () => rng.normal()), [c.b, c.sQ, c.hQ, dC + dR]);
-      const args = [q, 0, Tensor.from(bt, [c.b, maxBlocks]), Tensor.from(Int32Array.from(c.lens))] as const;
+      const { dC, dR } = DIMS[c.dims];
+      const d = dC + dR;
+      const s = await decodeSetup(c, rng);
       const scale = 0.0723;
-      const want = await ops.mlaDecode(args[0], cpu, args[1], args[2], args[3], { scale, impl: 'fast' });
-      const got = await ops.mlaDecode(args[0], gpu, args[1], args[2], args[3], { scale, splitTokens: c.split });
+      const want = await ops.mlaDecode(s.q, s.cpu, 0, s.bt, s.seqlens, { scale, impl: 'fast' });
+      const got = await ops.mlaDecode(s.q, s.gpu, 0, s.bt, s.seqlens, { scale, splitTokens: c.split });
+      const tensorCores = c.dims === 'v2' && c.dtype !== 'f32';
       const wo = want.out.data as Float32Array;
       const go = got.out.data as Float32Array;
-      // FlashMLA's tolerances for its bf16 outputs, applied to our f32 ones (the CPU and GPU
-      // orders of summation differ; both accumulate in f32): abs 8e-4, rel 2/128, and a
-      // cosine difference ≤ 5e-6 per row; exact 0 / +inf for rows that see no key.
+      const wl = want.lse.data as Float32Array;
+      const gl = got.lse.data as Float32Array;
       const rows = c.b * c.sQ * c.hQ;
       for (let r = 0; r < rows; r++) {
+        // Output: FlashMLA's tolerances for its bf16 outputs, applied to our f32 ones: abs 8e-4,
+        // rel 2/128, and a cosine similarity ≥ 1 - 5e-6 per row. The CPU and the generic kernel
+        // differ only in f32 summation order; the tensor-core path also rounds P to bf16 (and,
+        // for fp8, the dequantized keys: 2^-9 relative each), an expected relative error of
+        // ~2e-3 per row, i.e. a cosine difference of ~2e-6.
         let dot = 0;
         let na = 0;
         let nb = 0;
@@ -150,18 +231,51 @@ gpuDescribe(gpuTitle('CUDA mla_decode vs CPU'), () => {
           nb += b * b;
         }
         if (na > 0 && 1 - dot / Math.sqrt(na * nb) > 5e-6) throw new Error(`row ${r}: cosine difference ${1 - dot / Math.sqrt(na * nb)}`);
-        const la = (want.lse.data as Float32Array)[r];
-        const lb = (got.lse.data as Float32Array)[r];
+        const la = wl[r];
+        const lb = gl[r];
         if (la === Infinity) {
           if (lb !== Infinity || nb !== 0) throw new Error(`row ${r}: an empty row must give out 0 and lse +inf, got lse ${lb}`);
-        } else if (!(Math.abs(la - lb) <= 1e-6 + 1e-6 * Math.abs(la))) {
-          // f32 LSE of |value| ≲ 20: 1e-6 abs (the issue's bound) plus an ulp-scale relative term
-          throw new Error(`row ${r}: lse cpu ${la} cuda ${lb}`);
+          continue;
         }
+        // LSE. f32 paths: 1e-6 abs (the issue's bound) plus an ulp-scale relative term.
+        // Tensor cores: |Δlse| ≤ max_t |Δscore_t|, with (q bf16-exact)
+        //  - bf16 cache: exact products summed in f32 over 36 k16 MMA steps, each rounding (or
+        //    truncating) at ≤ 2 ulp of the running sum: |Δs| ≤ scale · 72 · 2^-23 · Σ|q_d k_d|
+        //    ≤ scale · 72 · 2^-23 · ‖q‖ · max‖k‖ (Cauchy-Schwarz), ≈ 4e-4 here;
+        //  - fp8 cache: the keys' dequantized values are also rounded to bf16 (relative error
+        //    ε_d, |ε_d| ≤ 2^-9, independent): Δs = scale · Σ q_d k_d ε_d has σ ≤ scale · 2^-9/√3 ·
+        //    ‖q‖ · rms(k); 6σ, ≈ 1e-2 here (the LSE averages these errors, so this is loose).
+        let tol = 1e-6 + 1e-6 * Math.abs(la);
+        if (tensorCores) {
+          let qn = 0;
+          for (let k = 0; k < d; k++) qn += s.qData[r * d + k] ** 2;
+          qn = Math.sqrt(qn);
+          tol += scale * 72 * 2 ** -23 * qn * s.kMax;
+          if (c.dtype === 'fp8' && !c.pow2) tol += 6 * scale * (2 ** -9 / Math.sqrt(3)) * qn * s.kRms;
+        }
+        if (!(Math.abs(la - lb) <= tol)) throw new Error(`row ${r}: lse cpu ${la} cuda ${lb} (tolerance ${tol})`);
       }
-      cpu.dispose();
-      gpu.dispose();
-    });
+      s.cpu.dispose();
+      s.gpu.dispose();
+    }, 300_000);
+
+  test('the kernel reported is the tensor-core one for dC = 512, dR = 64 (bf16 / fp8) and generic otherwise', async () => {
+    const expectations: [DecodeCase, RegExp][] = [
+      [{ dims: 'v2', dtype: 'bf16', b: 2, sQ: 1, hQ: 16, lens: [65, 3] }, /^tc_mma_bk(64|32)_bf16$/],
+      [{ dims: 'v2', dtype: 'fp8', b: 2, sQ: 2, hQ: 128, lens: [65, 3] }, /^tc_mma_bk(64|32)_fp8$/],
+      [{ dims: 'v2', dtype: 'f32', b: 2, sQ: 1, hQ: 16, lens: [65, 3] }, /^generic$/],
+      [{ dims: 'small', dtype: 'bf16', b: 2, sQ: 1, hQ: 16, lens: [65, 3] }, /^generic$/],
+      [{ dims: 'small', dtype: 'fp8', b: 2, sQ: 1, hQ: 16, lens: [65, 3] }, /^generic$/],
+    ];
+    for (const [c, want] of expectations) {
+      const s = await decodeSetup(c, new Rng('kernel name'));
+      const r = await binding().benchMlaDecodeCuda(s.q.raw('q'), s.gpu.raw(), 0, s.bt.raw('blockTable'), s.seqlens.raw('seqlens'), 0.07, 0, 1);
+      expect(r.kernel).toMatch(want);
+      expect(r.items).toBeGreaterThanOrEqual(c.b);
+      s.cpu.dispose();
+      s.gpu.dispose();
+    }
+  }, 60_000);
 });
 
 interface PrefillCase { dtype: KvCacheDtype; dC: number; dR: number; dNope: number; dV: number; h: number; lens: number[]; nq: number[]; kvB: 'f32' | 'bf16' }

@@ -173,6 +173,29 @@ describe('batched and chunked steps (v2, bf16 cache)', () => {
     expect(m.workspace).toBeGreaterThan(0);
   });
 
+  test('random weights: the same seed gives the same model, another seed another', async () => {
+    const cfg = model.config;
+    const rope = await ops.ropeTable({ dim: cfg.rope.dim, maxPositions: 64, theta: cfg.rope.theta, yarn: cfg.rope.yarn });
+    const logits = async (seed: number) => {
+      const e = await NativeEngine.create(cfg, { random: seed }, cache, rope, 'cpu', { maxTokens: 8, maxSeqs: 1, maxSeqlen: 64 });
+      try {
+        const r = await e.step([{ tokens: [1, 2, 3], pos0: 0, pages: [9] }], 'prefill', 'all');
+        const m = e.memory();
+        // every weight bf16 except the rope tables (f32): the weight bytes are the parameters · 2
+        return { l: r.logits!, weights: m.weights };
+      } finally {
+        e.dispose();
+      }
+    };
+    const a = await logits(1);
+    const b = await logits(1);
+    const c2 = await logits(2);
+    expect(firstDiff(a.l, b.l)).toBeNull();
+    expect(firstDiff(a.l, c2.l)).not.toBeNull();
+    expect(a.l.every((x) => Number.isFinite(x))).toBe(true);
+    expect(a.weights).toBe(b.weights);
+  });
+
   test('a disposed engine is E_DISPOSED', async () => {
     const e2 = await NativeEngine.create(model.config, (await (async () => {
       const { loadWeights } = await import('../../lib/model/weights');

@@ -135,8 +135,9 @@ struct MoeScratch {
 };
 void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream);
 // Which kernels moe_experts runs for p (routed and shared part), for benchmarks and logs:
-// "routed=<simt|mma_skinny|mma_tiled|none> shared=<...>".
-const char* moe_experts_kernel_name(const MoeExpertsParams& p);
+// "routed=<simt|mma_skinny|mma_tiled|none> shared=<...>". The tensor-core kernels need the
+// scratch's xb / tiles / n_tiles (moe_scratch_carve sets them); s == nullptr assumes they are set.
+const char* moe_experts_kernel_name(const MoeExpertsParams& p, const MoeScratch* s = nullptr);
 // One device allocation for every scratch buffer of calls up to max_shape.t tokens (the other
 // sizes as in the calls): bytes to allocate, then the buffers carved from it (256-byte aligned).
 size_t moe_scratch_bytes(const MoeExpertsParams& max_shape);

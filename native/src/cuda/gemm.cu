@@ -407,18 +407,23 @@ void gemm(const GemmParams& p, void* stream) {
       pl.k_split = p.k;  // one split: all of K
     }
   }
-  switch (pl.kind) {
-    case Kind::kTc16x: launch_tc<16, true>(p, pl, part, s); break;
-    case Kind::kTc32x: launch_tc<32, true>(p, pl, part, s); break;
-    case Kind::kTc64: launch_tc<64, false>(p, pl, part, s); break;
-    default: launch_tc<128, false>(p, pl, part, s); break;
+  try {
+    switch (pl.kind) {
+      case Kind::kTc16x: launch_tc<16, true>(p, pl, part, s); break;
+      case Kind::kTc32x: launch_tc<32, true>(p, pl, part, s); break;
+      case Kind::kTc64: launch_tc<64, false>(p, pl, part, s); break;
+      default: launch_tc<128, false>(p, pl, part, s); break;
+    }
+    if (part) {
+      const int64_t blocks = std::min<int64_t>((mn + 255) / 256, 8 * static_cast<int64_t>(device_info().sms));
+      splitk_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(part, pl.splits, mn, p.y);
+      DSV2_CUDA_LAUNCH_CHECK();
+    }
+  } catch (...) {
+    if (part) cudaFreeAsync(part, s);  // the launch error is the one to report
+    throw;
   }
-  if (part) {
-    const int64_t blocks = std::min<int64_t>((mn + 255) / 256, 8 * static_cast<int64_t>(device_info().sms));
-    splitk_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(part, pl.splits, mn, p.y);
-    DSV2_CUDA_LAUNCH_CHECK();
-    DSV2_CUDA_CHECK(cudaFreeAsync(part, s));
-  }
+  if (part) DSV2_CUDA_CHECK(cudaFreeAsync(part, s));
 }
 
 double gemm_bench_ms(const GemmParams* ps, int n, int iters, void* stream) {

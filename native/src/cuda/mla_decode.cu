@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
 mla_decode_generic_kernel(MlaDecodeParams p, Plan plan) {
   extern __shared__ float smem[];
   const int64_t item = blockIdx.x;
-  if (item >= plan.counts[0]) return;  // grid = capacity; the plan used n_items of it
+  if (item >= plan.counts[0]) return;  // grid = capacity ≥ n_items
   const int64_t d = p.d_c + p.d_r;
   float* keys = smem;                          // [kTileKeys, d]
   float* qs = smem + kTileKeys * d;            // [kRowsPerBlock, d]

@@ -75,6 +75,15 @@ __global__ void __launch_bounds__(kHeadsWarps * 32) heads_gemm_kernel(HeadsGemmP
   }
 }
 
+__global__ void fill_random_kernel(model::FillRandomParams p) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = model::random_value(p.seed, i, p.mean, p.std);
+    if (p.dtype == DType::kF32) static_cast<float*>(p.data)[i] = v;
+    else static_cast<uint16_t*>(p.data)[i] = f32_to_bf16(v);
+  }
+}
+
 // ---- sampling ---------------------------------------------------------------------------
 constexpr int kSampleThreads = 1024;
 constexpr int kSampleWarps = kSampleThreads / 32;
@@ -313,6 +322,19 @@ void heads_gemm(const HeadsGemmParams& p, void* stream) {
   DSV2_CHECK(p.h <= 65535, kUnsupported, "CUDA heads_gemm: " << p.h << " heads exceed the grid");
   const dim3 grid(ceil_div(p.n, kHeadsWarps), static_cast<unsigned>(p.h));
   heads_gemm_kernel<<<grid, kHeadsWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_CUDA_LAUNCH_CHECK();
+}
+
+void fill_random(const model::FillRandomParams& p, void* stream) {
+  if (p.n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p.n + 255) / 256, 8192));
+  fill_random_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_CUDA_LAUNCH_CHECK();
+}
+
+void provoke_launch_error(void* stream) {
+  model::CopyColsParams p;  // nothing to copy: only the launch configuration is wrong
+  copy_cols_kernel<<<1, 4096, 0, static_cast<cudaStream_t>(stream)>>>(p);  // > 1024 threads per block
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -18,5 +18,10 @@ void heads_gemm(const HeadsGemmParams& p, void* stream);
 // in double, so a draw that falls within rounding of a boundary may pick a neighbour of the
 // CPU's choice; greedy is exact. Writes p.bad[0] = 1 + a row that could not be sampled.
 void sample(const model::SampleBatchParams& p, void* stream);
+// model::random_value at every index, as f32 or bf16 (the CPU backend's values, bit for bit).
+void fill_random(const model::FillRandomParams& p, void* stream);
+// Launches a kernel with an invalid configuration (4096 threads per block): the E_CUDA path,
+// for tests that a CUDA error is a coded, recoverable error.
+void provoke_launch_error(void* stream);
 
 }  // namespace dsv2::cuda

@@ -235,11 +235,14 @@ enum class Path { kNone, kSimt, kSkinny, kTiled };
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// Routed experts: tensor cores for bf16 weights whose shapes and pointers the kernels take.
-Path routed_path(const MoeExpertsParams& p) {
+// Routed experts: tensor cores for bf16 weights whose shapes and pointers the kernels take, when
+// the scratch has the tensor-core buffers (a caller that carves MoeScratch by hand without xb /
+// tiles / n_tiles gets the SIMT kernels; moe_scratch_carve provides them all).
+Path routed_path(const MoeExpertsParams& p, const MoeScratch* s) {
   if (p.t * p.top_k == 0 || p.inter == 0 || p.hidden == 0 || p.n_experts == 0) return Path::kNone;
   const bool mma = p.w_dtype == DType::kBF16 && p.hidden % 8 == 0 && p.inter % 8 == 0 &&
-                   p.n_experts <= kPrepMaxExperts && aligned16(p.x) && aligned16(p.gate_up) && aligned16(p.down);
+                   p.n_experts <= kPrepMaxExperts && aligned16(p.x) && aligned16(p.gate_up) && aligned16(p.down) &&
+                   (!s || (s->xb && s->tiles && s->n_tiles));
   if (!mma) return Path::kSimt;
   // At most 8 (token, slot) pairs per expert on average: segments are short, the weights are
   // the traffic, and 16-row swap-AB tiles waste none of them.
@@ -248,10 +251,10 @@ Path routed_path(const MoeExpertsParams& p) {
 
 // Shared experts: one segment of t rows; swap-AB while t ≤ 64 (≤ 4 tiles re-reading the weights
 // from L2), 128-row tiles above.
-Path shared_path(const MoeExpertsParams& p) {
+Path shared_path(const MoeExpertsParams& p, const MoeScratch* s) {
   if (!p.shared_gate_up || p.inter_shared == 0 || p.hidden == 0) return Path::kNone;
   const bool mma = p.shared_dtype == DType::kBF16 && p.hidden % 8 == 0 && p.inter_shared % 8 == 0 && aligned16(p.x) &&
-                   aligned16(p.shared_gate_up) && aligned16(p.shared_down);
+                   aligned16(p.shared_gate_up) && aligned16(p.shared_down) && (!s || s->xb);
   if (!mma) return Path::kSimt;
   return p.t <= 64 ? Path::kSkinny : Path::kTiled;
 }
@@ -313,7 +316,7 @@ void simt_shared(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
 
 }  // namespace
 
-const char* moe_experts_kernel_name(const MoeExpertsParams& p) {
+const char* moe_experts_kernel_name(const MoeExpertsParams& p, const MoeScratch* s) {
   static const char* const kNames[4][4] = {
       {"routed=none shared=none", "routed=none shared=simt", "routed=none shared=mma_skinny", "routed=none shared=mma_tiled"},
       {"routed=simt shared=none", "routed=simt shared=simt", "routed=simt shared=mma_skinny", "routed=simt shared=mma_tiled"},
@@ -321,14 +324,14 @@ const char* moe_experts_kernel_name(const MoeExpertsParams& p) {
        "routed=mma_skinny shared=mma_tiled"},
       {"routed=mma_tiled shared=none", "routed=mma_tiled shared=simt", "routed=mma_tiled shared=mma_skinny",
        "routed=mma_tiled shared=mma_tiled"}};
-  return kNames[static_cast<int>(routed_path(p))][static_cast<int>(shared_path(p))];
+  return kNames[static_cast<int>(routed_path(p, s))][static_cast<int>(shared_path(p, s))];
 }
 
 void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (p.t == 0) return;
   const int64_t pairs = p.t * p.top_k;
-  const Path rp = routed_path(p), sp = shared_path(p);
+  const Path rp = routed_path(p, &s), sp = shared_path(p, &s);
   const bool rtc = tensor_core(rp), stc = tensor_core(sp);
 
   if (rtc || stc) {

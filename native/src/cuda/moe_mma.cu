@@ -20,6 +20,7 @@
 #include "moe_mma.cuh"
 
 #include <algorithm>
+#include <atomic>
 
 #include "common.cuh"
 #include "../core/dtype.h"
@@ -29,7 +30,7 @@ namespace {
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                          uint32_t b1) {
-  asm volatile(
+  asm(  // registers only: not volatile, so the compiler may interleave it with the fragment loads
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -399,9 +400,17 @@ void grouped_skinny(const Launch& l, bool swiglu, cudaStream_t s) {
 
 void grouped_tiled(const Launch& l, bool swiglu, cudaStream_t s) {
   static_assert(kTiledSmem > 48 * 1024, "the attribute below is needed only above 48 KiB");
-  // Above 48 KiB of dynamic shared memory needs the opt-in (once per kernel; cheap to repeat).
-  DSV2_CUDA_CHECK(cudaFuncSetAttribute(tiled_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTiledSmem)));
-  DSV2_CUDA_CHECK(cudaFuncSetAttribute(tiled_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTiledSmem)));
+  // Above 48 KiB of dynamic shared memory needs the opt-in, once per device (not a stream
+  // operation: also fine while a graph is being captured).
+  static std::atomic<uint64_t> opted_in{0};
+  int dev = 0;
+  DSV2_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = 1ull << (dev & 63);
+  if (!(opted_in.load() & bit)) {
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(tiled_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTiledSmem)));
+    DSV2_CUDA_CHECK(cudaFuncSetAttribute(tiled_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTiledSmem)));
+    opted_in.fetch_or(bit);
+  }
   const Launch ln = normalized(l);
   const dim3 grid = grid_of(ln, swiglu ? kBN / 2 : kBN);
   if (swiglu) tiled_kernel<true><<<grid, kTiledThreads, kTiledSmem, s>>>(ln);

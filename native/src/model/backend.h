@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "dsv2/dense.h"
+#include "dsv2/hd.h"
 #include "dsv2/mla.h"
 #include "dsv2/moe.h"
 
@@ -49,6 +50,16 @@ struct SampleBatchParams {
   const uint64_t* seeds = nullptr;  // [rows]
   int32_t* out = nullptr;           // [rows]
   int32_t* bad = nullptr;           // [1]
+};
+
+// data[i] = mean + std · √3 · (2u − 1), u = (splitmix64(seed + i · golden) >> 40) · 2^-24: a
+// uniform draw of the given std, the same on every backend (bf16: rounded to nearest even).
+struct FillRandomParams {
+  int64_t n = 0;
+  void* data = nullptr;
+  DType dtype = DType::kBF16;  // kBF16 or kF32
+  float mean = 0.0f, std = 1.0f;
+  uint64_t seed = 0;
 };
 
 // Host copies of the per-sequence sizes of a step (the attention plans are made from them).
@@ -93,10 +104,24 @@ class Backend {
   virtual void moe_route(const MoeRouteParams& p) = 0;
   virtual void moe_experts(const MoeExpertsParams& p) = 0;
   virtual void sample(const SampleBatchParams& p) = 0;
+  virtual void fill_random(const FillRandomParams& p) = 0;
 };
+
+// The value fill_random writes at index i (shared by the CPU and CUDA implementations).
+DSV2_HD inline float random_value(uint64_t seed, int64_t i, float mean, float std) {
+  uint64_t z = seed + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+  return mean + std * 1.7320508f * (2.0f * u - 1.0f);
+}
 
 std::unique_ptr<Backend> make_cpu_backend();
 // E_UNSUPPORTED (with the reason) when CUDA cannot run here.
 std::unique_ptr<Backend> make_cuda_backend();
+// Bytes the CUDA backend's reserve_scratch would allocate (E_UNSUPPORTED without CUDA).
+size_t cuda_scratch_bytes(int64_t max_tokens, int64_t max_seqs, int64_t max_seqlen, const MlaDecodeParams& dd,
+                          const MlaPrefillParams& pd, const MoeExpertsParams& md);
 
 }  // namespace dsv2::model

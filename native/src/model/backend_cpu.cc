@@ -67,6 +67,17 @@ class CpuBackend final : public Backend {
   void mla_prefill(const MlaPrefillParams& p, const SeqSizes&) override { ops::mla_prefill(p, Impl::kAuto); }
   void moe_route(const MoeRouteParams& p) override { ops::moe_route(p, Impl::kAuto); }
   void moe_experts(const MoeExpertsParams& p) override { ops::moe_experts(p, Impl::kAuto); }
+  void fill_random(const FillRandomParams& p) override {
+    parallel_for(p.n, 1 << 16, [&](int64_t b, int64_t e) {
+      if (p.dtype == DType::kF32) {
+        float* d = static_cast<float*>(p.data);
+        for (int64_t i = b; i < e; ++i) d[i] = random_value(p.seed, i, p.mean, p.std);
+      } else {
+        uint16_t* d = static_cast<uint16_t*>(p.data);
+        for (int64_t i = b; i < e; ++i) d[i] = f32_to_bf16(random_value(p.seed, i, p.mean, p.std));
+      }
+    });
+  }
   void sample(const SampleBatchParams& p) override {
     p.bad[0] = 0;
     for (int64_t r = 0; r < p.rows; ++r) {

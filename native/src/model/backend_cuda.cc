@@ -57,25 +57,51 @@ class CudaBackend final : public Backend {
 
   size_t reserve_scratch(int64_t max_tokens, int64_t max_seqs, int64_t max_seqlen, const MlaDecodeParams& dd,
                          const MlaPrefillParams& pd, const MoeExpertsParams& md) override {
-    size_t total = 0;
+    const Scratch sz = plan_scratch(max_tokens, max_seqs, max_seqlen, dd, pd, md);
     auto take = [&](size_t bytes) {
       void* p = alloc(std::max<size_t>(bytes, 4));
       scratch_.push_back(p);
-      total += std::max<size_t>(bytes, 4);
       return p;
     };
-    // Decode: a split plan of at most max_items work items (see decode()).
-    // Sequence i is cut into ceil(s_k / split) items with split >= max s_k / ceil(parts / b),
-    // so a step has at most parts + 2 · b items.
-    max_items_ = 2 * max_seqs + kDecodeParts;
-    item_seq_ = static_cast<int32_t*>(take(max_items_ * 4));
-    item_t0_ = static_cast<int32_t*>(take(max_items_ * 4));
-    item_t1_ = static_cast<int32_t*>(take(max_items_ * 4));
-    item_begin_ = static_cast<int32_t*>(take((max_seqs + 1) * 4));
-    part_rows_ = dd.s_q * dd.h_q;  // dd.s_q: the most query tokens per sequence of a decode step
-    part_out_ = static_cast<float*>(take(static_cast<size_t>(max_items_ * part_rows_ * dd.d_c) * 4));
-    part_lse_ = static_cast<float*>(take(static_cast<size_t>(max_items_ * part_rows_) * 4));
-    // Prefill: one sequence's latent and expanded K/V at a time.
+    decode_ws_bytes_ = sz.decode;
+    decode_ws_ = take(sz.decode);
+    pf_bytes_ = sz.prefill;
+    pf_ = take(sz.prefill);
+    if (md.n_experts > 0) {
+      moe_.counts = static_cast<int32_t*>(take(sz.moe[0]));
+      moe_.offsets = static_cast<int32_t*>(take(sz.moe[1]));
+      moe_.cursor = static_cast<int32_t*>(take(sz.moe[2]));
+      moe_.rows = static_cast<int32_t*>(take(sz.moe[3]));
+      moe_.h = static_cast<float*>(take(sz.moe[4]));
+      moe_.slot_out = static_cast<float*>(take(sz.moe[5]));
+      if (md.inter_shared > 0) {
+        moe_.shared_gu = static_cast<float*>(take(sz.moe[6]));
+        moe_.shared_h = static_cast<float*>(take(sz.moe[7]));
+        moe_.shared_out = static_cast<float*>(take(sz.moe[8]));
+      }
+    }
+    return sz.total();
+  }
+
+  // Sizes of the kernels' scratch: decode workspace, prefill scratch, MoE dispatch buffers.
+  struct Scratch {
+    size_t decode = 0, prefill = 0;
+    std::vector<size_t> moe;
+    size_t total() const {
+      size_t t = std::max<size_t>(decode, 4) + std::max<size_t>(prefill, 4);
+      for (size_t m : moe) t += std::max<size_t>(m, 4);
+      return t;
+    }
+  };
+  static Scratch plan_scratch(int64_t max_tokens, int64_t max_seqs, int64_t max_seqlen, const MlaDecodeParams& dd,
+                              const MlaPrefillParams& pd, const MoeExpertsParams& md) {
+    Scratch s;
+    // Decode: the part count depends on b and s_q, so take the largest need over every step size.
+    MlaDecodeParams dp = dd;
+    for (dp.b = 1; dp.b <= max_seqs; ++dp.b)
+      for (dp.s_q = 1; dp.s_q <= dd.s_q; ++dp.s_q)
+        s.decode = std::max(s.decode, cuda::mla_decode_workspace_bytes(dp.b, dp.s_q, dp.h_q, dp.d_c, cuda::mla_decode_parts(dp)));
+    // Prefill: one sequence at a time, sized for the longest.
     cuda::PrefillSeq most;
     most.n_q = std::min(max_tokens, max_seqlen);
     most.s_k = max_seqlen;
@@ -84,24 +110,20 @@ class CudaBackend final : public Backend {
     most.d_r = pd.d_r;
     most.d_v = pd.d_v;
     most.d_c = pd.d_c;
-    pf_bytes_ = cuda::mla_prefill_scratch_bytes(most);
-    pf_ = take(pf_bytes_);
+    s.prefill = cuda::mla_prefill_scratch_bytes(most);
     // MoE: dispatch and per-pair activations for max_tokens · top_k pairs.
     if (md.n_experts > 0) {
       const int64_t pairs = max_tokens * md.top_k;
-      moe_.counts = static_cast<int32_t*>(take(md.n_experts * 4));
-      moe_.offsets = static_cast<int32_t*>(take((md.n_experts + 1) * 4));
-      moe_.cursor = static_cast<int32_t*>(take(md.n_experts * 4));
-      moe_.rows = static_cast<int32_t*>(take(pairs * 4));
-      moe_.h = static_cast<float*>(take(static_cast<size_t>(pairs * md.inter) * 4));
-      moe_.slot_out = static_cast<float*>(take(static_cast<size_t>(pairs * md.hidden) * 4));
+      s.moe = {static_cast<size_t>(md.n_experts) * 4, static_cast<size_t>(md.n_experts + 1) * 4,
+               static_cast<size_t>(md.n_experts) * 4, static_cast<size_t>(pairs) * 4,
+               static_cast<size_t>(pairs * md.inter) * 4, static_cast<size_t>(pairs * md.hidden) * 4};
       if (md.inter_shared > 0) {
-        moe_.shared_gu = static_cast<float*>(take(static_cast<size_t>(max_tokens * 2 * md.inter_shared) * 4));
-        moe_.shared_h = static_cast<float*>(take(static_cast<size_t>(max_tokens * md.inter_shared) * 4));
-        moe_.shared_out = static_cast<float*>(take(static_cast<size_t>(max_tokens * md.hidden) * 4));
+        s.moe.push_back(static_cast<size_t>(max_tokens * 2 * md.inter_shared) * 4);
+        s.moe.push_back(static_cast<size_t>(max_tokens * md.inter_shared) * 4);
+        s.moe.push_back(static_cast<size_t>(max_tokens * md.hidden) * 4);
       }
     }
-    return total;
+    return s;
   }
 
   void embedding(const EmbeddingParams& p) override { cuda::embedding(p, stream_); }
@@ -114,38 +136,13 @@ class CudaBackend final : public Backend {
   void silu_mul(const SiluMulParams& p) override { cuda::silu_mul(p, stream_); }
   void kv_append(const KvAppendParams& p) override { cuda::kv_append(p, stream_); }
 
-  void mla_decode(const MlaDecodeParams& p, const SeqSizes& s) override {
-    // The split plan from the host's sequence lengths, uploaded on the stream (no sync).
-    const int64_t want = std::max<int64_t>(1, (kDecodeParts + p.b - 1) / p.b);
-    const int64_t split = std::max<int64_t>(64, (s.max_seqlen + want - 1) / want);
-    plan_seq_.clear(), plan_t0_.clear(), plan_t1_.clear(), plan_begin_.assign(p.b + 1, 0);
-    for (int64_t i = 0; i < p.b; ++i) {
-      plan_begin_[i] = static_cast<int32_t>(plan_seq_.size());
-      for (int64_t t0 = 0; t0 < s.seqlens[i]; t0 += split) {
-        plan_seq_.push_back(static_cast<int32_t>(i));
-        plan_t0_.push_back(static_cast<int32_t>(t0));
-        plan_t1_.push_back(static_cast<int32_t>(std::min<int64_t>(s.seqlens[i], t0 + split)));
-      }
-    }
-    plan_begin_[p.b] = static_cast<int32_t>(plan_seq_.size());
-    DSV2_CHECK(static_cast<int64_t>(plan_seq_.size()) <= max_items_ && p.s_q * p.h_q <= part_rows_, kInternal,
-               "decode plan of " << plan_seq_.size() << " items × " << p.s_q * p.h_q << " rows exceeds the reserved "
-                                 << max_items_ << " × " << part_rows_);
-    upload(item_seq_, plan_seq_.data(), plan_seq_.size() * 4);
-    upload(item_t0_, plan_t0_.data(), plan_t0_.size() * 4);
-    upload(item_t1_, plan_t1_.data(), plan_t1_.size() * 4);
-    upload(item_begin_, plan_begin_.data(), plan_begin_.size() * 4);
-    cuda::DecodePlan plan;
-    plan.item_seq = item_seq_;
-    plan.item_t0 = item_t0_;
-    plan.item_t1 = item_t1_;
-    plan.seq_item_begin = item_begin_;
-    plan.n_items = static_cast<int64_t>(plan_seq_.size());
-    plan.part_out = part_out_;
-    plan.part_lse = part_lse_;
-    cuda::mla_decode(p, plan, stream_);
-    // The plan's host vectors are reused next step: pageable copies are staged before
-    // cudaMemcpyAsync returns, so reusing them is safe.
+  void mla_decode(const MlaDecodeParams& p, const SeqSizes&) override {
+    // The split plan is made on the device from the device seqlens: no host work, no sync.
+    const int64_t parts = cuda::mla_decode_parts(p);
+    const size_t need = cuda::mla_decode_workspace_bytes(p.b, p.s_q, p.h_q, p.d_c, parts);
+    DSV2_CHECK(need <= decode_ws_bytes_, kInternal,
+               "decode workspace of " << need << " bytes exceeds the reserved " << decode_ws_bytes_);
+    cuda::mla_decode(p, parts, decode_ws_, decode_ws_bytes_, stream_);
   }
 
   void mla_prefill(const MlaPrefillParams& p, const SeqSizes& s) override {
@@ -167,15 +164,13 @@ class CudaBackend final : public Backend {
   void moe_route(const MoeRouteParams& p) override { cuda::moe_route(p, stream_); }
   void moe_experts(const MoeExpertsParams& p) override { cuda::moe_experts(p, moe_, stream_); }
   void sample(const SampleBatchParams& p) override { cuda::sample(p, stream_); }
+  void fill_random(const FillRandomParams& p) override { cuda::fill_random(p, stream_); }
 
  private:
-  static constexpr int64_t kDecodeParts = 264;  // ≈ 2 work items per SM of an H100 (132 SMs)
   void* stream_;
   std::vector<void*> scratch_;
-  int64_t max_items_ = 0, part_rows_ = 0;
-  int32_t *item_seq_ = nullptr, *item_t0_ = nullptr, *item_t1_ = nullptr, *item_begin_ = nullptr;
-  float *part_out_ = nullptr, *part_lse_ = nullptr;
-  std::vector<int32_t> plan_seq_, plan_t0_, plan_t1_, plan_begin_;
+  void* decode_ws_ = nullptr;
+  size_t decode_ws_bytes_ = 0;
   void* pf_ = nullptr;  // prefill scratch, sized for the longest sequence
   size_t pf_bytes_ = 0;
   cuda::MoeScratch moe_;
@@ -188,10 +183,21 @@ std::unique_ptr<Backend> make_cuda_backend() {
   return std::make_unique<CudaBackend>();
 }
 
+size_t cuda_scratch_bytes(int64_t max_tokens, int64_t max_seqs, int64_t max_seqlen, const MlaDecodeParams& dd,
+                          const MlaPrefillParams& pd, const MoeExpertsParams& md) {
+  ops::require_cuda_usable("CUDA memory planning");
+  return CudaBackend::plan_scratch(max_tokens, max_seqs, max_seqlen, dd, pd, md).total();
+}
+
 #else
 
 std::unique_ptr<Backend> make_cuda_backend() {
   ops::require_cuda_usable("the CUDA model engine");  // throws: this build has no CUDA
+  throw Error(Code::kUnsupported, "this build of dsv2 has no CUDA");
+}
+
+size_t cuda_scratch_bytes(int64_t, int64_t, int64_t, const MlaDecodeParams&, const MlaPrefillParams&, const MoeExpertsParams&) {
+  ops::require_cuda_usable("CUDA memory planning");
   throw Error(Code::kUnsupported, "this build of dsv2 has no CUDA");
 }
 

@@ -4,6 +4,7 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -34,6 +35,68 @@ std::string shape_of(const std::vector<int64_t>& s) { return shape_str(s); }
 
 }  // namespace
 
+// Elements (4 bytes each) of every activation buffer, in Buf order.
+std::vector<int64_t> Engine::buffer_elems(const ModelDims& d_, const KvLayout& layout_, const Limits& limits_) {
+  const int64_t T = limits_.max_tokens, H = d_.hidden, nh = d_.heads;
+  const int64_t max_blocks = (limits_.max_seqlen + layout_.page_size - 1) / layout_.page_size;
+  const int64_t gu = 2 * std::max({d_.inter, d_.moe_inter, d_.inter_shared, int64_t{1}});
+  const int64_t logit_rows = std::min(T, std::max<int64_t>(limits_.max_seqs, 128));
+  const int64_t k = std::max<int64_t>(d_.top_k, 1), E = std::max<int64_t>(d_.n_experts, 1);
+  const int64_t Td = std::min(T, limits_.max_seqs * kMaxDecodeQ);  // rows of a decode step (absorbed-attention buffers)
+  const std::vector<int64_t> sizes = {
+      T * H, T * H, T * H, T * nh * d_.qk_dim(), T * std::max<int64_t>(d_.q_lora, 1), T * std::max<int64_t>(d_.q_lora, 1),
+      T * (d_.d_c + d_.d_r), T * d_.d_c, T * d_.d_c, T * d_.d_r, T * d_.d_r, T * nh * d_.d_r, T * nh * d_.d_r,
+      Td * nh * d_.d_nope, Td * nh * d_.d_c, Td * nh * (d_.d_c + d_.d_r), Td * nh * d_.d_c, Td * nh,
+      T * nh * d_.d_v, T * gu, T * gu / 2, T * E, T * k, T * k, E, std::max<int64_t>(d_.n_group, 1),
+      logit_rows * H, logit_rows * d_.vocab,
+      T, T, T, limits_.max_seqs, limits_.max_seqs + 1, limits_.max_seqs * max_blocks, 2 * limits_.max_seqs,
+      limits_.max_seqs, 1};
+  return sizes;
+}
+
+Engine::ScratchDims Engine::scratch_dims(const ModelDims& d_, const KvLayout& layout_, const Limits& limits_) {
+  const int64_t T = limits_.max_tokens, nh = d_.heads;
+  const int64_t max_blocks = (limits_.max_seqlen + layout_.page_size - 1) / layout_.page_size;
+  ScratchDims s;
+  MlaDecodeParams& dd = s.decode;
+  dd.b = limits_.max_seqs;
+  dd.s_q = std::min<int64_t>(kMaxDecodeQ, T);
+  dd.h_q = nh;
+  dd.d_c = d_.d_c;
+  dd.d_r = d_.d_r;
+  dd.cache.layout = layout_;
+  dd.cache.device = Device::kCuda;
+  dd.max_blocks = max_blocks;
+  MlaPrefillParams& pd = s.prefill;
+  pd.b = limits_.max_seqs;
+  pd.n_tokens = T;
+  pd.h = nh;
+  pd.d_nope = d_.d_nope;
+  pd.d_r = d_.d_r;
+  pd.d_v = d_.d_v;
+  pd.d_c = d_.d_c;
+  pd.cache.layout = layout_;
+  pd.max_blocks = max_blocks;
+  MoeExpertsParams& md = s.moe;
+  md.t = T;
+  md.hidden = d_.hidden;
+  md.top_k = d_.top_k;
+  md.n_experts = d_.n_experts;
+  md.inter = d_.moe_inter;
+  md.inter_shared = d_.inter_shared;
+  return s;
+}
+
+size_t Engine::plan_workspace(Device device, const ModelDims& d, const KvLayout& layout, const Limits& limits) {
+  size_t bytes = 0;
+  for (int64_t n : buffer_elems(d, layout, limits)) bytes += static_cast<size_t>(std::max<int64_t>(n, 1)) * 4;
+  if (device == Device::kCuda) {
+    const ScratchDims sd = scratch_dims(d, layout, limits);
+    bytes += cuda_scratch_bytes(limits.max_tokens, limits.max_seqs, limits.max_seqlen, sd.decode, sd.prefill, sd.moe);
+  }
+  return bytes;
+}
+
 Engine::Engine(std::unique_ptr<Backend> backend, const ModelDims& dims, KvLayout cache_layout, int64_t cache_pages,
                uint8_t* cache_data, std::shared_ptr<void> cache_owner, const Limits& limits)
     : be_(std::move(backend)), d_(dims), layout_(cache_layout), pages_(cache_pages), limits_(limits),
@@ -53,19 +116,7 @@ Engine::Engine(std::unique_ptr<Backend> backend, const ModelDims& dims, KvLayout
     layers_.push_back(std::make_unique<Layer>());
     layers_.back()->moe = d_.moe_layer[l] != 0;
   }
-  const int64_t T = limits_.max_tokens, H = d_.hidden, nh = d_.heads;
-  const int64_t max_blocks = (limits_.max_seqlen + layout_.page_size - 1) / layout_.page_size;
-  const int64_t gu = 2 * std::max({d_.inter, d_.moe_inter, d_.inter_shared, int64_t{1}});
-  const int64_t logit_rows = std::min(T, std::max<int64_t>(limits_.max_seqs, 128));
-  const int64_t k = std::max<int64_t>(d_.top_k, 1), E = std::max<int64_t>(d_.n_experts, 1);
-  const int64_t sizes[kNumBufs] = {
-      T * H, T * H, T * H, T * nh * d_.qk_dim(), T * std::max<int64_t>(d_.q_lora, 1), T * std::max<int64_t>(d_.q_lora, 1),
-      T * (d_.d_c + d_.d_r), T * d_.d_c, T * d_.d_c, T * d_.d_r, T * d_.d_r, T * nh * d_.d_r, T * nh * d_.d_r,
-      T * nh * d_.d_nope, T * nh * d_.d_c, T * nh * (d_.d_c + d_.d_r), T * nh * d_.d_c, T * nh,
-      T * nh * d_.d_v, T * gu, T * gu / 2, T * E, T * k, T * k, E, std::max<int64_t>(d_.n_group, 1),
-      logit_rows * H, logit_rows * d_.vocab,
-      T, T, T, limits_.max_seqs, limits_.max_seqs + 1, limits_.max_seqs * max_blocks, 2 * limits_.max_seqs,
-      limits_.max_seqs, 1};
+  const std::vector<int64_t> sizes = buffer_elems(d_, layout_, limits_);
   bufs_.assign(kNumBufs, nullptr);
   try {
     for (size_t i = 0; i < kNumBufs; ++i) {
@@ -73,32 +124,8 @@ Engine::Engine(std::unique_ptr<Backend> backend, const ModelDims& dims, KvLayout
       bufs_[i] = static_cast<float*>(be_->alloc(bytes));
       workspace_bytes_ += bytes;
     }
-    MlaDecodeParams dd;
-    dd.b = limits_.max_seqs;
-    dd.s_q = std::min<int64_t>(kMaxDecodeQ, T);
-    dd.h_q = nh;
-    dd.d_c = d_.d_c;
-    dd.d_r = d_.d_r;
-    dd.cache.layout = layout_;
-    dd.max_blocks = max_blocks;
-    MlaPrefillParams pd;
-    pd.b = limits_.max_seqs;
-    pd.n_tokens = T;
-    pd.h = nh;
-    pd.d_nope = d_.d_nope;
-    pd.d_r = d_.d_r;
-    pd.d_v = d_.d_v;
-    pd.d_c = d_.d_c;
-    pd.cache.layout = layout_;
-    pd.max_blocks = max_blocks;
-    MoeExpertsParams md;
-    md.t = T;
-    md.hidden = H;
-    md.top_k = d_.top_k;
-    md.n_experts = d_.n_experts;
-    md.inter = d_.moe_inter;
-    md.inter_shared = d_.inter_shared;
-    workspace_bytes_ += be_->reserve_scratch(T, limits_.max_seqs, limits_.max_seqlen, dd, pd, md);
+    const ScratchDims sd = scratch_dims(d_, layout_, limits_);
+    workspace_bytes_ += be_->reserve_scratch(limits_.max_tokens, limits_.max_seqs, limits_.max_seqlen, sd.decode, sd.prefill, sd.moe);
   } catch (...) {
     for (float* p : bufs_) be_->release(p);
     throw;
@@ -189,6 +216,104 @@ void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, con
   weight_bytes_ += bytes;
   be_->upload(w->data, host, bytes);
   be_->sync();  // the host data may go away when this returns
+}
+
+// The weights the config implies, with the std of their random init (writeRandomCheckpoint's
+// choice: 1/sqrt(fan_in) for linear layers, 1 for the embedding and the router; norms near 1).
+std::vector<Engine::WeightSpec> Engine::weight_specs() const {
+  const int64_t H = d_.hidden, nh = d_.heads;
+  std::vector<WeightSpec> v;
+  auto lin = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
+  v.push_back({-1, "embed", {d_.vocab, H}, 0.0f, 1.0f});
+  v.push_back({-1, "norm", {H}, 1.0f, 0.05f});
+  v.push_back({-1, "lm_head", {d_.vocab, H}, 0.0f, lin(H)});
+  for (int64_t l = 0; l < d_.layers; ++l) {
+    v.push_back({l, "input_norm", {H}, 1.0f, 0.05f});
+    v.push_back({l, "post_norm", {H}, 1.0f, 0.05f});
+    if (d_.q_lora) {
+      v.push_back({l, "q_a", {d_.q_lora, H}, 0.0f, lin(H)});
+      v.push_back({l, "q_a_norm", {d_.q_lora}, 1.0f, 0.05f});
+      v.push_back({l, "q_b", {nh * d_.qk_dim(), d_.q_lora}, 0.0f, lin(d_.q_lora)});
+    } else {
+      v.push_back({l, "q_proj", {nh * d_.qk_dim(), H}, 0.0f, lin(H)});
+    }
+    v.push_back({l, "kv_a", {d_.d_c + d_.d_r, H}, 0.0f, lin(H)});
+    v.push_back({l, "kv_a_norm", {d_.d_c}, 1.0f, 0.05f});
+    v.push_back({l, "kv_b", {nh * (d_.d_nope + d_.d_v), d_.d_c}, 0.0f, lin(d_.d_c)});
+    v.push_back({l, "w_uk_t", {nh, d_.d_c, d_.d_nope}, 0.0f, lin(d_.d_c)});
+    v.push_back({l, "w_uv", {nh, d_.d_v, d_.d_c}, 0.0f, lin(d_.d_c)});
+    v.push_back({l, "o_proj", {H, nh * d_.d_v}, 0.0f, lin(nh * d_.d_v)});
+    if (layers_[l]->moe) {
+      v.push_back({l, "gate", {d_.n_experts, H}, 0.0f, 1.0f});
+      if (d_.method == MoeMethod::kNoauxTc) v.push_back({l, "bias", {d_.n_experts}, 0.0f, 0.01f});
+      v.push_back({l, "experts_gate_up", {d_.n_experts, 2 * d_.moe_inter, H}, 0.0f, lin(H)});
+      v.push_back({l, "experts_down", {d_.n_experts, H, d_.moe_inter}, 0.0f, lin(d_.moe_inter)});
+      if (d_.inter_shared) {
+        v.push_back({l, "shared_gate_up", {2 * d_.inter_shared, H}, 0.0f, lin(H)});
+        v.push_back({l, "shared_down", {H, d_.inter_shared}, 0.0f, lin(d_.inter_shared)});
+      }
+    } else {
+      v.push_back({l, "gate_up", {2 * d_.inter, H}, 0.0f, lin(H)});
+      v.push_back({l, "down", {H, d_.inter}, 0.0f, lin(d_.inter)});
+    }
+  }
+  return v;
+}
+
+void Engine::random_weights(uint64_t seed, DType dtype) {
+  DSV2_CHECK(dtype == DType::kBF16 || dtype == DType::kF32, kDtype, "random weights: dtype " << dtype_name(dtype) << " must be bf16 or f32");
+  const std::vector<WeightSpec> specs = weight_specs();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const WeightSpec& w = specs[i];
+    const DType dt = w.name == "bias" ? DType::kF32 : dtype;
+    int64_t n = 1;
+    for (int64_t x : w.shape) n *= x;
+    Weight* dst = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      dst = slot(w.layer, w.name);
+      if (dst->data) {
+        weight_bytes_ -= dst->bytes;
+        be_->release(dst->data);
+        dst->data = nullptr;
+      }
+      const size_t bytes = static_cast<size_t>(n) * dtype_size(dt);
+      dst->data = be_->alloc(bytes);
+      dst->dtype = dt;
+      dst->shape = w.shape;
+      dst->bytes = bytes;
+      weight_bytes_ += bytes;
+      FillRandomParams f;
+      f.n = n;
+      f.data = dst->data;
+      f.dtype = dt;
+      f.mean = w.mean;
+      f.std = w.std;
+      f.seed = seed * 0x100000001B3ull + i;
+      be_->fill_random(f);
+      be_->sync();
+    }
+  }
+}
+
+Weight* Engine::slot(int64_t layer, const std::string& name) {
+  if (layer < 0) {
+    if (name == "embed") return &embed_;
+    if (name == "norm") return &norm_;
+    if (name == "lm_head") return &lm_head_;
+    throw Error(Code::kArg, "weight '" + name + "' is not a global engine weight");
+  }
+  DSV2_CHECK(layer < d_.layers, kRange, "weight '" << name << "': layer " << layer << " is outside [0, " << d_.layers << ")");
+  Layer& L = *layers_[layer];
+  const std::pair<const char*, Weight*> all[] = {
+      {"input_norm", &L.input_norm}, {"post_norm", &L.post_norm}, {"q_proj", &L.q_proj}, {"q_a", &L.q_a},
+      {"q_a_norm", &L.q_a_norm}, {"q_b", &L.q_b}, {"kv_a", &L.kv_a}, {"kv_a_norm", &L.kv_a_norm}, {"kv_b", &L.kv_b},
+      {"w_uk_t", &L.w_uk_t}, {"w_uv", &L.w_uv}, {"o_proj", &L.o_proj}, {"gate_up", &L.gate_up}, {"down", &L.down},
+      {"gate", &L.gate}, {"bias", &L.bias}, {"experts_gate_up", &L.experts_gate_up}, {"experts_down", &L.experts_down},
+      {"shared_gate_up", &L.shared_gate_up}, {"shared_down", &L.shared_down}};
+  for (const auto& [n, w] : all)
+    if (name == n) return w;
+  throw Error(Code::kArg, "weight '" + name + "' is not an engine weight");
 }
 
 void Engine::set_rope(const float* cos, const float* sin, int64_t max_pos) {

@@ -108,6 +108,10 @@ class Engine {
   // experts_gate_up, experts_down, shared_gate_up, shared_down (MoE)).
   void set_weight(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                   const void* host, size_t bytes);
+  // Every weight the config implies, random (seeded; the same values on every backend), in
+  // `dtype` (bf16 or f32; the noaux_tc bias f32), made in the backend's memory — nothing is
+  // read from files: the benchmarks' random-weight models.
+  void random_weights(uint64_t seed, DType dtype);
   // cos/sin tables [max_pos, d_r / 2] of the rope (host f32).
   void set_rope(const float* cos, const float* sin, int64_t max_pos);
   // Throws E_CHECKPOINT naming the first weight never set.
@@ -118,10 +122,28 @@ class Engine {
   // (steps of one engine run one at a time).
   StepOutput step(const StepInput& in);
   MemoryReport memory() const;
+  // Workspace bytes an engine of these sizes allocates on `device` (activations + kernel
+  // scratch), without allocating: `dsv2 info --model` (cuda needs a usable device).
+  static size_t plan_workspace(Device device, const ModelDims& d, const KvLayout& layout, const Limits& limits);
   const Limits& limits() const { return limits_; }
 
  private:
   struct Layer;
+  struct ScratchDims {
+    MlaDecodeParams decode;
+    MlaPrefillParams prefill;
+    MoeExpertsParams moe;
+  };
+  static std::vector<int64_t> buffer_elems(const ModelDims& d, const KvLayout& layout, const Limits& limits);
+  static ScratchDims scratch_dims(const ModelDims& d, const KvLayout& layout, const Limits& limits);
+  struct WeightSpec {
+    int64_t layer;
+    std::string name;
+    std::vector<int64_t> shape;
+    float mean, std;
+  };
+  std::vector<WeightSpec> weight_specs() const;
+  Weight* slot(int64_t layer, const std::string& name);
   void check_step(const StepInput& in) const;
   void attention(int64_t l, const StepInput& in, const SeqSizes& sz);
   void mlp(int64_t l, int64_t t);

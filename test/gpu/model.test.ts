@@ -1,0 +1,178 @@
+/**
+ * The whole model on the GPU (`device: 'cuda'`: the native engine on the CUDA backend)
+ * against the CPU forward, for every tiny kind with bf16 and fp8 caches.
+ *
+ * Tolerance of the logits: the CUDA path rounds activations to bf16 where tensor cores
+ * multiply (gemm for M ≥ the tensor-core threshold, MoE experts, prefill attention: q, K, V,
+ * P; decode: q and P), a 2^-9 relative error per rounding, compounded over the
+ * 2 + 4·layers matmuls of the tiny models and through the softmax/routing. Allowance: 3% of
+ * the row's largest |logit| plus 1e-3 — about 10× that budget, far below the differences a
+ * wrong kernel makes (the logits of different tokens differ by O(1)). Routing can flip where
+ * two experts' scores are within that error, so greedy continuations are compared only while
+ * the CPU's top-2 logit gap exceeds twice the allowance.
+ *
+ * Skipped with the reason in the title where no CUDA device is usable (CI).
+ */
+import * as path from 'node:path';
+import { Dsv2Error, KvCache, Model, makeTiny, type Tensor } from '../../lib';
+import { binding } from '../../lib/native';
+import type { TinyKind } from '../../lib/model/tiny';
+import { randomPrompt } from '../model/util';
+import { rmDir, tmpDir } from '../model/util';
+import { gpuDescribe, gpuTitle } from './cuda';
+
+const KINDS: readonly TinyKind[] = ['v2', 'v2-lite', 'v3'];
+const CACHES = ['bf16', 'fp8'] as const;
+const root = tmpDir('gpu-model');
+afterAll(() => rmDir(root));
+
+function allowance(row: Float32Array): number {
+  let m = 0;
+  for (const v of row) m = Math.max(m, Math.abs(v));
+  return 0.03 * m + 1e-3;
+}
+
+function expectClose(cpu: Tensor, gpu: Tensor, label: string): void {
+  expect(gpu.shape).toEqual(cpu.shape);
+  const V = cpu.shape[1];
+  const a = cpu.data as Float32Array;
+  const b = gpu.data as Float32Array;
+  for (let r = 0; r < cpu.shape[0]; r++) {
+    const ra = a.subarray(r * V, (r + 1) * V);
+    const rb = b.subarray(r * V, (r + 1) * V);
+    const tol = allowance(ra);
+    let worst = 0;
+    let at = 0;
+    for (let v = 0; v < V; v++) {
+      const e = Math.abs(ra[v] - rb[v]);
+      if (!(e <= worst)) {
+        worst = e;
+        at = v;
+      }
+    }
+    if (!(worst <= tol)) throw new Error(`${label}: row ${r}, logit ${at}: cpu ${ra[at]} cuda ${rb[at]} (|diff| ${worst} > ${tol})`);
+  }
+}
+
+function top2Gap(row: Float32Array): number {
+  let a = -Infinity;
+  let b = -Infinity;
+  for (const v of row) {
+    if (v > a) {
+      b = a;
+      a = v;
+    } else if (v > b) b = v;
+  }
+  return a - b;
+}
+
+gpuDescribe(gpuTitle('the model on CUDA vs the CPU'), () => {
+  describe.each(KINDS)('%s', (kind) => {
+    const dir = path.join(root, kind);
+    const cpu = {} as Record<(typeof CACHES)[number], Model>;
+    const gpu = {} as Record<(typeof CACHES)[number], Model>;
+    const prompt = randomPrompt(`gpu-${kind}`, 23);
+
+    beforeAll(async () => {
+      await makeTiny(dir, { kind, seed: 301, dtype: 'bf16' });
+      for (const kv of CACHES) {
+        cpu[kv] = await Model.load(dir, { device: 'cpu', kvCache: kv });
+        gpu[kv] = await Model.load(dir, { device: 'cuda', kvCache: kv });
+      }
+    });
+    afterAll(async () => {
+      for (const m of [...Object.values(cpu), ...Object.values(gpu)]) await m.dispose();
+    });
+
+    test('runs on cuda, with its memory accounted', () => {
+      expect(gpu.bf16.device).toBe('cuda');
+      const m = gpu.bf16.memory()!;
+      expect(m.device).toBe('cuda');
+      expect(m.cache).toBe(gpu.bf16.cache.bytes);
+      expect(m.weights).toBeGreaterThan(0);
+    });
+
+    test.each(CACHES)('%s cache: prefill and decode logits within the bf16 allowance of the CPU', async (kv) => {
+      for (const mode of ['prefill', 'decode'] as const) {
+        expectClose(await cpu[kv].logits(prompt, { mode }), await gpu[kv].logits(prompt, { mode }), `${kind} ${kv} ${mode}`);
+      }
+    });
+
+    test('greedy continuations equal the CPU while the top-2 gap is clear', async () => {
+      const n = 12;
+      const a = await cpu.bf16.generate({ tokens: prompt, maxNewTokens: n }).result;
+      const b = await gpu.bf16.generate({ tokens: prompt, maxNewTokens: n }).result;
+      // Compare up to the first step whose CPU top-2 gap is within twice the allowance.
+      const seq = [...prompt];
+      for (let i = 0; i < a.tokens.length; i++) {
+        const l = await cpu.bf16.logits(seq);
+        const V = l.shape[1];
+        const last = (l.data as Float32Array).subarray((seq.length - 1) * V);
+        if (top2Gap(last) <= 2 * allowance(last)) break;
+        expect([i, b.tokens[i]]).toEqual([i, a.tokens[i]]);
+        seq.push(a.tokens[i]);
+      }
+    });
+
+    test('sampling is reproducible per seed on the device', async () => {
+      const o = { tokens: prompt, maxNewTokens: 16, temperature: 1.0, topK: 50, topP: 0.95 };
+      const x = await gpu.bf16.generate({ ...o, seed: 5 }).result;
+      const y = await gpu.bf16.generate({ ...o, seed: 5 }).result;
+      const z = await gpu.bf16.generate({ ...o, seed: 6 }).result;
+      expect(y.tokens).toEqual(x.tokens);
+      expect(z.tokens).not.toEqual(x.tokens);
+    });
+  });
+
+  test('a CUDA error is E_CUDA naming the CUDA error, and the process goes on', async () => {
+    await expect(binding().cudaTestError()).rejects.toMatchObject({ code: 'E_CUDA', message: expect.stringMatching(/cudaErrorInvalidConfiguration/) });
+    const m = await Model.load(path.join(root, 'v2'), { device: 'cuda' });
+    try {
+      const r = await m.generate({ tokens: [256, 1, 2], maxNewTokens: 2 }).result;
+      expect(r.tokens.length).toBeGreaterThan(0);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  test('a cache that does not fit is E_OOM with the numbers', async () => {
+    const e = await KvCache.create({ layers: 60, pages: 4_000_000, dC: 512, dR: 64, dtype: 'bf16', pageSize: 64, device: 'cuda' }).catch((x) => x);
+    expect(e).toBeInstanceOf(Dsv2Error);
+    expect((e as Dsv2Error).code).toBe('E_OOM');
+    expect((e as Dsv2Error).message).toMatch(/\d+ bytes/);
+  });
+});
+
+/**
+ * The published shapes (all the fast paths: d_c 512 / d_r 64 decode, 192/128 prefill, V2's
+ * 160-expert group routing) with random weights made by each engine from the same seed —
+ * bit-identical weights on both devices (model::random_value) — cut to 2 layers (1 dense + 1
+ * MoE). Same allowance as above.
+ */
+gpuDescribe(gpuTitle('published shapes, 2 layers, random weights: CUDA engine vs CPU engine'), () => {
+  test.each(['v2-lite', 'v2'] as const)('%s: prefill and batched decode logits', async (name) => {
+    const { PRESETS } = await import('../../lib/model/presets');
+    const { parseConfig } = await import('../../lib/model/config');
+    const { NativeEngine, ops } = await import('../../lib');
+    const c = parseConfig({ ...PRESETS[name], num_hidden_layers: 2 });
+    const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: 256, theta: c.rope.theta, yarn: c.rope.yarn });
+    const out: Record<string, { pre: Float32Array; dec: Float32Array }> = {};
+    for (const device of ['cpu', 'cuda'] as const) {
+      const cache = await KvCache.create({ layers: 2, pages: 8, dC: c.kvLoraRank, dR: c.qkRopeHeadDim, dtype: 'bf16', pageSize: 64, device });
+      const e = await NativeEngine.create(c, { random: 7 }, cache, rope, device, { maxTokens: 130, maxSeqs: 2, maxSeqlen: 256 });
+      try {
+        const a = randomPrompt(`${name}-a`, 70).map((t) => t * 397);
+        const b = randomPrompt(`${name}-b`, 65).map((t) => t * 211);
+        const pre = await e.step([{ tokens: a, pos0: 0, pages: [3, 0] }, { tokens: b, pos0: 0, pages: [5, 6] }], 'prefill', 'last');
+        const dec = await e.step([{ tokens: [17], pos0: 70, pages: [3, 0] }, { tokens: [29], pos0: 65, pages: [5, 6] }], 'decode', 'last');
+        out[device] = { pre: pre.logits!, dec: dec.logits! };
+      } finally {
+        e.dispose();
+        cache.dispose();
+      }
+    }
+    const T = (x: Float32Array) => ({ shape: [2, c.vocabSize], data: x }) as unknown as Tensor;
+    expectClose(T(out.cpu.pre), T(out.cuda.pre), `${name} prefill`);
+    expectClose(T(out.cpu.dec), T(out.cuda.dec), `${name} decode`);
+  }, 600_000);
+});
