@@ -285,7 +285,9 @@ gpuDescribe(gpuTitle('CUDA mla_prefill vs CPU'), () => {
   for (const dtype of ['bf16', 'fp8', 'f32'] as const) {
     cases.push({ dtype, dC: 32, dR: 8, dNope: 16, dV: 16, h: 3, lens: [1, 70], nq: [1, 70], kvB: 'f32' });
     cases.push({ dtype, dC: 130, dR: 6, dNope: 10, dV: 12, h: 1, lens: [65, 0, 200], nq: [5, 0, 130], kvB: 'bf16' }); // cached prefixes
-    cases.push({ dtype, dC: 512, dR: 64, dNope: 128, dV: 128, h: 16, lens: [300, 129], nq: [300, 64], kvB: 'bf16' }); // V2 dims
+    // V2 dims (128/64/128) take the bf16 tensor-core flash kernel: test/gpu/mla-prefill.test.ts
+    // covers them with bf16-exact inputs and that kernel's rounding allowance; here the generic
+    // kernel's f32 sizes, at FlashMLA's f32 tolerance.
   }
   test.each(cases.map((c) => [JSON.stringify(c), c] as const))('%s', async (_n, c) => {
     const rng = new Rng(`prefill ${JSON.stringify(c)}`);

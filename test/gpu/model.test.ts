@@ -124,6 +124,29 @@ gpuDescribe(gpuTitle('the model on CUDA vs the CPU'), () => {
     });
   });
 
+  test('decode steps replayed as CUDA graphs give the same bits as launched one by one (DSV2_CUDA_GRAPHS=0)', async () => {
+    const dir = path.join(root, 'v2');
+    const graphs = await Model.load(dir, { device: 'cuda' });
+    process.env.DSV2_CUDA_GRAPHS = '0';
+    let eager: Model;
+    try {
+      eager = await Model.load(dir, { device: 'cuda' });
+    } finally {
+      delete process.env.DSV2_CUDA_GRAPHS;
+    }
+    try {
+      const prompt = randomPrompt('graphs', 70); // decode crosses a 64-token page: a new block-table width
+      const a = (await graphs.logits(prompt, { mode: 'decode' })).data as Float32Array;
+      const b = (await eager.logits(prompt, { mode: 'decode' })).data as Float32Array;
+      expect(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength))).toBe(true);
+      const o = { tokens: prompt, maxNewTokens: 12, temperature: 0.9, topK: 40, seed: 3 };
+      expect((await graphs.generate(o).result).tokens).toEqual((await eager.generate(o).result).tokens);
+    } finally {
+      await graphs.dispose();
+      await eager!.dispose();
+    }
+  });
+
   test('a CUDA error is E_CUDA naming the CUDA error, and the process goes on', async () => {
     await expect(binding().cudaTestError()).rejects.toMatchObject({ code: 'E_CUDA', message: expect.stringMatching(/cudaErrorInvalidConfiguration/) });
     const m = await Model.load(path.join(root, 'v2'), { device: 'cuda' });

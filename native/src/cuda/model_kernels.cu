@@ -332,6 +332,36 @@ void fill_random(const model::FillRandomParams& p, void* stream) {
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
+void graph_capture_begin(void* stream) {
+  DSV2_CUDA_CHECK(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeRelaxed));
+}
+
+void* graph_capture_end(void* stream) noexcept {
+  cudaGraph_t graph = nullptr;
+  cudaError_t err = cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph);
+  if (err != cudaSuccess || graph == nullptr) {
+    cudaGetLastError();  // capture errors are not sticky: clear and let the caller run eagerly
+    if (graph) cudaGraphDestroy(graph);
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return exec;
+}
+
+void graph_launch(void* exec, void* stream) {
+  DSV2_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), static_cast<cudaStream_t>(stream)));
+}
+
+void graph_destroy(void* exec) noexcept {
+  if (exec) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+}
+
 void provoke_launch_error(void* stream) {
   model::CopyColsParams p;  // nothing to copy: only the launch configuration is wrong
   copy_cols_kernel<<<1, 4096, 0, static_cast<cudaStream_t>(stream)>>>(p);  // > 1024 threads per block

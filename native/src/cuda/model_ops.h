@@ -20,6 +20,13 @@ void heads_gemm(const HeadsGemmParams& p, void* stream);
 void sample(const model::SampleBatchParams& p, void* stream);
 // model::random_value at every index, as f32 or bf16 (the CPU backend's values, bit for bit).
 void fill_random(const model::FillRandomParams& p, void* stream);
+// CUDA graphs of a stream's work: begin capturing (relaxed mode), end (an instantiated
+// executable graph, or nullptr when the capture was invalidated by an op that cannot be
+// captured — the error is cleared), launch, destroy.
+void graph_capture_begin(void* stream);
+void* graph_capture_end(void* stream) noexcept;
+void graph_launch(void* exec, void* stream);
+void graph_destroy(void* exec) noexcept;
 // Launches a kernel with an invalid configuration (4096 threads per block): the E_CUDA path,
 // for tests that a CUDA error is a coded, recoverable error.
 void provoke_launch_error(void* stream);

@@ -8,7 +8,9 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "dsv2/dense.h"
 #include "dsv2/hd.h"
@@ -105,6 +107,13 @@ class Backend {
   virtual void moe_experts(const MoeExpertsParams& p) = 0;
   virtual void sample(const SampleBatchParams& p) = 0;
   virtual void fill_random(const FillRandomParams& p) = 0;
+  // Runs `enqueue` (ops on this backend only: no upload/download/sync inside). The CUDA
+  // backend captures it as a CUDA graph the first time a key is seen and replays the graph
+  // after (a key must determine every launch: sizes, pointers, scalar arguments); where
+  // capture fails it runs the ops directly. drop_captured() forgets every graph (call it when
+  // a pointer a graph holds changes).
+  virtual void run_captured(const std::string& key, const std::function<void()>& enqueue) { (void)key, enqueue(); }
+  virtual void drop_captured() {}
 };
 
 // The value fill_random writes at index i (shared by the CPU and CUDA implementations).

@@ -2,6 +2,9 @@
 // here synchronises with the host except download() and sync(); uploads of step inputs are
 // ordered on the stream like the kernels.
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "backend.h"
@@ -19,9 +22,13 @@ namespace {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() : stream_(cuda::stream_create()) {}
+  CudaBackend() : stream_(cuda::stream_create()) {
+    const char* g = std::getenv("DSV2_CUDA_GRAPHS");
+    graphs_on_ = !(g && std::string(g) == "0");
+  }
   ~CudaBackend() override {
     cuda::stream_wait_quiet(stream_);
+    drop_captured();
     for (void* p : scratch_) cuda::free(p);
     cuda::stream_destroy(stream_);
   }
@@ -67,19 +74,7 @@ class CudaBackend final : public Backend {
     decode_ws_ = take(sz.decode);
     pf_bytes_ = sz.prefill;
     pf_ = take(sz.prefill);
-    if (md.n_experts > 0) {
-      moe_.counts = static_cast<int32_t*>(take(sz.moe[0]));
-      moe_.offsets = static_cast<int32_t*>(take(sz.moe[1]));
-      moe_.cursor = static_cast<int32_t*>(take(sz.moe[2]));
-      moe_.rows = static_cast<int32_t*>(take(sz.moe[3]));
-      moe_.h = static_cast<float*>(take(sz.moe[4]));
-      moe_.slot_out = static_cast<float*>(take(sz.moe[5]));
-      if (md.inter_shared > 0) {
-        moe_.shared_gu = static_cast<float*>(take(sz.moe[6]));
-        moe_.shared_h = static_cast<float*>(take(sz.moe[7]));
-        moe_.shared_out = static_cast<float*>(take(sz.moe[8]));
-      }
-    }
+    if (md.n_experts > 0) moe_ = cuda::moe_scratch_carve(take(sz.moe[0]), md);
     return sz.total();
   }
 
@@ -111,18 +106,9 @@ class CudaBackend final : public Backend {
     most.d_v = pd.d_v;
     most.d_c = pd.d_c;
     s.prefill = cuda::mla_prefill_scratch_bytes(most);
-    // MoE: dispatch and per-pair activations for max_tokens · top_k pairs.
-    if (md.n_experts > 0) {
-      const int64_t pairs = max_tokens * md.top_k;
-      s.moe = {static_cast<size_t>(md.n_experts) * 4, static_cast<size_t>(md.n_experts + 1) * 4,
-               static_cast<size_t>(md.n_experts) * 4, static_cast<size_t>(pairs) * 4,
-               static_cast<size_t>(pairs * md.inter) * 4, static_cast<size_t>(pairs * md.hidden) * 4};
-      if (md.inter_shared > 0) {
-        s.moe.push_back(static_cast<size_t>(max_tokens * 2 * md.inter_shared) * 4);
-        s.moe.push_back(static_cast<size_t>(max_tokens * md.inter_shared) * 4);
-        s.moe.push_back(static_cast<size_t>(max_tokens * md.hidden) * 4);
-      }
-    }
+    // MoE: dispatch, tile table and per-pair activations for max_tokens · top_k pairs, one
+    // allocation carved by the MoE code itself (so the tensor-core path finds its buffers).
+    if (md.n_experts > 0) s.moe = {cuda::moe_scratch_bytes(md)};
     return s;
   }
 
@@ -166,8 +152,34 @@ class CudaBackend final : public Backend {
   void sample(const SampleBatchParams& p) override { cuda::sample(p, stream_); }
   void fill_random(const FillRandomParams& p) override { cuda::fill_random(p, stream_); }
 
+  void run_captured(const std::string& key, const std::function<void()>& enqueue) override {
+    if (!graphs_on_) return enqueue();
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (graphs_.size() >= kMaxGraphs) drop_captured();  // decode shapes change slowly: start over
+      cuda::graph_capture_begin(stream_);
+      try {
+        enqueue();
+      } catch (...) {
+        cuda::graph_destroy(cuda::graph_capture_end(stream_));
+        graphs_[key] = nullptr;  // not capturable: run it directly from now on
+        return enqueue();
+      }
+      it = graphs_.emplace(key, cuda::graph_capture_end(stream_)).first;
+    }
+    if (it->second == nullptr) return enqueue();
+    cuda::graph_launch(it->second, stream_);
+  }
+  void drop_captured() override {
+    for (auto& [k, g] : graphs_) cuda::graph_destroy(g);
+    graphs_.clear();
+  }
+
  private:
+  static constexpr size_t kMaxGraphs = 32;
   void* stream_;
+  bool graphs_on_ = true;  // DSV2_CUDA_GRAPHS=0 turns capture off
+  std::map<std::string, void*> graphs_;  // key → executable graph (nullptr: capture failed)
   std::vector<void*> scratch_;
   void* decode_ws_ = nullptr;
   size_t decode_ws_bytes_ = 0;

@@ -84,6 +84,7 @@ Engine::ScratchDims Engine::scratch_dims(const ModelDims& d_, const KvLayout& la
   md.n_experts = d_.n_experts;
   md.inter = d_.moe_inter;
   md.inter_shared = d_.inter_shared;
+  md.w_dtype = md.shared_dtype = DType::kBF16;  // the tensor-core path's buffers (the largest)
   return s;
 }
 
@@ -214,6 +215,7 @@ void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, con
   w->shape = shape;
   w->bytes = bytes;
   weight_bytes_ += bytes;
+  be_->drop_captured();  // captured steps hold the old weight pointers
   be_->upload(w->data, host, bytes);
   be_->sync();  // the host data may go away when this returns
 }
@@ -263,6 +265,7 @@ std::vector<Engine::WeightSpec> Engine::weight_specs() const {
 void Engine::random_weights(uint64_t seed, DType dtype) {
   DSV2_CHECK(dtype == DType::kBF16 || dtype == DType::kF32, kDtype, "random weights: dtype " << dtype_name(dtype) << " must be bf16 or f32");
   const std::vector<WeightSpec> specs = weight_specs();
+  be_->drop_captured();
   for (size_t i = 0; i < specs.size(); ++i) {
     const WeightSpec& w = specs[i];
     const DType dt = w.name == "bias" ? DType::kF32 : dtype;
@@ -323,6 +326,7 @@ void Engine::set_rope(const float* cos, const float* sin, int64_t max_pos) {
   be_->release(cos_);
   be_->release(sin_);
   cos_ = sin_ = nullptr;
+  be_->drop_captured();
   cos_ = static_cast<float*>(be_->alloc(bytes));
   sin_ = static_cast<float*>(be_->alloc(bytes));
   be_->upload(cos_, cos, bytes);
@@ -435,106 +439,133 @@ void Engine::check_step(const StepInput& in) const {
   }
 }
 
-StepOutput Engine::step(const StepInput& in) {
+StepOutput Engine::step(const StepInput& in_) {
   std::lock_guard<std::mutex> lock(mu_);
-  check_step(in);
-  const int64_t T = in.n_tokens, H = d_.hidden, b = in.b;
+  check_step(in_);
+  StepInput in = in_;
+  const int64_t T = in.n_tokens, H = d_.hidden, b = in.b, V = d_.vocab;
   Backend& be = *be_;
   auto i32 = [this](size_t i) { return reinterpret_cast<int32_t*>(bufs_[i]); };
+  // Decode steps pad the block table to a multiple of 16 pages so that one captured graph
+  // serves 16 pages of growth (entries past a sequence's end are never read).
+  std::vector<int32_t> table;
+  if (in.decode) {
+    const int64_t cap = (limits_.max_seqlen + layout_.page_size - 1) / layout_.page_size;
+    const int64_t mb = std::min(cap, (in.max_blocks + 15) / 16 * 16);
+    table.assign(static_cast<size_t>(b * mb), 0);
+    for (int64_t i = 0; i < b; ++i)
+      std::copy(in.block_table + i * in.max_blocks, in.block_table + (i + 1) * in.max_blocks, table.begin() + i * mb);
+    in.block_table = table.data();
+    in.max_blocks = mb;
+  }
+  // Inputs first: the computation below only reads device buffers (capturable).
   be.upload(i32(kInTokens), in.tokens, T * 4);
   be.upload(i32(kInPos), in.positions, T * 4);
   be.upload(i32(kInSlots), in.slots, T * 4);
   be.upload(i32(kInSeqlens), in.seqlens, b * 4);
   be.upload(i32(kInCuQ), in.cu_q, (b + 1) * 4);
   be.upload(i32(kInTable), in.block_table, b * in.max_blocks * 4);
+  if (in.sample) be.upload(bufs_[kInSeeds], in.seeds, b * sizeof(uint64_t));
   SeqSizes sz;
   sz.seqlens = in.seqlens;
   sz.cu_q = in.cu_q;
   for (int64_t i = 0; i < b; ++i) sz.max_seqlen = std::max<int64_t>(sz.max_seqlen, in.seqlens[i]);
-
-  EmbeddingParams ep;
-  ep.n_tokens = T;
-  ep.vocab = d_.vocab;
-  ep.hidden = H;
-  ep.ids = i32(kInTokens);
-  ep.table = embed_.data;
-  ep.table_dtype = embed_.dtype;
-  ep.out = buf(kX);
-  be.embedding(ep);
-
-  AddRmsNormParams an;
-  an.rows = T;
-  an.dim = H;
-  an.x = buf(kX);
-  an.eps = d_.eps;
-  an.y = buf(kH);
-  for (int64_t l = 0; l < d_.layers; ++l) {
-    const Layer& L = *layers_[l];
-    an.delta = l == 0 ? nullptr : buf(kDelta);  // the previous layer's MLP output joins the residual here
-    an.w = L.input_norm.data;
-    an.w_dtype = L.input_norm.dtype;
-    be.add_rms_norm(an);
-    attention(l, in, sz);  // → kDelta
-    an.delta = buf(kDelta);
-    an.w = L.post_norm.data;
-    an.w_dtype = L.post_norm.dtype;
-    be.add_rms_norm(an);
-    mlp(l, T);  // → kDelta
-  }
-  an.delta = buf(kDelta);
-  an.w = norm_.data;
-  an.w_dtype = norm_.dtype;
-  be.add_rms_norm(an);  // buf(kH): final hidden states
-
-  StepOutput out;
-  const int64_t V = d_.vocab;
-  const int64_t chunk = std::min(limits_.max_tokens, std::max<int64_t>(limits_.max_seqs, 128));
-  GemmParams g;
+  GemmParams g;  // lm_head
   g.n = V;
   g.k = H;
   g.w = lm_head_.data;
   g.w_dtype = lm_head_.dtype;
   g.y = buf(kLogits);
+  const bool last_rows = in.logits == LogitsRows::kLast || in.sample;
+
+  auto compute = [&] {
+    EmbeddingParams ep;
+    ep.n_tokens = T;
+    ep.vocab = V;
+    ep.hidden = H;
+    ep.ids = i32(kInTokens);
+    ep.table = embed_.data;
+    ep.table_dtype = embed_.dtype;
+    ep.out = buf(kX);
+    be.embedding(ep);
+    AddRmsNormParams an;
+    an.rows = T;
+    an.dim = H;
+    an.x = buf(kX);
+    an.eps = d_.eps;
+    an.y = buf(kH);
+    for (int64_t l = 0; l < d_.layers; ++l) {
+      const Layer& L = *layers_[l];
+      an.delta = l == 0 ? nullptr : buf(kDelta);  // the previous layer's MLP output joins the residual here
+      an.w = L.input_norm.data;
+      an.w_dtype = L.input_norm.dtype;
+      be.add_rms_norm(an);
+      attention(l, in, sz);  // → kDelta
+      an.delta = buf(kDelta);
+      an.w = L.post_norm.data;
+      an.w_dtype = L.post_norm.dtype;
+      be.add_rms_norm(an);
+      mlp(l, T);  // → kDelta
+    }
+    an.delta = buf(kDelta);
+    an.w = norm_.data;
+    an.w_dtype = norm_.dtype;
+    be.add_rms_norm(an);  // buf(kH): final hidden states
+    if (last_rows) {
+      // Each sequence's last row: steps of one token per sequence already have them in order.
+      if (T != b)
+        for (int64_t i = 0; i < b; ++i)
+          be.copy(buf(kHsel) + i * H, buf(kH) + (in.cu_q[i + 1] - 1) * H, H * sizeof(float));
+      g.m = b;
+      g.x = T == b ? buf(kH) : buf(kHsel);
+      be.gemm(g);
+      if (in.sample) {
+        SampleBatchParams sp;
+        sp.rows = b;
+        sp.vocab = V;
+        sp.logits = buf(kLogits);
+        sp.temperature = in.temperature;
+        sp.top_k = in.top_k;
+        sp.top_p = in.top_p;
+        sp.seeds = reinterpret_cast<const uint64_t*>(bufs_[kInSeeds]);
+        sp.out = i32(kOutTokens);
+        sp.bad = i32(kOutBad);
+        be.sample(sp);
+      }
+    }
+  };
+  if (in.decode) {
+    // A decode step's work depends only on these (and on fixed buffers and weights): one
+    // captured graph per key (CUDA; the CPU backend just runs it).
+    std::ostringstream key;
+    key << b << '/' << T << '/' << in.max_blocks << '/' << last_rows << '/' << in.sample << '/' << std::hexfloat
+        << in.temperature << '/' << in.top_k << '/' << in.top_p;
+    be.run_captured(key.str(), compute);
+  } else {
+    compute();
+  }
+
+  StepOutput out;
+  if (in.logits == LogitsRows::kLast) {
+    out.logits.resize(static_cast<size_t>(b * V));
+    be.download(out.logits.data(), buf(kLogits), out.logits.size() * sizeof(float));
+  }
+  if (in.sample) {
+    out.tokens.resize(b);
+    int32_t bad = 0;
+    be.download(out.tokens.data(), i32(kOutTokens), b * sizeof(int32_t));
+    be.download(&bad, i32(kOutBad), sizeof(int32_t));
+    DSV2_CHECK(bad == 0, kRange,
+               "sequence " << bad - 1 << ": its logits hold a NaN or +inf, or only -inf: nothing can be sampled");
+  }
   if (in.logits == LogitsRows::kAll) {
+    const int64_t chunk = std::min(limits_.max_tokens, std::max<int64_t>(limits_.max_seqs, 128));
     out.logits.resize(static_cast<size_t>(T * V));
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
       g.m = std::min(chunk, T - r0);
       g.x = buf(kH) + r0 * H;
       be.gemm(g);
       be.download(out.logits.data() + r0 * V, buf(kLogits), static_cast<size_t>(g.m * V) * sizeof(float));
-    }
-  }
-  if (in.logits == LogitsRows::kLast || in.sample) {
-    // Each sequence's last row: decode steps of one token per sequence already have them in order.
-    if (T != b)
-      for (int64_t i = 0; i < b; ++i)
-        be.copy(buf(kHsel) + i * H, buf(kH) + (in.cu_q[i + 1] - 1) * H, H * sizeof(float));
-    g.m = b;
-    g.x = T == b ? buf(kH) : buf(kHsel);
-    be.gemm(g);
-    if (in.logits == LogitsRows::kLast) {
-      out.logits.resize(static_cast<size_t>(b * V));
-      be.download(out.logits.data(), buf(kLogits), out.logits.size() * sizeof(float));
-    }
-    if (in.sample) {
-      be.upload(bufs_[kInSeeds], in.seeds, b * sizeof(uint64_t));
-      SampleBatchParams sp;
-      sp.rows = b;
-      sp.vocab = V;
-      sp.logits = buf(kLogits);
-      sp.temperature = in.temperature;
-      sp.top_k = in.top_k;
-      sp.top_p = in.top_p;
-      sp.seeds = reinterpret_cast<const uint64_t*>(bufs_[kInSeeds]);
-      sp.out = i32(kOutTokens);
-      sp.bad = i32(kOutBad);
-      be.sample(sp);
-      out.tokens.resize(b);
-      int32_t bad = 0;
-      be.download(out.tokens.data(), i32(kOutTokens), b * sizeof(int32_t));
-      be.download(&bad, i32(kOutBad), sizeof(int32_t));
-      DSV2_CHECK(bad == 0, kRange,
-                 "sequence " << bad - 1 << ": its logits hold a NaN or +inf, or only -inf: nothing can be sampled");
     }
   }
   be.sync();
