@@ -259,17 +259,7 @@ void check_prefill(const MlaPrefillParams& hp) {
 }
 
 cuda::PrefillSeq prefill_seq(const MlaPrefillParams& hp, int64_t i) {
-  cuda::PrefillSeq s;
-  s.q0 = hp.cu_seqlens_q[i];
-  s.n_q = hp.cu_seqlens_q[i + 1] - s.q0;
-  s.s_k = hp.seqlens[i];
-  s.h = hp.h;
-  s.d_nope = hp.d_nope;
-  s.d_r = hp.d_r;
-  s.d_v = hp.d_v;
-  s.d_c = hp.d_c;
-  s.scale = hp.scale;
-  return s;
+  return cuda::prefill_seq_of(hp, i, hp.cu_seqlens_q, hp.seqlens);
 }
 
 // Device copies of the inputs, the output and one scratch buffer for the batch's largest need.

@@ -22,11 +22,18 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   mla_prefill_cuda: async (o) => (await import('./mla_prefill_cuda')).benchMlaPrefillCuda(o),
 };
 
+/** Groups: each issue's benchmarks by the name its text uses (`npm run bench -- mla` on a GPU). */
+const GROUPS: Record<string, string[]> = {
+  mla: ['mla_decode_cuda', 'mla_prefill_cuda', 'mla_decode', 'kv_append'],
+  moe: ['moe_route_cuda', 'moe_experts_cuda', 'moe_route'],
+  dense: ['gemm_cuda', 'gemm'],
+};
+
 async function run(argv: string[]): Promise<number> {
   const quick = argv.includes('--quick');
-  const names = argv.filter((a) => !a.startsWith('--'));
+  const names = argv.filter((a) => !a.startsWith('--')).flatMap((n) => GROUPS[n] ?? [n]);
   if (argv.includes('--help')) {
-    console.log(`usage: npm run bench -- [${Object.keys(BENCHES).join('|')}]... [--quick]`);
+    console.log(`usage: npm run bench -- [${[...Object.keys(GROUPS), ...Object.keys(BENCHES)].join('|')}]... [--quick]`);
     return 0;
   }
   for (const n of names) {

@@ -104,6 +104,20 @@ struct PrefillSeq {
 // Bytes of device scratch one call needs (256-byte aligned base). Non-decreasing in s_k and h
 // for fixed dims, so one buffer sized for the longest sequence of a batch serves every
 // sequence of it, reused call after call on one stream (calls on a stream run in order).
+// Sequence i of a prefill call, from host copies of its cu_seqlens_q and seqlens.
+inline PrefillSeq prefill_seq_of(const MlaPrefillParams& p, int64_t i, const int32_t* cu_q, const int32_t* seqlens) {
+  PrefillSeq s;
+  s.q0 = cu_q[i];
+  s.n_q = cu_q[i + 1] - s.q0;
+  s.s_k = seqlens[i];
+  s.h = p.h;
+  s.d_nope = p.d_nope;
+  s.d_r = p.d_r;
+  s.d_v = p.d_v;
+  s.d_c = p.d_c;
+  s.scale = p.scale;
+  return s;
+}
 size_t mla_prefill_scratch_bytes(const PrefillSeq& s);
 const char* mla_prefill_kernel_name(const PrefillSeq& s);
 // Full prefill of one sequence = expand then attend (n_q = 0 or s_k = 0: nothing is launched).

@@ -282,8 +282,10 @@ const char* kind_name(Kind k) {
 }
 
 template <int BM, bool kSplitX>
-void tc_func_setup(int* slots) {
+void tc_func_setup(int smem_optin, int* slots, bool* fits) {
   auto* f = tc_kernel<BM, kSplitX>;
+  *fits = TcCfg<BM>::kSmem <= smem_optin;
+  if (!*fits) return;  // e.g. BM = 32 and 128 on sm_86 / sm_89 (99 KiB per block)
   DSV2_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, TcCfg<BM>::kSmem));
   int n = 0;
   DSV2_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f, kTcThreads, TcCfg<BM>::kSmem));
@@ -293,6 +295,7 @@ void tc_func_setup(int* slots) {
 struct DeviceInfo {
   int sms = 1;
   int slots[kTcKinds] = {1, 1, 1, 1};  // resident tc blocks per SM, per kind
+  bool fits[kTcKinds] = {};            // the kind's stages fit the per-block shared-memory opt-in
   bool pools = false;                  // stream-ordered allocation (split-K scratch) works
 };
 
@@ -308,10 +311,12 @@ const DeviceInfo& device_info() {
   if (it != cache.end()) return it->second;
   DeviceInfo d;
   DSV2_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
-  tc_func_setup<16, true>(&d.slots[0]);
-  tc_func_setup<32, true>(&d.slots[1]);
-  tc_func_setup<64, false>(&d.slots[2]);
-  tc_func_setup<128, false>(&d.slots[3]);
+  int optin = 0;
+  DSV2_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  tc_func_setup<16, true>(optin, &d.slots[0], &d.fits[0]);
+  tc_func_setup<32, true>(optin, &d.slots[1], &d.fits[1]);
+  tc_func_setup<64, false>(optin, &d.slots[2], &d.fits[2]);
+  tc_func_setup<128, false>(optin, &d.slots[3], &d.fits[3]);
   int pools = 0;
   if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess && pools) {
     cudaMemPool_t pool;
@@ -330,31 +335,40 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 
 struct Plan {
   Kind kind = Kind::kTiled;
+  int bm = 0;  // tc kinds: rows per block
   int splits = 1;
   int64_t k_split = 0;  // K per split (a multiple of kBK)
 };
 
 Plan make_plan(const GemmParams& p) {
   Plan pl;
-  const bool tc = p.w_dtype == DType::kBF16 && p.k > 0 && p.k % 8 == 0 && aligned16(p.x) && aligned16(p.w);
-  if (!tc) {
+  // m, n ≥ 1 here (gemm returns before for empty outputs; gemm_kernel_name may see them).
+  const bool tc = p.w_dtype == DType::kBF16 && p.m > 0 && p.n > 0 && p.k > 0 && p.k % 8 == 0 && aligned16(p.x) &&
+                  aligned16(p.w);
+  const DeviceInfo* d = tc ? &device_info() : nullptr;
+  pl.kind = !tc ? Kind::kTiled : p.m <= 16 ? Kind::kTc16x : p.m <= 32 ? Kind::kTc32x : p.m <= 64 ? Kind::kTc64 : Kind::kTc128;
+  // Where a tile's stages exceed the device's shared-memory opt-in, the next smaller tile with
+  // the same x treatment (its grid covers any M), else the SIMT kernels.
+  if (pl.kind == Kind::kTc32x && !d->fits[1]) pl.kind = Kind::kTc16x;
+  if (pl.kind == Kind::kTc128 && !d->fits[3]) pl.kind = Kind::kTc64;
+  if (tc && !d->fits[static_cast<int>(pl.kind) - static_cast<int>(Kind::kTc16x)]) pl.kind = Kind::kTiled;
+  if (pl.kind == Kind::kTiled) {
     pl.kind = p.m <= kGemvMaxM ? Kind::kGemv : Kind::kTiled;
     return pl;
   }
-  pl.kind = p.m <= 16 ? Kind::kTc16x : p.m <= 32 ? Kind::kTc32x : p.m <= 64 ? Kind::kTc64 : Kind::kTc128;
-  const int bm = p.m <= 16 ? 16 : p.m <= 32 ? 32 : p.m <= 64 ? 64 : 128;
-  const int bk = p.m <= 32 ? TcCfg<16>::kBK : TcCfg<64>::kBK;
+  const int bm = pl.kind == Kind::kTc16x ? 16 : pl.kind == Kind::kTc32x ? 32 : pl.kind == Kind::kTc64 ? 64 : 128;
+  pl.bm = bm;
+  const int bk = bm <= 32 ? TcCfg<16>::kBK : TcCfg<64>::kBK;
   const int64_t ktiles = (p.k + bk - 1) / bk;
   pl.k_split = ktiles * bk;
-  const DeviceInfo& d = device_info();
   const int64_t blocks = ((p.n + kBN - 1) / kBN) * ((p.m + bm - 1) / bm);
-  const int64_t slots = static_cast<int64_t>(d.sms) * d.slots[static_cast<int>(pl.kind) - static_cast<int>(Kind::kTc16x)];
+  const int64_t slots = static_cast<int64_t>(d->sms) * d->slots[static_cast<int>(pl.kind) - static_cast<int>(Kind::kTc16x)];
   // Splits wanted: enough blocks for one wave of resident blocks; and, for the weight-
   // streaming shapes (M ≤ 64), blocks of ≤ 256 KiB of W each, so the last, partial wave (a
   // few blocks streaming at one SM's rate) stays short against the whole call.
   int64_t want = blocks < slots ? (slots + blocks - 1) / blocks : 1;
   if (p.m <= 64) want = std::max<int64_t>(want, (kBN * p.k * 2 + (256 << 10) - 1) / (256 << 10));
-  if (d.pools && want > 1) {
+  if (d->pools && want > 1) {
     const int64_t cap = std::min<int64_t>({16, ktiles / 4, p.k / (32 * p.m)});
     const int64_t s = std::max<int64_t>(1, std::min(want, cap));
     const int64_t per = (ktiles + s - 1) / s;  // K-tiles per split; every split non-empty
@@ -395,7 +409,7 @@ void gemm(const GemmParams& p, void* stream) {
     DSV2_CUDA_LAUNCH_CHECK();
     return;
   }
-  DSV2_CHECK(ceil_div(p.m, 128) <= 65535, kUnsupported, "CUDA gemm: m = " << p.m << " rows exceed the tensor-core kernel's grid");
+  DSV2_CHECK(ceil_div(p.m, pl.bm) <= 65535, kUnsupported, "CUDA gemm: m = " << p.m << " rows exceed the tensor-core kernel's grid");
   float* part = nullptr;
   const int64_t mn = p.m * p.n;
   if (pl.splits > 1) {

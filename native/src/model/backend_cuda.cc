@@ -132,20 +132,9 @@ class CudaBackend final : public Backend {
   }
 
   void mla_prefill(const MlaPrefillParams& p, const SeqSizes& s) override {
-    for (int64_t i = 0; i < p.b; ++i) {
-      cuda::PrefillSeq q;
-      q.q0 = s.cu_q[i];
-      q.n_q = s.cu_q[i + 1] - q.q0;
-      q.s_k = s.seqlens[i];
-      q.h = p.h;
-      q.d_nope = p.d_nope;
-      q.d_r = p.d_r;
-      q.d_v = p.d_v;
-      q.d_c = p.d_c;
-      q.scale = p.scale;
-      cuda::mla_prefill_seq(p.cache, p.block_table + i * p.max_blocks, q, p.q, p.kv_b, p.kv_b_dtype, pf_, pf_bytes_,
-                            p.out, stream_);
-    }
+    for (int64_t i = 0; i < p.b; ++i)
+      cuda::mla_prefill_seq(p.cache, p.block_table + i * p.max_blocks, cuda::prefill_seq_of(p, i, s.cu_q, s.seqlens), p.q,
+                            p.kv_b, p.kv_b_dtype, pf_, pf_bytes_, p.out, stream_);
   }
   void moe_route(const MoeRouteParams& p) override { cuda::moe_route(p, stream_); }
   void moe_experts(const MoeExpertsParams& p) override { cuda::moe_experts(p, moe_, stream_); }

@@ -572,22 +572,25 @@ StepOutput Engine::step(const StepInput& in_) {
   return out;
 }
 
+// y[m, N] = x[m, K] · Wᵀ for an nn.Linear weight W [N, K].
+void Engine::linear(const float* x, int64_t m, const Weight& w, float* y) {
+  GemmParams g;
+  g.m = m;
+  g.n = w.shape[0];
+  g.k = w.shape[1];
+  g.x = x;
+  g.w = w.data;
+  g.w_dtype = w.dtype;
+  g.y = y;
+  be_->gemm(g);
+}
+
 void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
   const Layer& L = *layers_[l];
   Backend& be = *be_;
   const int64_t T = in.n_tokens, H = d_.hidden, nh = d_.heads, qk = d_.qk_dim();
   const int64_t dC = d_.d_c, dR = d_.d_r, dN = d_.d_nope, dV = d_.d_v;
-  auto gemm = [&](const float* x, int64_t m, const Weight& w, float* y) {
-    GemmParams g;
-    g.m = m;
-    g.n = w.shape[0];
-    g.k = w.shape[1];
-    g.x = x;
-    g.w = w.data;
-    g.w_dtype = w.dtype;
-    g.y = y;
-    be.gemm(g);
-  };
+  auto gemm = [this](const float* x, int64_t m, const Weight& w, float* y) { linear(x, m, w, y); };
   auto norm = [&](const float* x, int64_t rows, const Weight& w, float* y) {
     RmsNormParams n;
     n.rows = rows;
@@ -719,17 +722,7 @@ void Engine::mlp(int64_t l, int64_t T) {
   const Layer& L = *layers_[l];
   Backend& be = *be_;
   const int64_t H = d_.hidden;
-  auto gemm = [&](const float* x, const Weight& w, float* y) {
-    GemmParams g;
-    g.m = T;
-    g.n = w.shape[0];
-    g.k = w.shape[1];
-    g.x = x;
-    g.w = w.data;
-    g.w_dtype = w.dtype;
-    g.y = y;
-    be.gemm(g);
-  };
+  auto gemm = [this, T](const float* x, const Weight& w, float* y) { linear(x, T, w, y); };
   if (!L.moe) {
     gemm(buf(kH), L.gate_up, buf(kGu));
     SiluMulParams s;

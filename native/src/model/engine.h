@@ -147,6 +147,7 @@ class Engine {
   void check_step(const StepInput& in) const;
   void attention(int64_t l, const StepInput& in, const SeqSizes& sz);
   void mlp(int64_t l, int64_t t);
+  void linear(const float* x, int64_t m, const Weight& w, float* y);
   float* buf(size_t i) const { return bufs_[i]; }
 
   std::unique_ptr<Backend> be_;
