@@ -12,7 +12,7 @@ import type { RopeTable } from '../ops';
 import { tensorArg } from '../ops/args';
 import type { Tensor } from '../tensor';
 import { isMoeLayer, type DeepSeekConfig } from './config';
-import type { ModelWeights } from './weights';
+import type { LayerWeights, ModelWeights } from './weights';
 
 export interface EngineLimits {
   /** Tokens one step carries (longer prompts are prefilled in chunks of this size). */
@@ -68,43 +68,68 @@ export class NativeEngine {
   }
 
   /**
-   * Builds the engine on `device` and copies every weight there (progress in bytes), or with
-   * `{random: seed}` makes random weights there (benchmarks: std 1/sqrt(fan_in), the same
-   * values on every device). The cache must live on the same device; the engine keeps it alive.
+   * An engine on `device` with no weights yet: give them with setWeights / setLayer +
+   * setGlobals, or randomWeights; then setRope. The cache must live on the same device; the
+   * engine keeps it alive.
+   */
+  static open(c: DeepSeekConfig, cache: KvCache, device: 'cpu' | 'cuda', limits: EngineLimits): NativeEngine {
+    try {
+      const raw = new (binding().Engine)({ device, dims: engineDims(c), cache: cache.raw(), ...limits });
+      return new NativeEngine(raw, device, limits, cache.pageSize, c.vocabSize);
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
+  /**
+   * open() + every weight (copied to the device, progress in bytes) or, with `{random: seed}`,
+   * random weights made there (benchmarks: std 1/sqrt(fan_in), the same values on every
+   * device) + the rope tables. Disposes the engine if anything fails.
    */
   static async create(c: DeepSeekConfig, weights: ModelWeights | { random: number; dtype?: 'bf16' | 'f32' }, cache: KvCache,
     rope: RopeTable, device: 'cpu' | 'cuda', limits: EngineLimits,
     opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<NativeEngine> {
-    const dims = engineDims(c);
-    let raw: RawEngine;
+    const engine = NativeEngine.open(c, cache, device, limits);
     try {
-      raw = new (binding().Engine)({ device, dims, cache: cache.raw(), ...limits });
-    } catch (e) {
-      throw fromNative(e);
-    }
-    const engine = new NativeEngine(raw, device, limits, cache.pageSize, c.vocabSize);
-    try {
-      if ('random' in weights) {
-        // Random weights made where the engine runs (no files, nothing through the host).
-        await native(raw.randomWeights(weights.random, weights.dtype ?? 'bf16'));
-        await native(raw.setRope(tensorArg(rope.cos, 'cos'), tensorArg(rope.sin, 'sin')));
-        return engine;
-      }
-      const list = engineWeights(weights);
-      const total = list.reduce((a, [, , t]) => a + t.data.byteLength, 0);
-      let done = 0;
-      for (const [layer, name, t] of list) {
-        if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted while copying weights to ${device}`);
-        await native(raw.setWeight(layer, name, tensorArg(t, name)));
-        done += t.data.byteLength;
-        opts.onProgress?.(done, total);
-      }
-      await native(raw.setRope(tensorArg(rope.cos, 'cos'), tensorArg(rope.sin, 'sin')));
+      if ('random' in weights) await engine.randomWeights(weights.random, weights.dtype ?? 'bf16');
+      else await engine.#upload(engineWeights(weights), opts);
+      await engine.setRope(rope);
     } catch (e) {
       engine.dispose();
       throw e;
     }
     return engine;
+  }
+
+  async #upload(list: [number, string, Tensor][], opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<void> {
+    const raw = this.#engine();
+    const total = list.reduce((a, [, , t]) => a + t.data.byteLength, 0);
+    let done = 0;
+    for (const [layer, name, t] of list) {
+      if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted while copying weights to ${this.device}`);
+      await native(raw.setWeight(layer, name, tensorArg(t, name)));
+      done += t.data.byteLength;
+      opts.onProgress?.(done, total);
+    }
+  }
+
+  /** Copies one layer's weights (as loadWeights arranges them) to the engine. */
+  async setLayer(layer: number, w: LayerWeights): Promise<void> {
+    await this.#upload(layerWeights(layer, w));
+  }
+
+  /** Copies the embedding, final norm and lm_head to the engine. */
+  async setGlobals(w: Pick<ModelWeights, 'embed' | 'norm' | 'lmHead'>): Promise<void> {
+    await this.#upload([[-1, 'embed', w.embed], [-1, 'norm', w.norm], [-1, 'lm_head', w.lmHead]]);
+  }
+
+  /** Every weight random (seeded), made where the engine runs: nothing goes through the host. */
+  async randomWeights(seed: number, dtype: 'bf16' | 'f32' = 'bf16'): Promise<void> {
+    await native(this.#engine().randomWeights(seed, dtype));
+  }
+
+  async setRope(rope: RopeTable): Promise<void> {
+    await native(this.#engine().setRope(tensorArg(rope.cos, 'cos'), tensorArg(rope.sin, 'sin')));
   }
 
   #engine(): RawEngine {
@@ -200,35 +225,37 @@ export function engineDims(c: DeepSeekConfig): Record<string, number | string | 
 
 /** Every weight the engine takes: [layer (-1: global), name, tensor]. */
 function engineWeights(w: ModelWeights): [number, string, Tensor][] {
-  const out: [number, string, Tensor][] = [[-1, 'embed', w.embed], [-1, 'norm', w.norm], [-1, 'lm_head', w.lmHead]];
-  w.layers.forEach((L, l) => {
-    const add = (name: string, t: Tensor | null | undefined) => {
-      if (t) out.push([l, name, t]);
-    };
-    add('input_norm', L.inputNorm);
-    add('post_norm', L.postNorm);
-    add('q_proj', L.qProj);
-    add('q_a', L.qA);
-    add('q_a_norm', L.qANorm);
-    add('q_b', L.qB);
-    add('kv_a', L.kvA);
-    add('kv_a_norm', L.kvANorm);
-    add('kv_b', L.kvB);
-    add('w_uk_t', L.wUkT);
-    add('w_uv', L.wUv);
-    add('o_proj', L.oProj);
-    const m = L.mlp;
-    if (m.kind === 'dense') {
-      add('gate_up', m.gateUp);
-      add('down', m.down);
-    } else {
-      add('gate', m.gate);
-      add('bias', m.bias);
-      add('experts_gate_up', m.experts.gateUp);
-      add('experts_down', m.experts.down);
-      add('shared_gate_up', m.shared?.gateUp);
-      add('shared_down', m.shared?.down);
-    }
-  });
+  return [[-1, 'embed', w.embed], [-1, 'norm', w.norm], [-1, 'lm_head', w.lmHead], ...w.layers.flatMap((L, l) => layerWeights(l, L))];
+}
+
+function layerWeights(l: number, L: LayerWeights): [number, string, Tensor][] {
+  const out: [number, string, Tensor][] = [];
+  const add = (name: string, t: Tensor | null | undefined) => {
+    if (t) out.push([l, name, t]);
+  };
+  add('input_norm', L.inputNorm);
+  add('post_norm', L.postNorm);
+  add('q_proj', L.qProj);
+  add('q_a', L.qA);
+  add('q_a_norm', L.qANorm);
+  add('q_b', L.qB);
+  add('kv_a', L.kvA);
+  add('kv_a_norm', L.kvANorm);
+  add('kv_b', L.kvB);
+  add('w_uk_t', L.wUkT);
+  add('w_uv', L.wUv);
+  add('o_proj', L.oProj);
+  const m = L.mlp;
+  if (m.kind === 'dense') {
+    add('gate_up', m.gateUp);
+    add('down', m.down);
+  } else {
+    add('gate', m.gate);
+    add('bias', m.bias);
+    add('experts_gate_up', m.experts.gateUp);
+    add('experts_down', m.experts.down);
+    add('shared_gate_up', m.shared?.gateUp);
+    add('shared_down', m.shared?.down);
+  }
   return out;
 }

@@ -80,6 +80,8 @@ export interface Generation extends AsyncIterable<GenerateChunk> {
 }
 
 const U64 = (1n << 64n) - 1n;
+/** Placeholder of host weights the native engine holds instead. */
+const NONE = Tensor.zeros([0]);
 
 /** Length of the longest tail of `text` that is a proper prefix of one of `stops`. */
 function stopPrefixTail(text: string, stops: readonly string[]): number {
@@ -123,47 +125,59 @@ export class Model {
       if (i.cuda.usable) device = 'cuda';
       else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);
     }
+    const useEngine = device === 'cuda' || opts.engine === 'native';
+    const maxTokens = opts.maxTokens ?? 4096;
+    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new Dsv2Error('E_RANGE', `maxTokens = ${maxTokens} must be a positive integer`);
+    if (opts.maxStepTokens !== undefined && (!Number.isSafeInteger(opts.maxStepTokens) || opts.maxStepTokens < 1)) {
+      throw new Dsv2Error('E_RANGE', `maxStepTokens = ${opts.maxStepTokens} must be a positive integer`);
+    }
     const ck = await Checkpoint.open(dir);
+    const c = ck.config;
+    const pageSize = 64;
+    let cache: KvCache | null = null;
+    let engine: NativeEngine | null = null;
     let weights: ModelWeights;
     let extras: string[];
+    let rope: ops.RopeTable;
     try {
       extras = checkTensors(ck).extras;
-      weights = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress });
+      cache = await KvCache.create({
+        layers: c.numLayers, pages: Math.ceil(maxTokens / pageSize), dC: c.kvLoraRank, dR: c.qkRopeHeadDim,
+        dtype: opts.kvCache ?? 'bf16', pageSize, device,
+      });
+      rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: Math.min(maxTokens, c.maxPositionEmbeddings), theta: c.rope.theta, yarn: c.rope.yarn });
+      if (useEngine) {
+        // The engine keeps its own copy of the weights (in GPU memory for cuda): each layer is
+        // copied there as soon as it is read and not kept on the host.
+        const maxSeqlen = Math.min(rope.cos.shape[0], cache.pages * pageSize);
+        const maxStep = Math.min(opts.maxStepTokens ?? 2048, maxSeqlen);
+        engine = NativeEngine.open(c, cache, device, { maxTokens: maxStep, maxSeqs: 1, maxSeqlen });
+        const e = engine;
+        const w = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L) });
+        await e.setGlobals(w);
+        await e.setRope(rope);
+        weights = { embed: NONE, layers: [], norm: NONE, lmHead: NONE }; // the TypeScript forward is not used
+      } else {
+        weights = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress });
+      }
+    } catch (e) {
+      engine?.dispose();
+      cache?.dispose();
+      throw e;
     } finally {
       await ck.close();
     }
-    const c = ck.config;
     const tokenizer = (() => {
       try {
         return Tokenizer.load(dir);
       } catch (e) {
         if (e instanceof Dsv2Error && /tokenizer\.json is missing/.test(e.message)) return null;
-        throw e;
-      }
-    })();
-    const maxTokens = opts.maxTokens ?? 4096;
-    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new Dsv2Error('E_RANGE', `maxTokens = ${maxTokens} must be a positive integer`);
-    const pageSize = 64;
-    const cache = await KvCache.create({
-      layers: c.numLayers, pages: Math.ceil(maxTokens / pageSize), dC: c.kvLoraRank, dR: c.qkRopeHeadDim,
-      dtype: opts.kvCache ?? 'bf16', pageSize, device,
-    });
-    const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: Math.min(maxTokens, c.maxPositionEmbeddings), theta: c.rope.theta, yarn: c.rope.yarn });
-    const ctx: ForwardContext = { config: c, weights, cache, rope };
-    if (device === 'cuda' || opts.engine === 'native') {
-      const maxSeqlen = maxSequenceTokens(ctx);
-      const maxStep = opts.maxStepTokens ?? Math.min(2048, maxSeqlen);
-      if (!Number.isSafeInteger(maxStep) || maxStep < 1) throw new Dsv2Error('E_RANGE', `maxStepTokens = ${maxStep} must be a positive integer`);
-      try {
-        ctx.engine = await NativeEngine.create(c, weights, cache, rope, device, { maxTokens: Math.min(maxStep, maxSeqlen), maxSeqs: 1, maxSeqlen },
-          { signal: opts.signal, onProgress: opts.onProgress });
-      } catch (e) {
+        engine?.dispose();
         cache.dispose();
         throw e;
       }
-      // The engine holds its own copy of the weights (on the device for cuda): drop the host tensors.
-      if (device === 'cuda') ctx.weights = { embed: weights.embed, layers: [], norm: weights.norm, lmHead: weights.lmHead };
-    }
+    })();
+    const ctx: ForwardContext = { config: c, weights, cache, rope, engine: engine ?? undefined };
     return new Model(dir, ctx, tokenizer, extras);
   }
 

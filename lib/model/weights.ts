@@ -194,6 +194,11 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Called after each tensor with (bytes read so far, total bytes). */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Streaming: each layer's weights go to this callback as soon as they are read and are not
+   * kept (the returned `layers` is then empty) — peak host memory one layer, not the model.
+   */
+  onLayer?: (layer: number, w: LayerWeights) => Promise<void>;
 }
 
 /** Reads every weight the config implies and arranges it for the runtime. */
@@ -250,7 +255,7 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
       mlp = { kind: 'dense', gateUp: concat([g, u], [2 * c.intermediateSize, H]), down: await read(`${p}.mlp.down_proj.weight`) };
     }
     const q = c.qLoraRank === null;
-    layers.push({
+    const layer: LayerWeights = {
       inputNorm: await read(`${p}.input_layernorm.weight`),
       postNorm: await read(`${p}.post_attention_layernorm.weight`),
       qProj: q ? await read(`${a}.q_proj.weight`) : null,
@@ -264,7 +269,9 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
       wUv,
       oProj: await read(`${a}.o_proj.weight`),
       mlp,
-    });
+    };
+    if (opts.onLayer) await opts.onLayer(i, layer);
+    else layers.push(layer);
   }
   const norm = await read('model.norm.weight');
   const lmHead = c.tieWordEmbeddings ? embed : await read('lm_head.weight');

@@ -5,8 +5,9 @@
  *   - the GPU's accumulation: γ(2K + 16) with u = 2^-23 on the tensor-core kernels (mma's f32
  *     accumulation is not documented to round to nearest, so one ulp per addition; 2K terms
  *     when x is split hi + lo, + up to 16 split-K partial sums), γ_K with u = 2^-24 on SIMT;
- *   - the x rounding of the tensor-core kernels: 2^-9·S where x is rounded to bf16 (M > 32),
- *     2^-18·S where x is split into bf16 hi + lo (M ≤ 32), 0 where x is bf16-representable
+ *   - the x rounding of the tensor-core kernels: 2^-8·S where x is rounded to bf16 (M > 32;
+ *     bf16 has 8 significant bits, unit roundoff 2^-8), 2^-16·S where x is split into bf16
+ *     hi (toward zero) + lo (M ≤ 32; gemm_mma.cuh), 0 where x is bf16-representable
  *     (cases marked "x bf16") or on the SIMT kernels (x used as f32); the split path also
  *     moves a residual below 2^-126 to ±2^-126 (never 0·inf = NaN against an infinite
  *     weight), ≤ 1.2e-38·Σ|w| absolute, inside the 1e-30 absolute slack.
@@ -32,7 +33,7 @@ const gamma = (n: number, u: number) => (n * u) / (1 - n * u);
 
 function xError(kernel: string, xBf16: boolean): number {
   if (!kernel.startsWith('tc_') || xBf16) return 0;
-  return kernel.endsWith('x') ? 2 ** -18 : 2 ** -9;
+  return kernel.endsWith('x') ? 2 ** -16 : 2 ** -8;
 }
 
 async function makeInputs(m: number, n: number, k: number, dt: WType, xBf16: boolean, seed: string) {
@@ -120,7 +121,8 @@ gpuDescribe(gpuTitle('CUDA gemm vs the CPU op'), () => {
         xv[(m - 1) * k + 5] = NaN;            // last row of y: all NaN
         if (m > 2) xv[1 * k + 9] = Infinity;   // row 1: ±inf (or NaN where the column holds NaN)
         wv[7 * k + 3] = NaN;                   // column 7: all NaN
-        wv[11 * k + (k - 1)] = -Infinity;      // column 11: ±inf, NaN against the inf row
+        wv[11 * k + (k - 1)] = -Infinity;      // column 11: ±inf, NaN against the inf row (M ≤ 32: x's
+                                               // hi and lo must share its sign, else inf − inf = NaN)
         if (m > 1) xv[k - 1] = 1;              // bf16-exact x against -inf: y[0, 11] = -inf, not NaN
         const x = Tensor.from(xv, [m, k]);
         const w32 = Tensor.from(wv, [n, k]);

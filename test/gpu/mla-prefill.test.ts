@@ -2,8 +2,9 @@
  * The CUDA MLA prefill (ops.mlaPrefill on a cuda cache) against the CPU op (which test/mla
  * checks against float64 references):
  *   - DeepSeek-V2 dims (dC 512, dR 64, dNope 128, dV 128): the tensor-core flash kernel, which
- *     rounds K, V and P to bf16 — inputs here are bf16 values (q, kv_b, the bf16/fp8 cache),
- *     so the rounding of K, V and P is the only difference (tolerance below);
+ *     rounds K, V and P to bf16 — inputs here are bf16 values (q, kv_b, a bf16 cache), so the
+ *     rounding of K, V and P is the only difference (an fp8 cache's dequantized latent is also
+ *     rounded to bf16 by the expansion gemm; tolerances below);
  *   - small and odd dims: the generic all-f32 kernel (FlashMLA's f32 tolerance).
  * Varlen batches mixing cached-prefix lengths 0/1/63/64/65 with n_q 1/7/64/65/300, h 1/3/16/128,
  * bf16 and fp8 caches, permuted page tables with junk past each sequence's end, NaN-poisoned
@@ -145,20 +146,26 @@ gpuDescribe(gpuTitle('CUDA mla_prefill (flash and generic kernels) vs CPU'), () 
         const d = Math.abs(a - g);
         es += d * d;
         // flash: the GPU rounds K_nope and V (f32 products of bf16 inputs) and the unnormalised
-        // probabilities P to bf16, unit roundoff u = 2^-9; the CPU keeps them f32. In
-        // o = Σ p_t v_t / Σ p_t, rounding v_t moves o by ≤ u·Σ p|v|, rounding p_t likewise, and
-        // rounding k moves each score by ≤ |scale|·u·Σ|q_i k_i| (≈ 2u at these magnitudes),
-        // i.e. p_t by that factor: ≤ ~4u = 2^-7 of Σ p|v| in the worst case, far less on
-        // average (independent roundings). Σ p|v| is not |o_k| when the sum cancels, so the
-        // bound is taken against |o_k| + the row's RMS, with a factor 4 of margin: 2^-5.
+        // probabilities P to bf16, unit roundoff u = 2^-8; the CPU keeps them f32. For an fp8
+        // cache the dequantized latent (code · scale, not a bf16 value) is also rounded to bf16
+        // by the expansion gemm (tensor-core gemm, M > 32), a second rounding of K_nope and V.
+        // In o = Σ p_t v_t / Σ p_t, rounding v_t moves o by ~u/√3 · √(Σ p² v²) / l, rounding
+        // p_t likewise, and rounding k moves each score by σ ≈ |scale| · u/√3 · ‖q‖ · rms(k)
+        // (≈ 3e-3 here, ≈ 4e-3 with the fp8 latent's rounding), i.e. p_t by that factor.
+        // Σ p|v| is not |o_k| when the sum cancels, so the error is taken against |o_k| + the
+        // row's RMS. An f64 emulation of exactly these roundings on this test's data (45k rows
+        // bf16, 210k rows fp8 of prefix 65 + 300 queries) gave at most 0.021 (bf16) / 0.030
+        // (fp8) · (|o_k| + rms): 2^-4 leaves ≥ 2x.
         // generic: both sides f32 (different summation orders): FlashMLA's abs 8e-4, rel 2/128.
-        const tol = flash ? 2 ** -5 * (Math.abs(a) + rms) + 1e-6 : 8e-4 + (2 / 128) * Math.abs(a);
+        const tol = flash ? 2 ** -4 * (Math.abs(a) + rms) + 1e-6 : 8e-4 + (2 / 128) * Math.abs(a);
         if (!(d <= tol)) throw new Error(`row ${r} (token ${Math.floor(r / c.h)}, head ${r % c.h}) dim ${k}: cpu ${a} cuda ${g} (tol ${tol})`);
       }
-      // The row as a whole: independent roundings average out, so its relative L2 error stays
-      // well under the 4u = 2^-7 worst case of any one term.
-      if (flash && Math.sqrt(es) > 2 ** -7 * Math.sqrt(ss) + 1e-6) {
-        throw new Error(`row ${r}: relative L2 error ${Math.sqrt(es / ss)} > 2^-7`);
+      // The row as a whole: independent roundings average out. The emulation above gave row
+      // relative L2 errors ≤ 6.8e-3 (bf16 cache) and ≤ 1.03e-2 (fp8: the extra rounding of the
+      // latent about doubles the error variance): bounds 2^-6 and √2 · 2^-6 leave ≥ 2x.
+      const l2 = (c.dtype === 'fp8' ? Math.SQRT2 : 1) * 2 ** -6;
+      if (flash && Math.sqrt(es) > l2 * Math.sqrt(ss) + 1e-6) {
+        throw new Error(`row ${r}: relative L2 error ${Math.sqrt(es / ss)} > ${l2}`);
       }
     }
     cpu.dispose();

@@ -4,9 +4,9 @@
  *
  * Tolerance of the logits: the CUDA path rounds activations to bf16 where tensor cores
  * multiply (gemm for M ≥ the tensor-core threshold, MoE experts, prefill attention: q, K, V,
- * P; decode: q and P), a 2^-9 relative error per rounding, compounded over the
+ * P; decode: q and P), a 2^-8 relative error per rounding (bf16's unit roundoff), compounded over the
  * 2 + 4·layers matmuls of the tiny models and through the softmax/routing. Allowance: 3% of
- * the row's largest |logit| plus 1e-3 — about 10× that budget, far below the differences a
+ * the row's largest |logit| plus 1e-3 — several times that budget for the 2-layer tiny models, far below the differences a
  * wrong kernel makes (the logits of different tokens differ by O(1)). Routing can flip where
  * two experts' scores are within that error, so greedy continuations are compared only while
  * the CPU's top-2 logit gap exceeds twice the allowance.

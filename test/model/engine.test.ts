@@ -196,6 +196,20 @@ describe('batched and chunked steps (v2, bf16 cache)', () => {
     expect(a.weights).toBe(b.weights);
   });
 
+  test('loading into the engine streams layer by layer, and an abort while loading is E_ABORTED', async () => {
+    const ac = new AbortController();
+    let calls = 0;
+    const p = Model.load(dir, { device: 'cpu', engine: 'native', signal: ac.signal, onProgress: () => { if (++calls === 5) ac.abort(); } });
+    await expect(p).rejects.toMatchObject({ code: 'E_ABORTED' });
+    const m = await Model.load(dir, { device: 'cpu', engine: 'native' });
+    try {
+      expect(m.memory()!.weights).toBeGreaterThan(0);
+      expect((await m.generate({ tokens: [256, 5, 6], maxNewTokens: 3 }).result).tokens.length).toBeGreaterThan(0);
+    } finally {
+      await m.dispose();
+    }
+  });
+
   test('a disposed engine is E_DISPOSED', async () => {
     const e2 = await NativeEngine.create(model.config, (await (async () => {
       const { loadWeights } = await import('../../lib/model/weights');

@@ -9,11 +9,14 @@
 //   as f32, rounded to bf16 while the A fragments are built (BK = 64 for BM ≤ 32, else 32). Edges in M, N and K are
 //   predicated (zero-filled tiles, guarded stores). BM by M:
 //     M ≤ 16 → BM = 16, M ≤ 32 → BM = 32  ("x" suffix: x split into bf16 hi + lo, two mma per
-//               step, so x·W is about as accurate as f32 (|x − hi − lo| ≤ 2^-18·|x|). These
+//               step: |x − hi − lo| ≤ 2^-16·|x|, against 2^-8 for one bf16 rounding). These
 //               are the decode shapes: W is streamed once for all M rows and the kernel is
 //               bound by W's bytes, so the doubled tensor work is free);
 //     M ≤ 64 → BM = 64, else BM = 128 (x rounded to bf16, round-to-nearest-even: relative
-//               error ≤ 2^-9 per x element; W is bf16 already, products are exact, sums f32).
+//               error ≤ 2^-8 per x element; W is bf16 already, products are exact, sums f32).
+//   A device whose per-block shared-memory opt-in is below a tile's 4 stages (sm_86 / sm_89:
+//   99 KiB < BM 32's 108 KiB and BM 128's 120 KiB) runs BM = 16 resp. 64 instead (same x
+//   treatment, more row blocks).
 //   When the tile grid is smaller than one wave of resident blocks (decode, N·M small against
 //   the GPU), or, for M ≤ 64, when a block would stream more than 256 KiB of W (a long tail
 //   of the last wave), K is split over gridDim.z: each split writes its own f32 partial
@@ -342,7 +345,7 @@ struct Plan {
 
 Plan make_plan(const GemmParams& p) {
   Plan pl;
-  // m, n ≥ 1 here (gemm returns before for empty outputs; gemm_kernel_name may see them).
+  // gemm returns before empty outputs, but gemm_kernel_name may be asked about them (m or n = 0).
   const bool tc = p.w_dtype == DType::kBF16 && p.m > 0 && p.n > 0 && p.k > 0 && p.k % 8 == 0 && aligned16(p.x) &&
                   aligned16(p.w);
   const DeviceInfo* d = tc ? &device_info() : nullptr;

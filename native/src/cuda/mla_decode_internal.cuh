@@ -38,7 +38,7 @@ struct Plan {
   int64_t capacity = 0, n_parts = 0;
 };
 
-// Tensor-core kernel (mla_decode_mma.cu). Block keys 64 (H100: 222 KiB of shared memory for
+// Tensor-core kernel (mla_decode_mma.cu). Block keys 64 (H100: 217 KiB of shared memory for
 // bf16, 227 KiB for fp8) or 32 (A100's 163 KiB); 0 = does not fit this device.
 size_t mma_smem_bytes(int block_keys, bool fp8);
 // Grid: n_parts · ceil(s_q · h_q / 64) CTAs of 256 threads.

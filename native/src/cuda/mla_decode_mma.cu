@@ -12,7 +12,7 @@
 //     O += P·V with V = the first 512 dims of the same shared-memory K tile (no second load);
 //   - bf16 cache: the raw bf16 tokens are copied as they are. fp8 cache: the raw 656-byte
 //     tokens are copied (double-buffered) and dequantized, e4m3 code × tile scale rounded to
-//     bf16, into a single bf16 tile (Hopper has no bf16 × fp8 MMA; the rounding adds a 2^-9
+//     bf16, into a single bf16 tile (Hopper has no bf16 × fp8 MMA; the rounding adds a ≤ 2^-8
 //     relative error per element on top of fp8's own, see test/gpu/mla.test.ts).
 //
 // Work split over the 8 warps (warp w: row group rg = w / 4 of 32 rows, kg = w % 4):
