@@ -131,7 +131,7 @@ export interface Binding {
   gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
   benchGemmCuda(x: RawTensor, weight: RawTensor, iters: number): Promise<{ ms: number; kernel: string }>;
   softmax(x: RawTensor, scale: number, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
-  sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint }, impl?: RawImpl): Promise<RawTensor>;
+  sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint; device?: 'cpu' | 'cuda' }, impl?: RawImpl): Promise<RawTensor>;
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
   copyBandwidth(bytes: number, iters: number): Promise<number>;
   KvCache: new (opts: RawKvCacheOptions) => RawKvCache;

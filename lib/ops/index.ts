@@ -134,6 +134,11 @@ export interface SampleOptions extends OpOptions {
   topP?: number;
   /** Seed of the draw (unsigned 64-bit); same seed, same tokens. Default 0. */
   seed?: bigint | number;
+  /**
+   * 'cuda': the GPU sampler the CUDA engine uses (the same definition; its sums are parallel,
+   * so a draw within rounding of a boundary may pick a neighbour of the CPU's token).
+   */
+  device?: 'cpu' | 'cuda';
 }
 
 /**
@@ -157,6 +162,7 @@ export async function sample(logits: Tensor, opts?: SampleOptions): Promise<Tens
     topK: numberArg(opts?.topK, 'topK', 0),
     topP: numberArg(opts?.topP, 'topP', 1),
     seed,
+    ...(opts?.device ? { device: opts.device } : {}),
   }, implArg(opts)));
   return Tensor.fromRaw(raw);
 }

@@ -168,6 +168,11 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
     auto outs = c.outputs(ops::check_sample(c.tensor(0, "logits"), &p));
     p.out = static_cast<int32_t*>(outs[0]);
     Impl impl = c.impl(2);
+    const Napi::Value dev = o.Get("device");
+    DSV2_CHECK(dev.IsUndefined() || (dev.IsString() && (dev.As<Napi::String>().Utf8Value() == "cpu" ||
+                                                        dev.As<Napi::String>().Utf8Value() == "cuda")),
+               kArg, "device must be cpu or cuda");
+    if (dev.IsString() && dev.As<Napi::String>().Utf8Value() == "cuda") return c.start([p] { ops::sample_cuda(p); });
     return c.start([p, impl] { ops::sample(p, impl); }, false, 40.0 * p.rows * p.vocab);
   });
 }

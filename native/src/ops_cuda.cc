@@ -14,6 +14,7 @@
 #include "dsv2/status.h"
 #ifdef DSV2_WITH_CUDA
 #include "cuda/cuda_ops.h"
+#include "cuda/model_ops.h"
 #endif
 
 namespace dsv2::ops {
@@ -576,6 +577,36 @@ void softmax_cuda(const SoftmaxParams& hp) {
 #else
   (void)hp;
   require_cuda_usable("softmax");
+#endif
+}
+
+void sample_cuda(const SampleParams& hp) {
+#ifdef DSV2_WITH_CUDA
+  if (hp.rows == 0) return;
+  Scope sc;
+  // Row r of a SampleParams call draws with seed + (r + 1)·golden; the kernel draws row r with
+  // seeds[r] + golden (a one-row call's formula): seeds[r] = seed + r·golden is the same draw.
+  std::vector<uint64_t> seeds(hp.rows);
+  for (int64_t r = 0; r < hp.rows; ++r) seeds[r] = hp.seed + static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull;
+  model::SampleBatchParams p;
+  p.rows = hp.rows;
+  p.vocab = hp.vocab;
+  p.logits = sc.upload(hp.logits, hp.rows * hp.vocab);
+  p.temperature = hp.temperature;
+  p.top_k = hp.top_k;
+  p.top_p = hp.top_p;
+  p.seeds = sc.upload(seeds.data(), seeds.size());
+  p.out = sc.alloc<int32_t>(hp.rows);
+  p.bad = sc.alloc<int32_t>(1);
+  cuda::sample(p, sc.stream());
+  int32_t bad = 0;
+  cuda::copy_d2h(hp.out, p.out, hp.rows * sizeof(int32_t), sc.stream());
+  cuda::copy_d2h(&bad, p.bad, sizeof(int32_t), sc.stream());
+  sc.finish();
+  DSV2_CHECK(bad == 0, kRange, "logits row " << bad - 1 << " holds a NaN or +inf, or only -inf: nothing can be sampled");
+#else
+  (void)hp;
+  require_cuda_usable("sample");
 #endif
 }
 

@@ -28,6 +28,7 @@ void rms_norm_cuda(const RmsNormParams& p);
 void rope_cuda(const RopeParams& p);
 void silu_mul_cuda(const SiluMulParams& p);
 void softmax_cuda(const SoftmaxParams& p);
+void sample_cuda(const SampleParams& p);  // p: host logits and output; the GPU sampler (model_kernels.cu)
 void moe_experts_cuda(const MoeExpertsParams& p);  // p: host inputs, weights and output
 
 // Kernel-only milliseconds per gemm call with x and W resident on the device: calls cycle

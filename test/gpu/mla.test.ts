@@ -135,6 +135,7 @@ function decodeCases(): DecodeCase[] {
     v2({ b: 64, sQ: 4, hQ: 3, lens: varlen(64, [65, 20, 1, 130]) });
     v2({ b: 128, sQ: 2, hQ: 64, lens: Array.from({ length: 128 }, (_, i) => (i * 37) % 300) });
     v2({ b: 2, sQ: 4, hQ: 64, lens: [4096, 1000], split: 128 }); // many parts and items
+    v2({ b: 1, sQ: 2, hQ: 16, lens: [65], split: 16 }); // items [0, 64), [64, 65): query 0 sees none of the second (partial lse -inf)
     v2({ b: 128, sQ: 1, hQ: 128, lens: Array(128).fill(4096) }); // the large corner
     const gen = (c: Omit<DecodeCase, 'dims' | 'dtype'>) => out.push({ dims: 'small', dtype, ...c });
     gen({ b: 2, sQ: 2, hQ: 3, lens: [20, 0] });

@@ -1,0 +1,81 @@
+/**
+ * The GPU sampler (the CUDA engine's on-device sampling, reached by ops.sample with device
+ * 'cuda') against the CPU op, which test/ops checks against a float64 reference.
+ * - Greedy: identical (argmax, lowest id on ties) — including ties and -inf entries.
+ * - Temperature / top-k / top-p: the same definition of the draw, but the GPU sums in a
+ *   different (parallel) order, so a draw within rounding (~1e-15 relative) of a boundary can
+ *   land on the neighbouring token: over 2 000 seeded rows we require ≥ 99.5% identical tokens,
+ *   and every GPU token inside the CPU's kept set (top-k / top-p computed here in float64).
+ * - NaN / +inf / all -inf rows are E_RANGE.
+ * Skipped with the reason in the title where no CUDA device is usable (CI).
+ */
+import { Tensor } from '../../lib';
+import * as ops from '../../lib/ops';
+import { Rng } from '../reference/rng';
+import { gpuDescribe, gpuTitle } from './cuda';
+
+/** Ids kept by top-k then top-p (descending logit, lower id first on ties), in float64. */
+function keptSet(l: Float32Array, T: number, topK: number, topP: number): Set<number> {
+  const order = Array.from(l.keys()).sort((a, b) => l[b] - l[a] || a - b);
+  const k = topK > 0 && topK < l.length ? topK : l.length;
+  const top = order.slice(0, k);
+  if (topP >= 1) return new Set(top);
+  const mx = l[top[0]];
+  const w = top.map((i) => Math.exp((l[i] - mx) / T));
+  const tot = w.reduce((a, b) => a + b, 0);
+  let cum = 0;
+  const kept: number[] = [];
+  for (let j = 0; j < top.length; j++) {
+    cum += w[j];
+    kept.push(top[j]);
+    if (cum >= topP * tot) break;
+  }
+  // The boundary itself is subject to rounding: allow the next tie-free neighbour too.
+  if (kept.length < top.length) kept.push(top[kept.length]);
+  return new Set(kept);
+}
+
+gpuDescribe(gpuTitle('CUDA sampler vs CPU'), () => {
+  const rng = new Rng('gpu sample');
+
+  test('greedy is identical, ties and -inf included (vocab 1, 7, 1000, 102400)', async () => {
+    for (const V of [1, 7, 1000, 102400]) {
+      const rows = 16;
+      const l = Float32Array.from({ length: rows * V }, () => Math.round(rng.normal() * 4) / 4); // many ties
+      for (let r = 0; r < rows; r++) l[r * V + (r % V)] = -Infinity;
+      if (V > 1) l[3 * V + 1] = 50; // a clear max
+      const t = Tensor.from(l, [rows, V]);
+      const cpu = (await ops.sample(t)).data as Int32Array;
+      const gpu = (await ops.sample(t, { device: 'cuda' })).data as Int32Array;
+      expect([V, Array.from(gpu)]).toEqual([V, Array.from(cpu)]);
+    }
+  });
+
+  test.each([
+    [1.0, 0, 1.0], [0.7, 50, 1.0], [1.0, 0, 0.9], [1.3, 40, 0.8], [0.5, 1, 1.0], [1.0, 0, 1e-9],
+  ])('temperature %p, topK %p, topP %p: ≥ 99.5%% the CPU tokens, all inside the kept set', async (T, topK, topP) => {
+    const V = 3001;
+    const rows = 2000;
+    const l = Float32Array.from({ length: rows * V }, () => rng.normal() * 3);
+    const t = Tensor.from(l, [rows, V]);
+    const seed = 12345n;
+    const cpu = (await ops.sample(t, { temperature: T, topK, topP, seed })).data as Int32Array;
+    const gpu = (await ops.sample(t, { temperature: T, topK, topP, seed, device: 'cuda' })).data as Int32Array;
+    let same = 0;
+    for (let r = 0; r < rows; r++) {
+      if (cpu[r] === gpu[r]) same++;
+      const kept = keptSet(l.subarray(r * V, (r + 1) * V), T, topK, topP);
+      if (!kept.has(gpu[r])) throw new Error(`row ${r}: gpu token ${gpu[r]} is outside the kept set (cpu ${cpu[r]})`);
+    }
+    expect(same / rows).toBeGreaterThanOrEqual(0.995);
+  }, 120_000);
+
+  test('NaN, +inf and all -inf rows are E_RANGE', async () => {
+    for (const bad of [NaN, Infinity]) {
+      const l = new Float32Array(10).fill(0);
+      l[4] = bad;
+      await expect(ops.sample(Tensor.from(l, [1, 10]), { temperature: 1, device: 'cuda' })).rejects.toMatchObject({ code: 'E_RANGE' });
+    }
+    await expect(ops.sample(Tensor.from(new Float32Array(5).fill(-Infinity), [1, 5]), { device: 'cuda' })).rejects.toMatchObject({ code: 'E_RANGE' });
+  });
+});
