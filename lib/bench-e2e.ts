@@ -66,6 +66,8 @@ export interface E2eResult {
   copyBandwidth: number;
   weightBytes: number;
   memory: { weights: number; cache: number; workspace: number };
+  /** CUDA graphs of the decode steps (captured, failed captures, replays). */
+  graphs: { captured: number; failed: number; launches: number };
   rows: E2eRow[];
 }
 
@@ -160,7 +162,8 @@ export async function benchE2e(o: E2eOptions): Promise<E2eResult> {
     }
     return {
       config: o.config, layers: c.numLayers, device: o.device, deviceName, kvCache: kv, copyBandwidth: bw,
-      weightBytes: mem.weights, memory: { weights: mem.weights, cache: mem.cache, workspace: mem.workspace }, rows,
+      weightBytes: mem.weights, memory: { weights: mem.weights, cache: mem.cache, workspace: mem.workspace },
+      graphs: engine.memory().graphs, rows,
     };
   } finally {
     engine?.dispose();

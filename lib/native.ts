@@ -106,7 +106,7 @@ export interface RawEngine {
   setRope(cos: RawTensor, sin: RawTensor): Promise<void>;
   randomWeights(seed: number, dtype: 'bf16' | 'f32'): Promise<void>;
   step(input: RawEngineStep): Promise<{ logits: Float32Array | null; tokens: Int32Array | null }>;
-  memory(): { weights: number; cache: number; workspace: number; device: string };
+  memory(): { weights: number; cache: number; workspace: number; device: string; graphs: { captured: number; failed: number; launches: number } };
   dispose(): void;
 }
 

@@ -48,6 +48,8 @@ export interface EngineMemory {
   /** Activations and kernel scratch, sized for the limits. */
   workspace: number;
   device: string;
+  /** CUDA graphs of decode steps: captured, failed captures (those steps run launch by launch), replays. */
+  graphs: { captured: number; failed: number; launches: number };
 }
 
 const U64 = (1n << 64n) - 1n;

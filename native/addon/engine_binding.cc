@@ -270,6 +270,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("cache", static_cast<double>(m.cache));
       o.Set("workspace", static_cast<double>(m.workspace));
       o.Set("device", e->backend().name());
+      Napi::Object g = Napi::Object::New(info.Env());
+      g.Set("captured", static_cast<double>(m.graphs_captured));
+      g.Set("failed", static_cast<double>(m.graphs_failed));
+      g.Set("launches", static_cast<double>(m.graph_launches));
+      o.Set("graphs", g);
       return o;
     });
   }

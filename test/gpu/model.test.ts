@@ -141,6 +141,11 @@ gpuDescribe(gpuTitle('the model on CUDA vs the CPU'), () => {
       expect(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength))).toBe(true);
       const o = { tokens: prompt, maxNewTokens: 12, temperature: 0.9, topK: 40, seed: 3 };
       expect((await graphs.generate(o).result).tokens).toEqual((await eager.generate(o).result).tokens);
+      // and the graphs really were captured and replayed (a failed capture falls back silently)
+      expect(graphs.memory()!.graphs).toMatchObject({ failed: 0 });
+      expect(graphs.memory()!.graphs.captured).toBeGreaterThan(0);
+      expect(graphs.memory()!.graphs.launches).toBeGreaterThan(graphs.memory()!.graphs.captured);
+      expect(eager.memory()!.graphs).toEqual({ captured: 0, failed: 0, launches: 0 });
     } finally {
       await graphs.dispose();
       await eager!.dispose();

@@ -114,6 +114,11 @@ class Backend {
   // a pointer a graph holds changes).
   virtual void run_captured(const std::string& key, const std::function<void()>& enqueue) { (void)key, enqueue(); }
   virtual void drop_captured() {}
+  // Graphs captured, captures that failed (run eagerly since), and graph launches so far.
+  struct GraphStats {
+    int64_t captured = 0, failed = 0, launches = 0;
+  };
+  virtual GraphStats graph_stats() const { return {}; }
 };
 
 // The value fill_random writes at index i (shared by the CPU and CUDA implementations).

@@ -152,13 +152,17 @@ class CudaBackend final : public Backend {
       } catch (...) {
         cuda::graph_destroy(cuda::graph_capture_end(stream_));
         graphs_[key] = nullptr;  // not capturable: run it directly from now on
+        ++stats_.failed;
         return enqueue();
       }
       it = graphs_.emplace(key, cuda::graph_capture_end(stream_)).first;
+      ++(it->second ? stats_.captured : stats_.failed);
     }
     if (it->second == nullptr) return enqueue();
     cuda::graph_launch(it->second, stream_);
+    ++stats_.launches;
   }
+  GraphStats graph_stats() const override { return stats_; }
   void drop_captured() override {
     for (auto& [k, g] : graphs_) cuda::graph_destroy(g);
     graphs_.clear();
@@ -169,6 +173,7 @@ class CudaBackend final : public Backend {
   void* stream_;
   bool graphs_on_ = true;  // DSV2_CUDA_GRAPHS=0 turns capture off
   std::map<std::string, void*> graphs_;  // key → executable graph (nullptr: capture failed)
+  GraphStats stats_;
   std::vector<void*> scratch_;
   void* decode_ws_ = nullptr;
   size_t decode_ws_bytes_ = 0;

@@ -388,6 +388,10 @@ MemoryReport Engine::memory() const {
   r.weights = weight_bytes_ + (cos_ ? 2 * static_cast<size_t>(max_pos_ * (d_.d_r / 2)) * sizeof(float) : 0);
   r.cache = static_cast<size_t>(d_.layers * pages_ * layout_.page_bytes());
   r.workspace = workspace_bytes_;
+  const Backend::GraphStats g = be_->graph_stats();
+  r.graphs_captured = g.captured;
+  r.graphs_failed = g.failed;
+  r.graph_launches = g.launches;
   return r;
 }
 

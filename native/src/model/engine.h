@@ -86,6 +86,7 @@ struct StepOutput {
 
 struct MemoryReport {
   size_t weights = 0, cache = 0, workspace = 0;
+  int64_t graphs_captured = 0, graphs_failed = 0, graph_launches = 0;  // CUDA graphs of decode steps
 };
 
 class Engine {
