@@ -20,8 +20,9 @@ export interface ModelLoadOptions {
   /** Where to run: cpu, cuda, or auto (cuda when usable). Default auto. */
   device?: DeviceChoice;
   /**
-   * Which forward runs on the CPU: 'js' (default: the ops called one by one from TypeScript)
-   * or 'native' (the C++ engine that CUDA runs on, on the CPU ops). CUDA always uses the engine.
+   * Which forward runs on the CPU: 'native' (default: the C++ engine that CUDA runs on, over
+   * the CPU ops — one worker call per step) or 'js' (the same ops called one by one from
+   * TypeScript; bit-identical, slower per token). CUDA always uses the engine.
    */
   engine?: 'js' | 'native';
   /** Tokens per engine step (longer prompts are prefilled in chunks); default min(2048, maxTokens). */
@@ -125,7 +126,7 @@ export class Model {
       if (i.cuda.usable) device = 'cuda';
       else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);
     }
-    const useEngine = device === 'cuda' || opts.engine === 'native';
+    const useEngine = device === 'cuda' || (opts.engine ?? 'native') === 'native';
     const maxTokens = opts.maxTokens ?? 4096;
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new Dsv2Error('E_RANGE', `maxTokens = ${maxTokens} must be a positive integer`);
     if (opts.maxStepTokens !== undefined && (!Number.isSafeInteger(opts.maxStepTokens) || opts.maxStepTokens < 1)) {

@@ -46,7 +46,7 @@ describe.each(KINDS)('%s (bf16 weights)', (kind) => {
     ref = loadReference(dir);
     prompt = routingSafePrompt(ref, `engine-${kind}`, T, 'f32').tokens;
     for (const kv of CACHES) {
-      js[kv] = await Model.load(dir, { kvCache: kv, device: 'cpu' });
+      js[kv] = await Model.load(dir, { kvCache: kv, device: 'cpu', engine: 'js' });
       nat[kv] = await Model.load(dir, { kvCache: kv, device: 'cpu', engine: 'native' });
     }
   });

@@ -1,56 +1,24 @@
-// Tensor-core building blocks of the bf16 GEMM (gemm.cu): cp.async, ldmatrix and
-// mma.sync m16n8k16 (bf16 × bf16 → f32), all sm_80+ PTX (the same code runs on sm_90a).
+// GEMM-specific tensor-core helpers of the bf16 GEMM (gemm.cu); the PTX wrappers (cp.async,
+// ldmatrix, mma.sync m16n8k16, pack_bf16) and the mma fragment layouts are in ptx.cuh.
 //
-// Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
-// g = lane / 4 and t = lane % 4:
-//   A (16×16, row-major): a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, 2t+9],
-//                         a3 = A[g+8][2t+8, 2t+9]   (the lower k in the lower 16 bits)
-//   B (16×8, "col"):      b0 = B[2t, 2t+1][g],      b1 = B[2t+8, 2t+9][g]
-//   C (16×8, f32):        c0, c1 = C[g][2t, 2t+1],  c2, c3 = C[g+8][2t, 2t+1]
 // With B[k][n] = W[n][k] (nn.Linear layout), b0/b1 are two consecutive bf16 of W's row n: an
 // 8×8 block of W rows read by ldmatrix (non-transposed) is exactly a B fragment half.
 #pragma once
 #include <cfloat>
 #include <cstdint>
 
+#include "ptx.cuh"
+
 namespace dsv2::cuda::mma {
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global → shared copy; src_bytes = 0 zero-fills the destination and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Four 8×8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t& d0, uint32_t& d1, uint32_t& d2, uint32_t& d3, uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(d0), "=r"(d1), "=r"(d2), "=r"(d3)
-               : "r"(addr));
-}
-
-// c += a · b (m16n8k16, bf16 inputs, f32 accumulators).
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two f32 → bf16x2 (round to nearest even); `lo` goes to the lower 16 bits.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  uint32_t d;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
-  return d;
-}
+// gemm.cu calls the shared wrappers as mma::X.
+using ptx::cp_async16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::ldmatrix_x4;
+using ptx::mma_bf16;
+using ptx::pack_bf16;
+using ptx::smem_addr;
 
 // x ≈ hi + lo with hi = x rounded toward zero to bf16 (its top 8 significant bits) and
 // lo = bf16(x − hi), round to nearest even: x − hi is exact in f32, below 2^-7·|x| and of x's

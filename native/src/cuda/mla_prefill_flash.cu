@@ -24,6 +24,7 @@
 #include <cfloat>
 
 #include "common.cuh"
+#include "ptx.cuh"
 
 namespace dsv2::cuda::prefill {
 namespace {
@@ -47,43 +48,6 @@ struct Cfg {
   static_assert(kQk % 16 == 0 && D_V % 16 == 0, "whole mma k-steps over d_qk, pairs of n-tiles over d_v");
   static_assert((kKPitch * 2) % 128 == 16 && (kVPitch * 2) % 128 == 16, "conflict-free ldmatrix rows");
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// 16 bytes global → shared, asynchronously; src_bytes = 0 writes 16 zero bytes instead.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-// d += a · b, one m16n8k16 bf16 tile with f32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as one bf16x2 register, `lo` in the low half (the lower column / key index).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  return u;
-}
 
 template <int D_NOPE, int D_R, int D_V>
 __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
@@ -119,7 +83,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       if (c < kN * kNopeChunks) {
         const int r = c / kNopeChunks, col = c % kNopeChunks, key = k0 + r;
         const bool ok = key < a.s_k;
-        cp_async16(smem_addr(dk + r * C::kKPitch + col * 8), kn_head + static_cast<int64_t>(ok ? key : 0) * D_NOPE + col * 8,
+        ptx::cp_async16(ptx::smem_addr(dk + r * C::kKPitch + col * 8), kn_head + static_cast<int64_t>(ok ? key : 0) * D_NOPE + col * 8,
                    ok ? 16 : 0);
       }
     }
@@ -129,7 +93,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       if (c < kN * kPeChunks) {
         const int r = c / kPeChunks, col = c % kPeChunks, key = k0 + r;
         const bool ok = key < a.s_k;
-        cp_async16(smem_addr(dk + r * C::kKPitch + D_NOPE + col * 8), a.kpe + static_cast<int64_t>(ok ? key : 0) * D_R + col * 8,
+        ptx::cp_async16(ptx::smem_addr(dk + r * C::kKPitch + D_NOPE + col * 8), a.kpe + static_cast<int64_t>(ok ? key : 0) * D_R + col * 8,
                    ok ? 16 : 0);
       }
     }
@@ -139,11 +103,11 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       if (c < kN * kVChunks) {
         const int r = c / kVChunks, col = c % kVChunks, key = k0 + r;
         const bool ok = key < a.s_k;
-        cp_async16(smem_addr(dv + r * C::kVPitch + col * 8), v_head + static_cast<int64_t>(ok ? key : 0) * D_V + col * 8,
+        ptx::cp_async16(ptx::smem_addr(dv + r * C::kVPitch + col * 8), v_head + static_cast<int64_t>(ok ? key : 0) * D_V + col * 8,
                    ok ? 16 : 0);
       }
     }
-    cp_async_commit();
+    ptx::cp_async_commit();
   };
 
   load_tile(0, 0);  // in flight while q is loaded
@@ -163,10 +127,10 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       const float2 x1 = vb ? __ldg(reinterpret_cast<const float2*>(qb + c)) : zero;
       const float2 x2 = va ? __ldg(reinterpret_cast<const float2*>(qa + c + 8)) : zero;
       const float2 x3 = vb ? __ldg(reinterpret_cast<const float2*>(qb + c + 8)) : zero;
-      qf[kk][0] = pack_bf16(x0.x, x0.y);
-      qf[kk][1] = pack_bf16(x1.x, x1.y);
-      qf[kk][2] = pack_bf16(x2.x, x2.y);
-      qf[kk][3] = pack_bf16(x3.x, x3.y);
+      qf[kk][0] = ptx::pack_bf16(x0.x, x0.y);
+      qf[kk][1] = ptx::pack_bf16(x1.x, x1.y);
+      qf[kk][2] = ptx::pack_bf16(x2.x, x2.y);
+      qf[kk][3] = ptx::pack_bf16(x3.x, x3.y);
     }
   }
 
@@ -183,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
 
   for (int kb = 0; kb < n_blocks; ++kb) {
     const int buf = kb & 1;
-    cp_async_wait_all();  // this thread's chunks of tile kb have landed
+    ptx::cp_async_wait<0>();  // this thread's chunks of tile kb have landed
     __syncthreads();      // everyone's have, and everyone is done with tile kb − 1's buffer
     if (kb + 1 < n_blocks) load_tile(kb + 1, buf ^ 1);
     const bf16* const ck = s_k_buf + buf * C::kKTile;
@@ -199,9 +163,9 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
 #pragma unroll
       for (int np = 0; np < kN / 16; ++np) {
         uint32_t b0, b1, b2, b3;
-        ldsm_x4(smem_addr(ck + np * 16 * C::kKPitch + kk * 16 + k_off), b0, b1, b2, b3);
-        mma_bf16(s[2 * np], qf[kk], b0, b1);
-        mma_bf16(s[2 * np + 1], qf[kk], b2, b3);
+        ptx::ldmatrix_x4(b0, b1, b2, b3, ptx::smem_addr(ck + np * 16 * C::kKPitch + kk * 16 + k_off));
+        ptx::mma_bf16(s[2 * np], qf[kk], b0, b1);
+        ptx::mma_bf16(s[2 * np + 1], qf[kk], b2, b3);
       }
     }
 
@@ -255,14 +219,14 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
     // (keys +0..7, dims lo), (keys +8..15, lo), (keys +0..7, hi), (keys +8..15, hi).
 #pragma unroll
     for (int kk = 0; kk < kN / 16; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const uint32_t pa[4] = {ptx::pack_bf16(s[2 * kk][0], s[2 * kk][1]), ptx::pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              ptx::pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), ptx::pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < D_V / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
-        ldsm_x4_trans(smem_addr(cv + kk * 16 * C::kVPitch + dp * 16 + v_off), b0, b1, b2, b3);
-        mma_bf16(o[2 * dp], pa, b0, b1);
-        mma_bf16(o[2 * dp + 1], pa, b2, b3);
+        ptx::ldmatrix_x4_trans(b0, b1, b2, b3, ptx::smem_addr(cv + kk * 16 * C::kVPitch + dp * 16 + v_off));
+        ptx::mma_bf16(o[2 * dp], pa, b0, b1);
+        ptx::mma_bf16(o[2 * dp + 1], pa, b2, b3);
       }
     }
   }
