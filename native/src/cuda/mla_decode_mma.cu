@@ -41,6 +41,7 @@
 #include "common.cuh"
 #include "cuda_ops.h"
 #include "mla_decode_internal.cuh"
+#include "ptx.cuh"
 
 namespace dsv2::cuda::mla {
 
@@ -80,48 +81,6 @@ __device__ __forceinline__ uint32_t p_off(int row, int kc) {
   return tile_off(row / kRowsPerTileRow, 64 + (row % kRowsPerTileRow) * kChunksPerRow + kc);
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
-}
-
-// d += a · b: m16n8k16, A row-major bf16, B column-major bf16, f32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  return u;
-}
-
 // Four e4m3 codes (a little-endian word) times `scale`, rounded to bf16: two bf16x2 words.
 // sm_89+: the hardware conversion. Before: the code's bits placed in an f16 (sign, 4 exponent
 // and 3 mantissa bits → f16 bits 15, 13..10 and 9..7) read as the e4m3 value · 2^-8 for every
@@ -144,8 +103,8 @@ __device__ __forceinline__ void e4m3x4_to_bf16(uint32_t w, float scale, uint32_t
   memcpy(&a, &h01, 4);
   memcpy(&b, &h23, 4);
   const float2 fa = __half22float2(a), fb = __half22float2(b);
-  lo = pack_bf16(fa.x * scale, fa.y * scale);
-  hi = pack_bf16(fb.x * scale, fb.y * scale);
+  lo = ptx::pack_bf16(fa.x * scale, fa.y * scale);
+  hi = ptx::pack_bf16(fb.x * scale, fb.y * scale);
 }
 
 // Cache addressing of one item: keys t < t1 of a sequence whose block-table row is bt.
@@ -174,7 +133,7 @@ __device__ __forceinline__ void load_tile_bf16(uint32_t dst, const Keys& k, int 
 #pragma unroll
     for (int i = 0; i < kD / 64; ++i) {
       const int chunk = (tid & 7) + 8 * i;
-      cp_async16(dst + tile_off(row, chunk), src + chunk * 16, ok ? 16 : 0);
+      ptx::cp_async16(dst + tile_off(row, chunk), src + chunk * 16, ok ? 16 : 0);
     }
   }
 }
@@ -190,7 +149,7 @@ __device__ __forceinline__ void load_tile_raw(uint32_t dst, const Keys& k, int t
 #pragma unroll
     for (int i = 0; i < 6; ++i) {
       const int chunk = (tid & 7) + 8 * i;
-      if (chunk < kRawBytes / 16) cp_async16(dst + row * kRawBytes + chunk * 16, src + chunk * 16, ok ? 16 : 0);
+      if (chunk < kRawBytes / 16) ptx::cp_async16(dst + row * kRawBytes + chunk * 16, src + chunk * 16, ok ? 16 : 0);
     }
   }
 }
@@ -242,19 +201,20 @@ __device__ __forceinline__ void qk_block(float (&s)[2][2][4], uint32_t q_s, uint
   for (int kk = 0; kk < kKSteps; ++kk) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) ldsm_x4(a[mt], q_s + tile_off(a_row + mt * 16, 2 * kk + a_c));
+    for (int mt = 0; mt < MT; ++mt)
+      ptx::ldmatrix_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], q_s + tile_off(a_row + mt * 16, 2 * kk + a_c));
     uint32_t b[2][2];
     if constexpr (NT == 2) {
       uint32_t t[4];
-      ldsm_x4(t, k_s + tile_off(b_row, 2 * kk + b_c));
+      ptx::ldmatrix_x4(t[0], t[1], t[2], t[3], k_s + tile_off(b_row, 2 * kk + b_c));
       b[0][0] = t[0], b[0][1] = t[1], b[1][0] = t[2], b[1][1] = t[3];
     } else {
-      ldsm_x2(b[0], k_s + tile_off(b_row, 2 * kk + b_c));
+      ptx::ldmatrix_x2(b[0][0], b[0][1], k_s + tile_off(b_row, 2 * kk + b_c));
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mma_bf16(s[mt][nt], a[mt], b[nt][0], b[nt][1]);
+      for (int nt = 0; nt < NT; ++nt) ptx::mma_bf16(s[mt][nt], a[mt], b[nt][0], b[nt][1]);
   }
 }
 
@@ -266,17 +226,18 @@ __device__ __forceinline__ void pv_block(float (&o)[2][16][4], uint32_t t_s, int
     uint32_t a[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-      ldsm_x4(a[mt], t_s + p_off<BK>(rg * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
+      ptx::ldmatrix_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3],
+                       t_s + p_off<BK>(rg * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
     // V = K rows (keys) × columns; .trans gives B fragments: (keys 0-7 | 8-15) × (cols 0-7 | 8-15).
     const int v_row = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
     for (int np = 0; np < 8; ++np) {
       uint32_t t[4];
-      ldsm_x4_trans(t, t_s + tile_off(v_row, kg * 16 + 2 * np + (lane >> 4)));
+      ptx::ldmatrix_x4_trans(t[0], t[1], t[2], t[3], t_s + tile_off(v_row, kg * 16 + 2 * np + (lane >> 4)));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        mma_bf16(o[mt][2 * np], a[mt], t[0], t[1]);
-        mma_bf16(o[mt][2 * np + 1], a[mt], t[2], t[3]);
+        ptx::mma_bf16(o[mt][2 * np], a[mt], t[0], t[1]);
+        ptx::mma_bf16(o[mt][2 * np + 1], a[mt], t[2], t[3]);
       }
     }
   }
@@ -331,7 +292,7 @@ struct Softmax {
         for (int nt = 0; nt < kNT; ++nt) {
           const float p0 = exp2f(s[mt][nt][2 * h] - m_use), p1 = exp2f(s[mt][nt][2 * h + 1] - m_use);
           sum += p0 + p1;
-          *reinterpret_cast<uint32_t*>(tile + p_off<BK>(r, kg * kNT + nt) + 4 * tig) = pack_bf16(p0, p1);
+          *reinterpret_cast<uint32_t*>(tile + p_off<BK>(r, kg * kNT + nt) + 4 * tig) = ptx::pack_bf16(p0, p1);
         }
         l[mt][h] = l[mt][h] * corr + sum;
 #pragma unroll
@@ -358,7 +319,7 @@ mla_decode_mma_kernel(MlaDecodeParams p, Plan plan, int row_blocks) {
   const int row0 = rb * kRows, nrows = min(kRows, rows - row0);
   // Active m16 tiles of this warp's 32 rows (warp-uniform): fully padded tiles are skipped.
   const int mts = nrows > rg * 32 + 16 ? 2 : (nrows > rg * 32 ? 1 : 0);
-  const uint32_t base = smem_u32(smem);
+  const uint32_t base = ptx::smem_addr(smem);
   const uint32_t q_s = base;
   float* mx = reinterpret_cast<float*>(smem + C::kMxOff);
   const float sl2 = p.scale * 1.4426950408889634f;  // scores in log2 units
@@ -374,12 +335,12 @@ mla_decode_mma_kernel(MlaDecodeParams p, Plan plan, int row_blocks) {
     __syncthreads();  // the previous item is done with every buffer
     if constexpr (FP8) {
       if (nblk > 0) load_tile_raw<BK>(base + C::kRawOff, keys, t0, tid);
-      cp_async_commit();
+      ptx::cp_async_commit();
       if (nblk > 1) load_tile_raw<BK>(base + C::kRawOff + C::kRawTileBytes, keys, t0 + BK, tid);
-      cp_async_commit();
+      ptx::cp_async_commit();
     } else {
       if (nblk > 0) load_tile_bf16<BK>(base + C::kTileOff, keys, t0, tid);
-      cp_async_commit();
+      ptx::cp_async_commit();
     }
     // q rows → bf16 (zeros for padding rows), overlapping the first loads.
     {
@@ -388,8 +349,8 @@ mla_decode_mma_kernel(MlaDecodeParams p, Plan plan, int row_blocks) {
         const int r = x / (kD / 4), c4 = x % (kD / 4);
         const float4 v = r < nrows ? __ldg(qg + static_cast<int64_t>(r) * (kD / 4) + c4) : make_float4(0.f, 0.f, 0.f, 0.f);
         uint2 u;
-        u.x = pack_bf16(v.x, v.y);
-        u.y = pack_bf16(v.z, v.w);
+        u.x = ptx::pack_bf16(v.x, v.y);
+        u.y = ptx::pack_bf16(v.z, v.w);
         *reinterpret_cast<uint2*>(smem + tile_off(r, c4 >> 1) + (c4 & 1) * 8) = u;
       }
     }
@@ -417,20 +378,20 @@ mla_decode_mma_kernel(MlaDecodeParams p, Plan plan, int row_blocks) {
       uint32_t t_s;
       uint8_t* tile;
       if constexpr (FP8) {
-        cp_async_wait<1>();
+        ptx::cp_async_wait<1>();
         __syncthreads();  // raw block j landed; everyone is done with the tile (P·V of j - 1)
         const int raw_off = C::kRawOff + (j & 1) * C::kRawTileBytes;
         dequant_tile<BK>(smem + C::kTileOff, smem + raw_off, tid);
         __syncthreads();  // tile ready; raw buffer j & 1 free
         if (j + 2 < nblk) load_tile_raw<BK>(base + raw_off, keys, tb + 2 * BK, tid);
-        cp_async_commit();
+        ptx::cp_async_commit();
         t_s = base + C::kTileOff;
         tile = smem + C::kTileOff;
       } else {
-        cp_async_wait<0>();
+        ptx::cp_async_wait<0>();
         __syncthreads();  // block j landed; everyone is done with buffer (j + 1) & 1
         if (j + 1 < nblk) load_tile_bf16<BK>(base + C::kTileOff + ((j + 1) & 1) * C::kTileBytes, keys, tb + BK, tid);
-        cp_async_commit();
+        ptx::cp_async_commit();
         t_s = base + C::kTileOff + (j & 1) * C::kTileBytes;
         tile = smem + C::kTileOff + (j & 1) * C::kTileBytes;
       }

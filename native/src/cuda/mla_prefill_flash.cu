@@ -83,8 +83,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       if (c < kN * kNopeChunks) {
         const int r = c / kNopeChunks, col = c % kNopeChunks, key = k0 + r;
         const bool ok = key < a.s_k;
-        ptx::cp_async16(ptx::smem_addr(dk + r * C::kKPitch + col * 8), kn_head + static_cast<int64_t>(ok ? key : 0) * D_NOPE + col * 8,
-                   ok ? 16 : 0);
+        ptx::cp_async16(ptx::smem_addr(dk + r * C::kKPitch + col * 8),
+                        kn_head + static_cast<int64_t>(ok ? key : 0) * D_NOPE + col * 8, ok ? 16 : 0);
       }
     }
 #pragma unroll
@@ -93,8 +93,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       if (c < kN * kPeChunks) {
         const int r = c / kPeChunks, col = c % kPeChunks, key = k0 + r;
         const bool ok = key < a.s_k;
-        ptx::cp_async16(ptx::smem_addr(dk + r * C::kKPitch + D_NOPE + col * 8), a.kpe + static_cast<int64_t>(ok ? key : 0) * D_R + col * 8,
-                   ok ? 16 : 0);
+        ptx::cp_async16(ptx::smem_addr(dk + r * C::kKPitch + D_NOPE + col * 8),
+                        a.kpe + static_cast<int64_t>(ok ? key : 0) * D_R + col * 8, ok ? 16 : 0);
       }
     }
 #pragma unroll
@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
       if (c < kN * kVChunks) {
         const int r = c / kVChunks, col = c % kVChunks, key = k0 + r;
         const bool ok = key < a.s_k;
-        ptx::cp_async16(ptx::smem_addr(dv + r * C::kVPitch + col * 8), v_head + static_cast<int64_t>(ok ? key : 0) * D_V + col * 8,
-                   ok ? 16 : 0);
+        ptx::cp_async16(ptx::smem_addr(dv + r * C::kVPitch + col * 8),
+                        v_head + static_cast<int64_t>(ok ? key : 0) * D_V + col * 8, ok ? 16 : 0);
       }
     }
     ptx::cp_async_commit();
@@ -220,7 +220,8 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
 #pragma unroll
     for (int kk = 0; kk < kN / 16; ++kk) {
       const uint32_t pa[4] = {ptx::pack_bf16(s[2 * kk][0], s[2 * kk][1]), ptx::pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              ptx::pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), ptx::pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                              ptx::pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              ptx::pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < D_V / 16; ++dp) {
         uint32_t b0, b1, b2, b3;

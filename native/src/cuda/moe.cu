@@ -31,6 +31,7 @@
 #include "common.cuh"
 #include "cuda_ops.h"
 #include "moe_mma.cuh"
+#include "ptx.cuh"
 #include "../core/dtype.h"
 
 namespace dsv2::cuda {
@@ -214,10 +215,6 @@ __device__ void dispatch_block(const PrepArgs& a) {
   }
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16);
-}
-
 __global__ void __launch_bounds__(kPrepThreads) prep_kernel(PrepArgs a) {
   if (a.dispatch && blockIdx.x == 0) {
     dispatch_block(a);
@@ -227,7 +224,7 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(PrepArgs a) {
   const int64_t n4 = a.n_x / 4;
   for (int64_t i = (blockIdx.x - b0) * kPrepThreads + threadIdx.x; i < n4; i += nb * kPrepThreads) {
     const float4 v = reinterpret_cast<const float4*>(a.x)[i];
-    reinterpret_cast<uint2*>(a.xb)[i] = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+    reinterpret_cast<uint2*>(a.xb)[i] = make_uint2(ptx::pack_bf16(v.x, v.y), ptx::pack_bf16(v.z, v.w));
   }
 }
 

@@ -23,18 +23,11 @@
 #include <atomic>
 
 #include "common.cuh"
+#include "ptx.cuh"
 #include "../core/dtype.h"
 
 namespace dsv2::cuda::moe_mma {
 namespace {
-
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-  asm(  // registers only: not volatile, so the compiler may interleave it with the fragment loads
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // 16 bytes from global memory that is read once (weights): no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
@@ -50,10 +43,6 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16);
-}
 
 // The problem of grid column x and the tile inside it; false when the block has no work.
 struct Seg {
@@ -161,8 +150,10 @@ __global__ void __launch_bounds__(kSkWarps * 32) skinny_kernel(Launch l) {
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt)
-            mma_bf16(acc[mt][nt], word(wr[u][mt][0], 2 * s), word(wr[u][mt][1], 2 * s), word(wr[u][mt][0], 2 * s + 1),
-                     word(wr[u][mt][1], 2 * s + 1), word(xr[u][nt], 2 * s), word(xr[u][nt], 2 * s + 1));
+            ptx::mma_bf16(acc[mt][nt],
+                          {word(wr[u][mt][0], 2 * s), word(wr[u][mt][1], 2 * s), word(wr[u][mt][0], 2 * s + 1),
+                           word(wr[u][mt][1], 2 * s + 1)},
+                          word(xr[u][nt], 2 * s), word(xr[u][nt], 2 * s + 1));
   }
 
   // Cross-warp reduction in a fixed order (warp 0 + 1 + 2 + 3), then warp 0 writes.
@@ -214,20 +205,6 @@ constexpr int kBM = kTiledRows, kBN = 128, kBK = 32, kStages = 4, kLd = kBK + 8;
 constexpr int kTiledThreads = 256;
 constexpr size_t kTiledSmem = static_cast<size_t>(kStages) * (kBM + kBN) * kLd * sizeof(uint16_t);  // 81920
 
-__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // First local B row (of the 128 in the tile) of this warp's n-tile pair jp (n-tiles 2jp, 2jp+1).
 template <bool kSwiGLU>
 __device__ __forceinline__ int pair_row(int warp_n, int jp) {
@@ -273,8 +250,8 @@ __global__ void __launch_bounds__(kTiledThreads, 2) tiled_kernel(Launch l) {
     b_ok[r] = col < P.n;
     b_src[r] = we + (b_ok[r] ? wrow : 0) * K + lk;
   }
-  const uint32_t as_base = static_cast<uint32_t>(__cvta_generic_to_shared(As));
-  const uint32_t bs_base = static_cast<uint32_t>(__cvta_generic_to_shared(Bs));
+  const uint32_t as_base = ptx::smem_addr(As);
+  const uint32_t bs_base = ptx::smem_addr(Bs);
   const int64_t k_tiles = (K + kBK - 1) / kBK;
   auto load_stage = [&](int stage, int64_t kt) {
     const int64_t k = kt * kBK;
@@ -283,8 +260,8 @@ __global__ void __launch_bounds__(kTiledThreads, 2) tiled_kernel(Launch l) {
     for (int r = 0; r < 2; ++r) {
       const int row = tid / 4 + 64 * r;
       const uint32_t off = static_cast<uint32_t>(((stage * kBM + row) * kLd + lk) * sizeof(uint16_t));
-      cp_async16(as_base + off, kin && a_ok[r] ? a_src[r] + k : P.a, kin && a_ok[r]);
-      cp_async16(bs_base + off, kin && b_ok[r] ? b_src[r] + k : P.w, kin && b_ok[r]);
+      ptx::cp_async16(as_base + off, kin && a_ok[r] ? a_src[r] + k : P.a, kin && a_ok[r] ? 16 : 0);
+      ptx::cp_async16(bs_base + off, kin && b_ok[r] ? b_src[r] + k : P.w, kin && b_ok[r] ? 16 : 0);
     }
   };
 
@@ -299,19 +276,19 @@ __global__ void __launch_bounds__(kTiledThreads, 2) tiled_kernel(Launch l) {
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < k_tiles) load_stage(s, s);
-    cp_async_commit();  // empty groups keep the wait count uniform
+    ptx::cp_async_commit();  // empty groups keep the wait count uniform
   }
   // ldmatrix lane addresses inside a stage (bytes): A rows warp_m·32 + mi·16 + lane % 16,
   // column (lane / 16)·8; B rows pair_row + lane % 8 + (lane / 16)·8, column ((lane / 8) % 2)·8.
   const int a_ld_row = warp_m * 32 + lane % 16, a_ld_col = (lane / 16) * 8;
   const int b_ld_row = lane % 8 + (lane / 16) * 8, b_ld_col = ((lane / 8) % 2) * 8;
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    cp_async_wait<kStages - 2>();
+    ptx::cp_async_wait<kStages - 2>();
     __syncthreads();  // stage kt is in; every warp is done with stage kt - 1, which the next load reuses
     {
       const int64_t nk = kt + kStages - 1;
       if (nk < k_tiles) load_stage(static_cast<int>(nk % kStages), nk);
-      cp_async_commit();
+      ptx::cp_async_commit();
     }
     const int stage = static_cast<int>(kt % kStages);
     const uint32_t a_st = as_base + static_cast<uint32_t>(stage * kBM * kLd * sizeof(uint16_t));
@@ -321,24 +298,24 @@ __global__ void __launch_bounds__(kTiledThreads, 2) tiled_kernel(Launch l) {
       uint32_t af[2][4];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
-        ldmatrix_x4(a_st + static_cast<uint32_t>(((a_ld_row + mi * 16) * kLd + ks * 16 + a_ld_col) * sizeof(uint16_t)),
-                    af[mi]);
+        ptx::ldmatrix_x4(af[mi][0], af[mi][1], af[mi][2], af[mi][3],
+                         a_st + static_cast<uint32_t>(((a_ld_row + mi * 16) * kLd + ks * 16 + a_ld_col) * sizeof(uint16_t)));
 #pragma unroll
       for (int jp = 0; jp < 4; ++jp) {
         uint32_t bf[4];
-        ldmatrix_x4(
+        ptx::ldmatrix_x4(
+            bf[0], bf[1], bf[2], bf[3],
             b_st + static_cast<uint32_t>(((pair_row<kSwiGLU>(warp_n, jp) + b_ld_row) * kLd + ks * 16 + b_ld_col) *
-                                         sizeof(uint16_t)),
-            bf);
+                                         sizeof(uint16_t)));
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
-          mma_bf16(acc[mi][2 * jp], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[0], bf[1]);
-          mma_bf16(acc[mi][2 * jp + 1], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[2], bf[3]);
+          ptx::mma_bf16(acc[mi][2 * jp], af[mi], bf[0], bf[1]);
+          ptx::mma_bf16(acc[mi][2 * jp + 1], af[mi], bf[2], bf[3]);
         }
       }
     }
   }
-  cp_async_wait<0>();  // nothing may be in flight into shared memory when the block exits
+  ptx::cp_async_wait<0>();  // nothing may be in flight into shared memory when the block exits
 
   const int g = lane / 4, q = lane % 4;
 #pragma unroll
@@ -354,7 +331,7 @@ __global__ void __launch_bounds__(kTiledThreads, 2) tiled_kernel(Launch l) {
           if (col >= P.n) continue;
           const float h0 = silu(acc[mi][j][2 * hf]) * acc[mi][j + 4][2 * hf];
           const float h1 = silu(acc[mi][j][2 * hf + 1]) * acc[mi][j + 4][2 * hf + 1];
-          *reinterpret_cast<uint32_t*>(P.h + pos * P.n + col) = pack_bf16(h0, h1);
+          *reinterpret_cast<uint32_t*>(P.h + pos * P.n + col) = ptx::pack_bf16(h0, h1);
         }
       } else {
         const int64_t dest = P.o_rows ? P.o_rows[pos] : pos;

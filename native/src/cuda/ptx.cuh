@@ -21,10 +21,8 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// cp.async.cg.shared.global (16 bytes, cached in L2 only): dst = 16-byte-aligned shared address,
-// src = 16-byte-aligned global pointer; src_bytes (0 or 16) bytes are read and the rest of the 16
-// zero-filled, so src_bytes = 0 writes 16 zero bytes and reads nothing (src must still be a
-// valid-looking global address). "memory": the compiler keeps shared accesses on its side.
+// cp.async.cg.shared.global (16 bytes, L2 only): dst = 16-byte-aligned shared address, src = 16-byte-
+// aligned global pointer, src_bytes (16 or 0) read, the rest zero-filled: 0 writes 16 zeros, reads nothing.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
