@@ -17,6 +17,7 @@ import { benchMlaPrefillCuda } from '../../lib/ops/mla';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
+import { permutation } from './util';
 
 interface Dims { dC: number; dR: number; dNope: number; dV: number }
 const V2: Dims = { dC: 512, dR: 64, dNope: 128, dV: 128 };
@@ -75,15 +76,6 @@ function unitValues(rng: Rng, n: number, std = 1): Float32Array {
   return a;
 }
 
-/** 0..n-1 in a seeded random order (Fisher-Yates). */
-function permutation(rng: Rng, n: number): number[] {
-  const a = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = rng.int(0, i + 1);
-    [a[i], a[j]] = [a[j], a[i]];
-  }
-  return a;
-}
 
 /** Both caches filled with the same keys, page tables permuted, unused pages poisoned; the op's inputs. */
 async function setup(c: Case) {

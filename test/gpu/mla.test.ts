@@ -11,16 +11,8 @@ import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { CUDA, gpuDescribe, gpuTitle } from './cuda';
+import { permutation } from './util';
 
-/** 0..n-1 in a seeded random order (Fisher-Yates). */
-function permutation(rng: Rng, n: number): number[] {
-  const a = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = rng.int(0, i + 1);
-    [a[i], a[j]] = [a[j], a[i]];
-  }
-  return a;
-}
 
 interface Layout { dC: number; dR: number; pageSize: number; dtype: KvCacheDtype; pow2Scales?: boolean }
 

@@ -17,30 +17,11 @@ import * as ops from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
+import { GEOMETRIES, routerLogits, type RouteData as Data } from './util';
 
-const GEOMETRIES = {
-  v2: { e: 160, opts: { topK: 6, method: 'group_limited_greedy' as const, nGroup: 8, topkGroup: 3, routedScalingFactor: 16 } },
-  'v2-lite': { e: 64, opts: { topK: 6, method: 'greedy' as const } },
-  v3: { e: 256, opts: { topK: 8, method: 'noaux_tc' as const, scoring: 'sigmoid' as const, nGroup: 8, topkGroup: 4, normTopkProb: true, routedScalingFactor: 2.5 } },
-};
-type Data = 'random' | 'ties' | 'nan-rows' | 'one-expert';
 const H = 64;
 const I = 32;
 const SHARED = 2;
-
-function logits(rng: Rng, t: number, e: number, data: Data): Float32Array {
-  const a = new Float32Array(t * e);
-  for (let i = 0; i < t; i++) {
-    for (let j = 0; j < e; j++) {
-      const k = i * e + j;
-      if (data === 'ties') a[k] = Math.floor(rng.uniform() * 4);
-      else if (data === 'one-expert') a[k] = j === 5 ? 30 : rng.normal();
-      else a[k] = rng.normal() * 2;
-    }
-    if (data === 'nan-rows' && i % 5 === 0) for (let j = 0; j < e; j++) a[i * e + j] = NaN;
-  }
-  return a;
-}
 
 gpuDescribe(gpuTitle('CUDA MoE layer (route + experts + shared) vs CPU'), () => {
   const cases: [string, keyof typeof GEOMETRIES, number, Data][] = [];
@@ -54,7 +35,7 @@ gpuDescribe(gpuTitle('CUDA MoE layer (route + experts + shared) vs CPU'), () => 
     const rand = (n: number, s: number) => Float32Array.from({ length: n }, () => rng.normal() * s);
     const bf16 = (a: Float32Array, shape: number[]) => ops.cast(Tensor.from(a, shape), 'bf16');
     const x = Tensor.from(rand(t * H, 1), [t, H]);
-    const lg = Tensor.from(logits(rng, t, geo.e, data), [t, geo.e]);
+    const lg = Tensor.from(routerLogits(rng, t, geo.e, data, { every: 5, whole: true }), [t, geo.e]);
     const bias = geo.opts.method === 'noaux_tc' ? Tensor.from(rand(geo.e, 0.01)) : null;
     const experts = {
       gateUp: await bf16(rand(geo.e * 2 * I * H, 1 / Math.sqrt(H)), [geo.e, 2 * I, H]),

@@ -13,29 +13,7 @@ import * as ops from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
-
-const GEOMETRIES = {
-  v2: { e: 160, opts: { topK: 6, method: 'group_limited_greedy' as const, nGroup: 8, topkGroup: 3, routedScalingFactor: 16 } },
-  'v2-lite': { e: 64, opts: { topK: 6, method: 'greedy' as const } },
-  v3: { e: 256, opts: { topK: 8, method: 'noaux_tc' as const, scoring: 'sigmoid' as const, nGroup: 8, topkGroup: 4, normTopkProb: true, routedScalingFactor: 2.5 } },
-};
-
-type Data = 'random' | 'ties' | 'nan-rows' | 'one-expert';
-
-function logits(rng: Rng, t: number, e: number, data: Data): Float32Array {
-  const a = new Float32Array(t * e);
-  for (let i = 0; i < t; i++) {
-    for (let j = 0; j < e; j++) {
-      const k = i * e + j;
-      if (data === 'ties') a[k] = Math.floor(rng.uniform() * 4); // many exact ties
-      else if (data === 'one-expert') a[k] = j === 5 ? 30 : rng.normal();
-      else a[k] = rng.normal() * 2;
-    }
-    if (data === 'nan-rows' && i % 3 === 0) a[i * e + (i % e)] = NaN;
-    if (data === 'nan-rows' && i % 5 === 0) for (let j = 0; j < e; j++) a[i * e + j] = NaN;
-  }
-  return a;
-}
+import { GEOMETRIES, routerLogits, type RouteData as Data } from './util';
 
 gpuDescribe(gpuTitle('CUDA moe_route vs CPU'), () => {
   const cases: [string, keyof typeof GEOMETRIES, number, Data][] = [];
@@ -47,7 +25,7 @@ gpuDescribe(gpuTitle('CUDA moe_route vs CPU'), () => {
   test.each(cases)('%s', async (_n, g, t, data) => {
     const geo = GEOMETRIES[g];
     const rng = new Rng(`route ${g} ${t} ${data}`);
-    const x = Tensor.from(logits(rng, t, geo.e, data), [t, geo.e]);
+    const x = Tensor.from(routerLogits(rng, t, geo.e, data), [t, geo.e]);
     const bias = geo.opts.method === 'noaux_tc' ? Tensor.from(Float32Array.from({ length: geo.e }, () => rng.normal() * 0.01)) : null;
     const want = await ops.moeRoute(x, { ...geo.opts, bias });
     const got = await ops.moeRoute(x, { ...geo.opts, bias, device: 'cuda' });

@@ -1,0 +1,42 @@
+/** Shared inputs of the GPU suites: seeded permutations (page tables) and router logits. */
+import { Rng } from '../reference/rng';
+
+/** 0..n-1 in a seeded random order (Fisher-Yates). */
+export function permutation(rng: Rng, n: number): number[] {
+  const a = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(0, i + 1);
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+/** The routing geometries of V2 (160/8/3/6, ×16), V2-Lite (64, greedy, 6) and V3 (256/8/4/8 noaux_tc). */
+export const GEOMETRIES = {
+  v2: { e: 160, opts: { topK: 6, method: 'group_limited_greedy' as const, nGroup: 8, topkGroup: 3, routedScalingFactor: 16 } },
+  'v2-lite': { e: 64, opts: { topK: 6, method: 'greedy' as const } },
+  v3: { e: 256, opts: { topK: 8, method: 'noaux_tc' as const, scoring: 'sigmoid' as const, nGroup: 8, topkGroup: 4, normTopkProb: true, routedScalingFactor: 2.5 } },
+};
+
+export type RouteData = 'random' | 'ties' | 'nan-rows' | 'one-expert';
+
+/**
+ * Router logits [t, e]: random (N(0, 4)), many exact ties (integers 0..3), all tokens to expert
+ * 5, or random with NaN rows — every `nan.every`-th row gets one NaN (`whole` false) or is all NaN.
+ */
+export function routerLogits(rng: Rng, t: number, e: number, data: RouteData, nan = { every: 3, whole: false }): Float32Array {
+  const a = new Float32Array(t * e);
+  for (let i = 0; i < t; i++) {
+    for (let j = 0; j < e; j++) {
+      const k = i * e + j;
+      if (data === 'ties') a[k] = Math.floor(rng.uniform() * 4); // many exact ties
+      else if (data === 'one-expert') a[k] = j === 5 ? 30 : rng.normal();
+      else a[k] = rng.normal() * 2;
+    }
+    if (data === 'nan-rows' && i % nan.every === 0) {
+      if (nan.whole) for (let j = 0; j < e; j++) a[i * e + j] = NaN;
+      else a[i * e + (i % e)] = NaN;
+    }
+  }
+  return a;
+}
