@@ -29,6 +29,8 @@ export interface RuntimeMemoryOptions {
   /** Cache capacity in tokens (Model.load's maxTokens); default 4096. */
   maxTokens?: number;
   kvCache?: 'f32' | 'bf16' | 'fp8';
+  /** Model.load's maxBatch (sequences per batched decode step); default 16. */
+  maxBatch?: number;
 }
 
 /** The native engine's memory for a checkpoint, exactly as it allocates it. */
@@ -73,15 +75,17 @@ export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): 
     const kv = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, { bytesPerTokenPerLayer: v, bytesPerToken: v * c.numLayers }])) as ModelMemory['kvCache'];
     const out: ModelMemory = { architecture: c.architecture, layers: c.numLayers, params, activeParams: Math.round(active), diskBytes: disk, loadedBytes: loaded, kvCache: kv };
     if (runtime) {
-      // The sizes Model.load picks (model.ts): 64-token pages, rope rows = min(maxTokens, max positions), steps of min(2048, that).
+      // The sizes Model.load picks (model.ts): 64-token pages, rope rows = min(maxTokens, max positions),
+      // steps of min(2048, that) tokens (at least maxBatch), maxBatch sequences per step.
       const maxTokens = runtime.maxTokens ?? 4096;
       const kvDtype = runtime.kvCache ?? 'bf16';
       const pageSize = 64;
       const pages = Math.ceil(maxTokens / pageSize);
       const ropeRows = Math.min(maxTokens, c.maxPositionEmbeddings);
       const maxSeqlen = Math.min(ropeRows, pages * pageSize);
+      const maxBatch = runtime.maxBatch ?? 16;
       const workspace = NativeEngine.planWorkspace(c, runtime.device, { dtype: kvDtype, pageSize },
-        { maxTokens: Math.min(2048, maxSeqlen), maxSeqs: 1, maxSeqlen });
+        { maxTokens: Math.max(Math.min(2048, maxSeqlen), maxBatch), maxSeqs: maxBatch, maxSeqlen });
       const weights = loaded + kvbCopies + 2 * ropeRows * (c.qkRopeHeadDim / 2) * 4;
       const cache = pages * pageSize * kv[kvDtype].bytesPerToken;
       out.runtime = { device: runtime.device, kvCache: kvDtype, maxTokens, weights, cache, workspace, total: weights + cache + workspace };

@@ -9,6 +9,7 @@ import * as ops from '../ops';
 import { Tensor } from '../tensor';
 import { Checkpoint } from './checkpoint';
 import type { DeepSeekConfig } from './config';
+import { DecodeBatcher, type BatchStats } from './batcher';
 import { NativeEngine, type EngineMemory } from './engine';
 import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { Tokenizer, type ChatMessage } from './tokenizer';
@@ -27,6 +28,11 @@ export interface ModelLoadOptions {
   engine?: 'js' | 'native';
   /** Tokens per engine step (longer prompts are prefilled in chunks); default min(2048, maxTokens). */
   maxStepTokens?: number;
+  /**
+   * Concurrent generations whose decode steps run as one batched engine step (continuous
+   * batching); default 16. 1 runs every generation's steps alone.
+   */
+  maxBatch?: number;
   /** KV cache storage; default bf16. */
   kvCache?: KvCacheDtype;
   /** Cache capacity in tokens, over all sequences at once; default 4096 (at most max_position_embeddings per sequence). */
@@ -106,6 +112,7 @@ export class Model {
   /** Checkpoint tensors the config does not use (reported, not loaded). */
   readonly extraTensors: readonly string[];
   #ctx: ForwardContext | null;
+  #batcher: DecodeBatcher | null;
 
   private constructor(dir: string, ctx: ForwardContext, tokenizer: Tokenizer | null, extras: string[]) {
     this.dir = dir;
@@ -114,6 +121,7 @@ export class Model {
     this.device = ctx.engine?.device ?? 'cpu';
     this.extraTensors = extras;
     this.#ctx = ctx;
+    this.#batcher = ctx.engine ? new DecodeBatcher(ctx.engine) : null;
   }
 
   static async load(dir: string, opts: ModelLoadOptions = {}): Promise<Model> {
@@ -132,6 +140,8 @@ export class Model {
     if (opts.maxStepTokens !== undefined && (!Number.isSafeInteger(opts.maxStepTokens) || opts.maxStepTokens < 1)) {
       throw new Dsv2Error('E_RANGE', `maxStepTokens = ${opts.maxStepTokens} must be a positive integer`);
     }
+    const maxBatch = opts.maxBatch ?? 16;
+    if (!Number.isSafeInteger(maxBatch) || maxBatch < 1 || maxBatch > 4096) throw new Dsv2Error('E_RANGE', `maxBatch = ${maxBatch} must be an integer in [1, 4096]`);
     const ck = await Checkpoint.open(dir);
     const c = ck.config;
     const pageSize = 64;
@@ -152,7 +162,7 @@ export class Model {
         // copied there as soon as it is read and not kept on the host.
         const maxSeqlen = Math.min(rope.cos.shape[0], cache.pages * pageSize);
         const maxStep = Math.min(opts.maxStepTokens ?? 2048, maxSeqlen);
-        engine = NativeEngine.open(c, cache, device, { maxTokens: maxStep, maxSeqs: 1, maxSeqlen });
+        engine = NativeEngine.open(c, cache, device, { maxTokens: Math.max(maxStep, maxBatch), maxSeqs: maxBatch, maxSeqlen });
         const e = engine;
         const w = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L) });
         await e.setGlobals(w);
@@ -180,6 +190,12 @@ export class Model {
     })();
     const ctx: ForwardContext = { config: c, weights, cache, rope, engine: engine ?? undefined };
     return new Model(dir, ctx, tokenizer, extras);
+  }
+
+  /** Decode steps the engine ran for generate() and the tokens they produced (tokens / steps: the mean batch). */
+  batchStats(): BatchStats {
+    this.#context();
+    return { ...(this.#batcher?.stats ?? { steps: 0, tokens: 0 }) };
   }
 
   /** Bytes the loaded model holds where it runs (the native engine's accounting; null for the js CPU forward). */
@@ -324,6 +340,9 @@ export class Model {
       // The next token: on the engine's device (only the token comes back), or from the last
       // row's logits with ops.sample — the same draw for the same seed.
       const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<number> => {
+        if (this.#batcher && mode === 'decode' && input.length === 1) {
+          return this.#batcher.next({ seq, token: input[0], sampling, seed: stepSeed });
+        }
         if (ctx.engine) {
           const r = await engineForward(ctx.engine, ctx.config, seq, input, mode, 'none', opts.signal, { ...sampling, seeds: [stepSeed] });
           return r.token!;

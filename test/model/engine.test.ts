@@ -225,3 +225,37 @@ describe('batched and chunked steps (v2, bf16 cache)', () => {
     await expect(e2.step([{ tokens: [1], pos0: 0, pages: [0] }], 'prefill', 'all')).rejects.toMatchObject({ code: 'E_DISPOSED' });
   });
 });
+
+describe('continuous batching of concurrent generations', () => {
+  const dir = path.join(root, 'batching');
+  beforeAll(async () => {
+    await makeTiny(dir, { kind: 'v2-lite', seed: 205, dtype: 'bf16' });
+  });
+
+  test('concurrent generate() calls share decode steps and give the tokens they give alone', async () => {
+    const alone = await Model.load(dir, { device: 'cpu', maxBatch: 1 });
+    const batched = await Model.load(dir, { device: 'cpu', maxBatch: 4 });
+    try {
+      const reqs = [
+        { tokens: randomPrompt('c0', 5), maxNewTokens: 12 },
+        { tokens: randomPrompt('c1', 9), maxNewTokens: 7, temperature: 0.9, topK: 30, seed: 4 },
+        { tokens: randomPrompt('c2', 3), maxNewTokens: 12 },
+        { tokens: randomPrompt('c3', 14), maxNewTokens: 10, temperature: 0.9, topK: 30, seed: 8 },
+        { tokens: randomPrompt('c4', 6), maxNewTokens: 9 },
+        { tokens: randomPrompt('c5', 6), maxNewTokens: 11, temperature: 1.2, seed: 1 },
+      ];
+      const want = [];
+      for (const r of reqs) want.push((await alone.generate(r).result).tokens);
+      const got = (await Promise.all(reqs.map((r) => batched.generate(r).result))).map((x) => x.tokens);
+      expect(got).toEqual(want);
+      const s = batched.batchStats();
+      // greedy ones batch together (up to 4), sampled ones by their parameters: fewer steps than tokens
+      expect(s.tokens).toBe(got.reduce((a, t) => a + Math.max(0, t.length - 1), 0));
+      expect(s.steps).toBeLessThan(s.tokens);
+      expect(alone.batchStats().steps).toBe(alone.batchStats().tokens);
+    } finally {
+      await alone.dispose();
+      await batched.dispose();
+    }
+  });
+});

@@ -78,7 +78,10 @@ __global__ void __launch_bounds__(kHeadsWarps * 32) heads_gemm_kernel(HeadsGemmP
 __global__ void fill_random_kernel(model::FillRandomParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float v = model::random_value(p.seed, i, p.mean, p.std);
+    // model::random_value(seed, i, mean, std) with its final add rounded on its own: nvcc fuses
+    // mean + a·b into one FMA (the host compiler does not), which changed the last bit of every
+    // weight with mean != 0 (the norms). With mean 0 the fused form is the rounded product.
+    const float v = __fadd_rn(p.mean, model::random_value(p.seed, i, 0.0f, p.std));
     if (p.dtype == DType::kF32) static_cast<float*>(p.data)[i] = v;
     else static_cast<uint16_t*>(p.data)[i] = f32_to_bf16(v);
   }
@@ -94,9 +97,10 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Monotonic map of a float to an unsigned key (larger float, larger key).
+// Monotonic map of a float to an unsigned key (larger float, larger key; -0 and +0 are one
+// key, as they compare equal: the CPU op orders them by id).
 __device__ __forceinline__ uint32_t order_key(float f) {
-  const uint32_t b = __float_as_uint(f);
+  const uint32_t b = f == 0.0f ? 0u : __float_as_uint(f);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
@@ -106,6 +110,7 @@ struct SampleShared {
   float best[kSampleWarps];
   int best_id[kSampleWarps];
   double scan[kSampleThreads];
+  double total;
   int found;
 };
 
@@ -184,7 +189,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
   if (p.top_k > 0 && p.top_k < V) {
     uint32_t lo = 0, hi = 0xFFFFFFFFu;  // the largest key K with count(key >= K) >= k lies in [lo, hi]
     while (lo < hi) {
-      const uint32_t mid = lo + (hi - lo + 1) / 2;
+      const uint32_t mid = hi - (hi - lo) / 2;  // in (lo, hi]; (hi - lo + 1) would wrap to 0
       long long c = 0;
       for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) c += order_key(l[i]) >= mid;
       if (block_count(c, s) >= p.top_k) lo = mid;
@@ -214,7 +219,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
     const double goal = p.top_p * block_sum(tot, s);
     uint32_t lo = 0, hi = 0xFFFFFFFFu;  // the largest key K with mass(key >= K) >= goal
     while (lo < hi) {
-      const uint32_t mid = lo + (hi - lo + 1) / 2;
+      const uint32_t mid = hi - (hi - lo) / 2;  // in (lo, hi]; (hi - lo + 1) would wrap to 0
       double m = 0;
       for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
         const uint32_t key = order_key(l[i]);
@@ -237,8 +242,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
     // Every element with key K has the same value; recover it from the key.
     const uint32_t kb = (K & 0x80000000u) ? (K & 0x7FFFFFFFu) : ~K;
     const double w = weight(__uint_as_float(kb));
-    long long need = w > 0 ? static_cast<long long>(ceil((goal - gt) / w)) : eq;
-    need = max(1ll, min(need, eq));
+    const double need_f = w > 0 ? ceil((goal - gt) / w) : static_cast<double>(eq);  // clamped before the cast
+    const long long need = need_f >= static_cast<double>(eq) ? eq : max(1ll, static_cast<long long>(need_f));
     int64_t ilo = 0, ihi = V - 1;
     while (ilo < ihi) {
       const int64_t mid = ilo + (ihi - ilo) / 2;
@@ -255,26 +260,45 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
     kept.i2 = ilo;
   }
   // 4. The draw: the first kept id (ascending) whose cumulative weight exceeds u · total.
+  // Thread t holds ids [b0, b1). The prefix sums over the threads are sequential (lane 0 of each
+  // warp over its 32 threads, then thread 0 over the warps), so thread t's interval [lo, hi) of
+  // the cumulative weight starts exactly where thread t - 1's ends: the intervals partition
+  // [0, total) and exactly one thread holds the target (none when u · total rounds to total).
+  // (A tree scan gives neighbours boundaries an ulp apart: a target in such a gap or overlap
+  // fell to the last kept id or to whichever thread won a race.)
   const int64_t chunk = (V + kSampleThreads - 1) / kSampleThreads;
   const int64_t b0 = min(V, threadIdx.x * chunk), b1 = min(V, b0 + chunk);
   double mine = 0;
   long long last = -1;
   for (int64_t i = b0; i < b1; ++i)
     if (kept.in(order_key(l[i]), i)) mine += weight(l[i]), last = i;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   s.scan[threadIdx.x] = mine;
-  if (threadIdx.x == 0) s.found = 0;
   __syncthreads();
-  for (int off = 1; off < kSampleThreads; off <<= 1) {  // inclusive scan (Hillis-Steele)
-    const double add = threadIdx.x >= off ? s.scan[threadIdx.x - off] : 0.0;
-    __syncthreads();
-    s.scan[threadIdx.x] += add;
-    __syncthreads();
+  if (lane == 0) {  // inclusive prefix over the warp's threads, in order
+    double run = 0;
+    for (int j = 0; j < 32; ++j) s.scan[threadIdx.x + j] = run += s.scan[threadIdx.x + j];
+    s.dsum[warp] = run;
   }
-  const double total = s.scan[kSampleThreads - 1];
+  __syncthreads();
+  if (threadIdx.x == 0) {  // exclusive prefix over the warps, in order
+    double run = 0;
+    for (int j = 0; j < kSampleWarps; ++j) {
+      const double t = s.dsum[j];
+      s.dsum[j] = run;
+      run += t;
+    }
+    s.total = run;
+    s.found = 0;
+  }
+  __syncthreads();
+  const double base = s.dsum[warp];
+  const double hi = base + s.scan[threadIdx.x];
+  const double lo = lane ? base + s.scan[threadIdx.x - 1] : base;  // the previous thread's hi, bit for bit
   const uint64_t z = splitmix64(p.seeds[r] + 0x9E3779B97F4A7C15ull);  // row 0 of a one-row call
-  const double target = static_cast<double>(z >> 11) * 0x1.0p-53 * total;
-  double cum = s.scan[threadIdx.x] - mine;
-  if (cum <= target && s.scan[threadIdx.x] > target) {
+  const double target = static_cast<double>(z >> 11) * 0x1.0p-53 * s.total;
+  if (lo <= target && target < hi) {  // hi > lo: this range holds a kept id (last >= 0)
+    double cum = lo;
     int64_t pick = last;  // if re-adding falls just short of the target: this range's last kept id
     for (int64_t i = b0; i < b1; ++i) {
       if (!kept.in(order_key(l[i]), i)) continue;
@@ -284,11 +308,11 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
         break;
       }
     }
-    if (atomicCAS(&s.found, 0, 1) == 0) p.out[r] = static_cast<int32_t>(pick);
+    p.out[r] = static_cast<int32_t>(pick);
+    s.found = 1;
   }
   __syncthreads();
-  // Rounding left the target just past the sum (or the crossing thread's own walk fell short):
-  // the last kept id, as the CPU op.
+  // u · total rounded to total (no thread holds the target): the last kept id, as the CPU op.
   long long lmax = last;
   for (int off = 16; off > 0; off >>= 1) lmax = max(lmax, __shfl_xor_sync(0xffffffffu, lmax, off));
   if (threadIdx.x % 32 == 0) s.cnt[threadIdx.x / 32] = lmax;
