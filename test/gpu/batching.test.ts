@@ -1,0 +1,72 @@
+/**
+ * Batched engine steps on CUDA: several sequences in one varlen prefill step and one batched
+ * decode step give each sequence the logits of its own step. The decode split plan (and so
+ * the summation order) depends on the batch, so this is a rounding-level comparison: 1e-3 of
+ * the row's largest |logit| (f32 partial sums combined in another order — orders of magnitude
+ * below the bf16 allowance of model.test.ts, far above f32 rounding noise of ~1e-6).
+ * Then continuous batching through Model: concurrent generations share decode steps.
+ * Skipped with the reason in the title where no CUDA device is usable (CI).
+ */
+import * as path from 'node:path';
+import { KvCache, Model, NativeEngine, makeTiny, ops } from '../../lib';
+import { Checkpoint } from '../../lib/model/checkpoint';
+import { loadWeights } from '../../lib/model/weights';
+import { randomPrompt, rmDir, tmpDir } from '../model/util';
+import { gpuDescribe, gpuTitle } from './cuda';
+
+const root = tmpDir('gpu-batching');
+afterAll(() => rmDir(root));
+
+function close(a: Float32Array, b: Float32Array, V: number, label: string): void {
+  for (let r = 0; r < a.length / V; r++) {
+    let m = 0;
+    for (let v = 0; v < V; v++) m = Math.max(m, Math.abs(a[r * V + v]));
+    for (let v = 0; v < V; v++) {
+      const d = Math.abs(a[r * V + v] - b[r * V + v]);
+      if (!(d <= 1e-3 * m + 1e-6)) throw new Error(`${label}: row ${r} logit ${v}: ${a[r * V + v]} vs ${b[r * V + v]}`);
+    }
+  }
+}
+
+gpuDescribe(gpuTitle('batched engine steps on CUDA'), () => {
+  const dir = path.join(root, 'v2');
+  beforeAll(async () => {
+    await makeTiny(dir, { kind: 'v2', seed: 401, dtype: 'bf16' });
+  });
+
+  test('varlen prefill of 3 sequences and a batched decode = each sequence alone', async () => {
+    const ck = await Checkpoint.open(dir);
+    const w = await loadWeights(ck);
+    await ck.close();
+    const c = ck.config;
+    const cache = await KvCache.create({ layers: c.numLayers, pages: 16, dC: c.kvLoraRank, dR: c.qkRopeHeadDim, dtype: 'bf16', pageSize: 64, device: 'cuda' });
+    const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: 256, theta: c.rope.theta, yarn: c.rope.yarn });
+    const e = await NativeEngine.create(c, w, cache, rope, 'cuda', { maxTokens: 128, maxSeqs: 3, maxSeqlen: 256 });
+    try {
+      const prompts = [randomPrompt('g0', 70), randomPrompt('g1', 1), randomPrompt('g2', 9)];
+      const pages = [[7, 2], [0], [5, 11]];
+      const seqs = prompts.map((p, i) => ({ tokens: p, pos0: 0, pages: pages[i] }));
+      const V = c.vocabSize;
+      const all = await e.step(seqs, 'prefill', 'last');
+      for (let i = 0; i < 3; i++) close((await e.step([seqs[i]], 'prefill', 'last')).logits!, all.logits!.subarray(i * V, (i + 1) * V), V, `prefill ${i}`);
+      const dec = [3, 4, 5].map((t, i) => ({ tokens: [t], pos0: prompts[i].length, pages: pages[i] }));
+      const both = await e.step(dec, 'decode', 'last');
+      for (let i = 0; i < 3; i++) close((await e.step([dec[i]], 'decode', 'last')).logits!, both.logits!.subarray(i * V, (i + 1) * V), V, `decode ${i}`);
+    } finally {
+      e.dispose();
+      cache.dispose();
+    }
+  });
+
+  test('concurrent generations share decode steps', async () => {
+    const m = await Model.load(dir, { device: 'cuda', maxBatch: 8 });
+    try {
+      const rs = await Promise.all([0, 1, 2, 3].map((i) => m.generate({ tokens: randomPrompt(`gc${i}`, 4 + i), maxNewTokens: 10 }).result));
+      expect(rs.every((r) => r.tokens.length > 0)).toBe(true);
+      const s = m.batchStats();
+      expect(s.steps).toBeLessThan(s.tokens);
+    } finally {
+      await m.dispose();
+    }
+  });
+});
