@@ -204,3 +204,55 @@ gpuDescribe(gpuTitle('published shapes, 2 layers, random weights: CUDA engine vs
     expectClose(T(out.cpu.dec), T(out.cuda.dec), `${name} decode`);
   }, 600_000);
 });
+
+/**
+ * The engine's on-device sampling wiring: batched decode steps that sample (captured as a CUDA
+ * graph on the first step of each key, replayed with new seeds and positions after) give, row
+ * for row, the token ops.sample draws on the CUDA device from the step's own returned logits
+ * with that row's seed (a one-row call with seed s draws as the engine's seeds[i] = s). Same
+ * kernel, same logits bits: exact. (ops.sample on the device is compared with the CPU op in
+ * sample.test.ts.) Vocab 102 400, 100 logits per sampler thread.
+ */
+gpuDescribe(gpuTitle('the CUDA engine samples as ops.sample on its logits'), () => {
+  test('v2-lite shape, 1 layer, random weights: 3 sequences × 6 sampled decode steps, 3 sampling settings', async () => {
+    const { PRESETS } = await import('../../lib/model/presets');
+    const { parseConfig } = await import('../../lib/model/config');
+    const { NativeEngine, ops, Tensor } = await import('../../lib');
+    const c = parseConfig({ ...PRESETS['v2-lite'], num_hidden_layers: 1 });
+    const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: 256, theta: c.rope.theta, yarn: c.rope.yarn });
+    const cache = await KvCache.create({ layers: 1, pages: 8, dC: c.kvLoraRank, dR: c.qkRopeHeadDim, dtype: 'bf16', pageSize: 64, device: 'cuda' });
+    const e = await NativeEngine.create(c, { random: 11 }, cache, rope, 'cuda', { maxTokens: 64, maxSeqs: 3, maxSeqlen: 256 });
+    try {
+      const prompts = [randomPrompt('s0', 9), randomPrompt('s1', 4), randomPrompt('s2', 13)];
+      const pages = [[2], [6], [0]];
+      await e.step(prompts.map((p, i) => ({ tokens: p, pos0: 0, pages: pages[i] })), 'prefill', 'none');
+      const V = c.vocabSize;
+      const pos = prompts.map((p) => p.length);
+      let next = [5, 6, 7];
+      const settings = [
+        { temperature: 0.8, topK: 50, topP: 0.9 },
+        { temperature: 1.0, topK: 0, topP: 1 },
+        { temperature: 0, topK: 0, topP: 1 },
+      ];
+      for (let step = 0; step < 6; step++) {
+        const s = settings[step >> 1]; // each setting twice: captured, then replayed
+        const seeds = [0, 1, 2].map((i) => BigInt(1000 + 7 * step + i) * 0x9e3779b97n);
+        const out = await e.step(next.map((t, i) => ({ tokens: [t], pos0: pos[i], pages: pages[i] })), 'decode', 'last', { ...s, seeds });
+        for (let i = 0; i < 3; i++) {
+          const row = Tensor.from(out.logits!.slice(i * V, (i + 1) * V), [1, V]);
+          const want = ((await ops.sample(row, { ...s, seed: seeds[i], device: 'cuda' })).data as Int32Array)[0];
+          expect([step, i, out.tokens![i]]).toEqual([step, i, want]);
+        }
+        next = Array.from(out.tokens!);
+        for (let i = 0; i < 3; i++) pos[i]++;
+      }
+      const g = e.memory().graphs;
+      expect(g.failed).toBe(0);
+      expect(g.captured).toBe(3);
+      expect(g.launches).toBe(6);
+    } finally {
+      e.dispose();
+      cache.dispose();
+    }
+  }, 600_000);
+});

@@ -174,7 +174,11 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
   if (bad || best == -INFINITY || best_id == INT32_MAX) {
     if (threadIdx.x == 0) {
       p.out[r] = -1;
-      atomicCAS(p.bad, 0, static_cast<int>(r + 1));
+      // bad[0] = 1 + the LOWEST bad row (as the CPU backend; blocks run in any order).
+      const int row1 = static_cast<int>(r + 1);
+      int cur = 0;
+      for (int prev; cur == 0 || cur > row1; cur = prev)
+        if ((prev = atomicCAS(p.bad, cur, row1)) == cur) break;
     }
     return;
   }

@@ -437,7 +437,8 @@ void Engine::check_step(const StepInput& in) const {
     DSV2_CHECK(in.tokens[r] >= 0 && in.tokens[r] < d_.vocab, kRange,
                "tokens[" << r << "] = " << in.tokens[r] << " is outside the vocabulary [0, " << d_.vocab << ")");
   if (in.sample) {
-    DSV2_CHECK(in.temperature >= 0 && in.temperature == in.temperature, kRange, "temperature = " << in.temperature << " must be >= 0");
+    DSV2_CHECK(std::isfinite(in.temperature) && in.temperature >= 0, kRange,
+               "temperature = " << in.temperature << " must be finite and >= 0");
     DSV2_CHECK(in.top_k >= 0, kRange, "topK = " << in.top_k << " must be >= 0");
     DSV2_CHECK(in.top_p > 0 && in.top_p <= 1, kRange, "topP = " << in.top_p << " must be in (0, 1]");
   }
