@@ -135,7 +135,7 @@ gpuDescribe(gpuTitle('the model on CUDA vs the CPU'), () => {
       delete process.env.DSV2_CUDA_GRAPHS;
     }
     try {
-      const prompt = randomPrompt('graphs', 70); // decode crosses a 64-token page: a new block-table width
+      const prompt = randomPrompt('graphs', 70); // decode crosses a 64-token page (the block table padded to 16 pages keeps one graph)
       const a = (await graphs.logits(prompt, { mode: 'decode' })).data as Float32Array;
       const b = (await eager.logits(prompt, { mode: 'decode' })).data as Float32Array;
       expect(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength))).toBe(true);
