@@ -26,6 +26,9 @@ def main() -> int:
         raw = json.load(open(cfg_file))
         raw["num_hidden_layers"] = int(layers)
         raw.pop("architectures", None)
+        # YaRN changes the rope tables, not the work: dropped so a transformers version that
+        # validates rope_scaling differently still builds the model.
+        raw.pop("rope_scaling", None)
         model_type = raw.pop("model_type", "deepseek_v2")
         config = AutoConfig.for_model(model_type, **raw)
         config._attn_implementation = "eager"
