@@ -10,7 +10,7 @@
  * - Bad step input is a coded error naming the value.
  */
 import * as path from 'node:path';
-import { Dsv2Error, KvCache, Model, NativeEngine, makeTiny, ops, type Tensor } from '../../lib';
+import { Dsv2Error, KvCache, Model, NativeEngine, Tensor, makeTiny, ops } from '../../lib';
 import type { TinyKind } from '../../lib/model/tiny';
 import { loadReference, referenceLogits, type CacheKind, type RefModel } from '../reference/forward';
 import { expectLogitsMatch, randomPrompt, rmDir, routingSafePrompt, tmpDir } from './util';
@@ -132,6 +132,23 @@ describe('batched and chunked steps (v2, bf16 cache)', () => {
       for (let v = 1; v < V; v++) if (l[v] > l[best]) best = v;
       expect(both.tokens![i]).toBe(best);
     }
+  });
+
+  test('multi-token decode steps (2 sequences × 3 tokens, causal among them) match the float64 reference', async () => {
+    const ref = loadReference(dir);
+    const V = c().vocabSize;
+    const cases = [routingSafePrompt(ref, 'mtd-a', 11, 'bf16'), routingSafePrompt(ref, 'mtd-b', 8, 'bf16')];
+    const pages = [[4], [12]];
+    // prefill all but the last 3 tokens, then one decode step carrying 3 tokens per sequence
+    const pre = await Promise.all(cases.map((x, i) => engine.step([{ tokens: x.tokens.slice(0, -3), pos0: 0, pages: pages[i] }], 'prefill', 'all')));
+    const dec = await engine.step(cases.map((x, i) => ({ tokens: x.tokens.slice(-3), pos0: x.tokens.length - 3, pages: pages[i] })), 'decode', 'all');
+    cases.forEach((x, i) => {
+      const T = x.tokens.length;
+      const all = new Float32Array(T * V);
+      all.set(pre[i].logits!, 0);
+      all.set(dec.logits!.subarray(i * 3 * V, (i + 1) * 3 * V), (T - 3) * V);
+      expectLogitsMatch(Tensor.from(all, [T, V]), x.r, { seq: i }, `multi-token decode, sequence ${i}`);
+    });
   });
 
   test('a prompt prefilled in chunks (maxStepTokens 5) matches one step within the reference allowance', async () => {
