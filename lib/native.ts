@@ -155,10 +155,11 @@ export interface Binding {
   benchMoeRouteCuda(logits: RawTensor, opts: RawMoeRouteOptions & { unfused?: boolean }, bias: RawTensor | null,
     iters: number): Promise<{ us: number; kernel: string }>;
   benchMoeExpertsCuda(shape: { t: number; hidden: number; inter: number; nExperts: number; topK: number; interShared: number;
-    seed: number }, iters: number): Promise<{ ms: number; kernel: string; expertsHit: number; weightBytes: number; flops: number;
+    seed: number; fp8?: boolean }, iters: number): Promise<{ ms: number; kernel: string; expertsHit: number; weightBytes: number; flops: number;
     gemmMs: number; gemmKernel: string; gemmFlops: number }>;
   moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
-    sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
+    sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl, device?: 'cpu' | 'cuda',
+    gateUpScale?: RawTensor | null, downScale?: RawTensor | null): Promise<RawTensor>;
   buildInfo(): RawBuildInfo;
   cudaInfo(): Promise<RawCudaInfo>;
   /** Rejects with E_CUDA from a deliberately invalid launch (tests of the error path). */

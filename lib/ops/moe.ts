@@ -66,10 +66,19 @@ export async function moeRoute(logits: Tensor, opts: MoeRouteOptions): Promise<M
 }
 
 export interface ExpertWeights {
-  /** [E, 2I, H]: per expert gate_proj rows then up_proj rows; f32 | bf16 | f16. */
+  /** [E, 2I, H]: per expert gate_proj rows then up_proj rows; f32 | bf16 | f16 | fp8_e4m3. */
   gateUp: Tensor;
   /** [E, H, I]: per expert down_proj; same dtype as gateUp. */
   down: Tensor;
+  /**
+   * fp8_e4m3 weights only (DeepSeek-V3 weight_scale_inv): f32 [E, ceil(2I/128), ceil(H/128)],
+   * w[e, r, c] = e4m3(gateUp[e, r, c]) · gateUpScale[e, r/128, c/128]. The 128×128 blocks tile
+   * the stacked [2I, H] matrix (gate rows then up rows), so for I % 128 == 0 it is the gate
+   * scales followed by the up scales. Every scale finite and > 0.
+   */
+  gateUpScale?: Tensor | null;
+  /** fp8_e4m3 weights only: f32 [E, ceil(H/128), ceil(I/128)] block scales of down. */
+  downScale?: Tensor | null;
 }
 
 export interface SharedExpertWeights {
@@ -85,6 +94,8 @@ export interface SharedExpertWeights {
  * expert (one GEMM per expert) and each token's slots are summed in slot order, so the result
  * does not depend on threading. `device: 'cuda'`: on-device dispatch (counts → scan →
  * scatter), grouped SwiGLU expert kernels and a slot-order combine, with no host sync.
+ * FP8 routed experts (fp8_e4m3 gateUp/down with gateUpScale/downScale) are dequantised on the
+ * fly, never widened whole; the shared experts stay f32 | bf16 | f16.
  * @param x f32 [T, H]  @param ids i32 [T, k]  @param weights f32 [T, k]  @returns f32 [T, H]
  */
 export async function moeExperts(x: Tensor, ids: Tensor, weights: Tensor, experts: ExpertWeights,
@@ -94,5 +105,7 @@ export async function moeExperts(x: Tensor, ids: Tensor, weights: Tensor, expert
     tensorArg(x, 'x'), tensorArg(ids, 'ids'), tensorArg(weights, 'weights'),
     tensorArg(experts?.gateUp, 'experts.gateUp'), tensorArg(experts?.down, 'experts.down'),
     shared ? tensorArg(shared.gateUp, 'shared.gateUp') : null, shared ? tensorArg(shared.down, 'shared.down') : null,
-    implArg(opts), opts?.device ?? 'cpu')));
+    implArg(opts), opts?.device ?? 'cpu',
+    experts?.gateUpScale ? tensorArg(experts.gateUpScale, 'experts.gateUpScale') : null,
+    experts?.downScale ? tensorArg(experts.downScale, 'experts.downScale') : null)));
 }

@@ -140,16 +140,20 @@ Napi::Value MoeRoute(const Napi::CallbackInfo& info) {
   });
 }
 
-// moeExperts(x, ids, weights, gateUp, down, sharedGateUp | null, sharedDown | null, impl, device)
+// moeExperts(x, ids, weights, gateUp, down, sharedGateUp | null, sharedDown | null, impl, device,
+//            gateUpScale | null, downScale | null)   (the scales: fp8_e4m3 expert weights only)
 Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   return run_op(info, [&info](Call& c) {
     MoeExpertsParams p;
-    TensorView sgu, sd;
+    TensorView sgu, sd, gus, dns;
     const bool has_sgu = c.optional_tensor(5, "shared.gateUp", &sgu);
     const bool has_sd = c.optional_tensor(6, "shared.down", &sd);
+    const bool has_gus = c.optional_tensor(9, "experts.gateUpScale", &gus);
+    const bool has_dns = c.optional_tensor(10, "experts.downScale", &dns);
     auto outs = c.outputs(ops::check_moe_experts(c.tensor(0, "x"), c.tensor(1, "ids"), c.tensor(2, "weights"),
                                                  c.tensor(3, "experts.gateUp"), c.tensor(4, "experts.down"),
-                                                 has_sgu ? &sgu : nullptr, has_sd ? &sd : nullptr, &p));
+                                                 has_sgu ? &sgu : nullptr, has_sd ? &sd : nullptr, &p,
+                                                 has_gus ? &gus : nullptr, has_dns ? &dns : nullptr));
     p.y = static_cast<float*>(outs[0]);
     p.ids = static_cast<const int32_t*>(c.snapshot(p.ids, p.t * p.top_k * sizeof(int32_t)));
     Impl impl = c.impl(7);
@@ -246,9 +250,10 @@ Napi::Value BenchMoeRouteCuda(const Napi::CallbackInfo& info) {
   });
 }
 
-// benchMoeExpertsCuda({t, hidden, inter, nExperts, topK, interShared, seed}, iters)
+// benchMoeExpertsCuda({t, hidden, inter, nExperts, topK, interShared, seed, fp8?}, iters)
 //   -> {ms, kernel, expertsHit, weightBytes, flops, gemmMs, gemmKernel, gemmFlops}: kernel-only
-//   moe_experts with random bf16 weights resident on the device and seeded random routing.
+//   moe_experts with random bf16 (fp8: block-scaled e4m3 routed) weights resident on the device
+//   and seeded random routing.
 Napi::Value BenchMoeExpertsCuda(const Napi::CallbackInfo& info) {
   return run_op(info, [&info](Call& c) -> Napi::Value {
     Napi::Object o = c.object(0, "shape");
@@ -260,6 +265,7 @@ Napi::Value BenchMoeExpertsCuda(const Napi::CallbackInfo& info) {
     b.top_k = get_integer(o, "topK", "topK", -1);
     b.inter_shared = get_integer(o, "interShared", "interShared", 0);
     b.seed = static_cast<uint64_t>(get_integer(o, "seed", "seed", 0));
+    b.fp8 = o.Get("fp8").ToBoolean().Value();
     const int iters = static_cast<int>(integer(c, 1, "iters"));
     auto r = std::make_shared<ops::MoeExpertsBench>();
     auto* job = new Job(

@@ -626,6 +626,11 @@ void moe_experts_cuda(const MoeExpertsParams& hp) {
   p.weights = sc.upload(hp.weights, pairs);
   p.gate_up = sc.upload(static_cast<const uint8_t*>(hp.gate_up), hp.n_experts * 2 * hp.inter * hp.hidden * wsz);
   p.down = sc.upload(static_cast<const uint8_t*>(hp.down), hp.n_experts * hp.hidden * hp.inter * wsz);
+  if (hp.w_dtype == DType::kFP8E4M3) {  // block scales (checked by check_moe_experts)
+    auto blocks = [](int64_t n) { return (n + kMoeFp8Block - 1) / kMoeFp8Block; };
+    p.gate_up_scale = sc.upload(hp.gate_up_scale, hp.n_experts * blocks(2 * hp.inter) * blocks(hp.hidden));
+    p.down_scale = sc.upload(hp.down_scale, hp.n_experts * blocks(hp.hidden) * blocks(hp.inter));
+  }
   if (hp.shared_gate_up) {
     const size_t ssz = dtype_size(hp.shared_dtype);
     p.shared_gate_up = sc.upload(static_cast<const uint8_t*>(hp.shared_gate_up), 2 * hp.inter_shared * hp.hidden * ssz);
@@ -709,6 +714,25 @@ MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters)
   p.x = x;
   p.gate_up = gu;
   p.down = dn;
+  if (b.fp8) {
+    // Routed experts as e4m3 codes (random values of the same spread, scale amax / 448 per
+    // block) in their own buffers; the bf16 ones above still serve the dense reference gemm.
+    auto blocks = [](int64_t n) { return (n + kMoeFp8Block - 1) / kMoeFp8Block; };
+    constexpr float kFp8Max = 448.0f;  // the largest e4m3 value
+    const int64_t n_gus = b.n_experts * blocks(2 * b.inter) * blocks(b.hidden);
+    const int64_t n_dns = b.n_experts * blocks(b.hidden) * blocks(b.inter);
+    void* gu8 = sc.alloc<uint8_t>(n_gu);
+    void* dn8 = sc.alloc<uint8_t>(n_dn);
+    cuda::moe_bench_fill(gu8, DType::kFP8E4M3, n_gu, b.seed + 6, kFp8Max, sc.stream());
+    cuda::moe_bench_fill(dn8, DType::kFP8E4M3, n_dn, b.seed + 7, kFp8Max, sc.stream());
+    const std::vector<float> gus(n_gus, 1.0f / (kFp8Max * std::sqrt(static_cast<float>(b.hidden))));
+    const std::vector<float> dns(n_dns, 1.0f / (kFp8Max * std::sqrt(static_cast<float>(b.inter))));
+    p.w_dtype = DType::kFP8E4M3;
+    p.gate_up = gu8;
+    p.down = dn8;
+    p.gate_up_scale = sc.upload(gus.data(), gus.size());
+    p.down_scale = sc.upload(dns.data(), dns.size());
+  }
   if (b.inter_shared > 0) {
     const int64_t n_sgu = 2 * b.inter_shared * b.hidden, n_sdn = b.hidden * b.inter_shared;
     void* sgu = sc.alloc<uint16_t>(n_sgu);
@@ -734,8 +758,8 @@ MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters)
   r.ms = cuda::time_ms(sc.stream(), iters, enqueue);
   r.kernel = cuda::moe_experts_kernel_name(p, &s);
   r.experts_hit = hit / kSets;
-  const double wsz = 2.0;  // bf16
-  r.weight_bytes = r.experts_hit * 3.0 * b.hidden * b.inter * wsz + 3.0 * b.hidden * b.inter_shared * wsz;
+  const double wsz = b.fp8 ? 1.0 : 2.0;  // routed: e4m3 (scales: 4 bytes per 16384 codes, not counted) or bf16
+  r.weight_bytes = r.experts_hit * 3.0 * b.hidden * b.inter * wsz + 3.0 * b.hidden * b.inter_shared * 2.0;
   r.flops = 6.0 * pairs * b.hidden * b.inter + 6.0 * b.t * b.hidden * b.inter_shared;
   // The dense reference: one cuda::gemm of the shared gate+up's shape (m = t, n = 2·inter_shared
   // or 2·inter, k = hidden), bf16 weights, in the same run.

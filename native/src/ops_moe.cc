@@ -52,16 +52,61 @@ void moe_route(const MoeRouteParams& p, Impl impl) {
   cpu::moe_route(p, parallel(impl));
 }
 
+namespace {
+
+// FP8 routed experts: both block-scale tensors, f32, of exactly [E, ceil(rows / 128),
+// ceil(cols / 128)] for gate_up [E, 2I, H] and down [E, H, I], every scale finite and > 0;
+// other weight dtypes take no scales.
+void check_fp8_scales(DType w, const TensorView* gus, const TensorView* dns, int64_t e, int64_t inter, int64_t hidden,
+                      MoeExpertsParams* p) {
+  if (w != DType::kFP8E4M3) {
+    DSV2_CHECK(gus == nullptr && dns == nullptr, kArg,
+               (gus ? "experts.gateUpScale" : "experts.downScale")
+                   << ": block scales are only used with fp8_e4m3 expert weights (experts.gateUp is " << dtype_name(w) << ")");
+    return;
+  }
+  DSV2_CHECK(gus != nullptr && dns != nullptr, kArg,
+             (gus ? "experts.downScale" : "experts.gateUpScale")
+                 << " is required: fp8_e4m3 expert weights need both block-scale tensors (weight_scale_inv, f32, "
+                    "one per 128×128 block)");
+  constexpr int64_t B = kMoeFp8Block;
+  auto blocks = [](int64_t n) { return (n + B - 1) / B; };
+  const struct {
+    const TensorView* t;
+    const char* name;
+    int64_t rows, cols;
+    const char* what;
+  } parts[2] = {{gus, "experts.gateUpScale", 2 * inter, hidden, "[experts, ceil(2 · inter / 128), ceil(hidden / 128)] = "},
+                {dns, "experts.downScale", hidden, inter, "[experts, ceil(hidden / 128), ceil(inter / 128)] = "}};
+  for (const auto& s : parts) {
+    require_cpu(*s.t, s.name);
+    require_dtype(*s.t, s.name, {DType::kF32});
+    const std::vector<int64_t> want = {e, blocks(s.rows), blocks(s.cols)};
+    require_shape(*s.t, s.name, want, (std::string(s.what) + shape_str(want)).c_str());
+    const float* v = static_cast<const float*>(s.t->data);
+    const int64_t br = want[1], bc = want[2];
+    for (int64_t i = 0; i < e * br * bc; ++i)
+      DSV2_CHECK(std::isfinite(v[i]) && v[i] > 0.0f, kRange,
+                 s.name << "[" << i / (br * bc) << ", " << (i / bc) % br << ", " << i % bc << "] = " << v[i]
+                        << " must be finite and > 0");
+  }
+  p->gate_up_scale = static_cast<const float*>(gus->data);
+  p->down_scale = static_cast<const float*>(dns->data);
+}
+
+}  // namespace
+
 std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
                                        const TensorView& gate_up, const TensorView& down, const TensorView* sgu,
-                                       const TensorView* sd, MoeExpertsParams* p) {
+                                       const TensorView* sd, MoeExpertsParams* p, const TensorView* gu_scale,
+                                       const TensorView* dn_scale) {
   for (auto [t, n] : {std::pair{&x, "x"}, {&ids, "ids"}, {&weights, "weights"}, {&gate_up, "experts.gateUp"},
                       {&down, "experts.down"}})
     require_cpu(*t, n);
   require_dtype(x, "x", {DType::kF32});
   require_dtype(ids, "ids", {DType::kI32});
   require_dtype(weights, "weights", {DType::kF32});
-  require_dtype(gate_up, "experts.gateUp", kFloatWeights);
+  require_dtype(gate_up, "experts.gateUp", {DType::kF32, DType::kBF16, DType::kF16, DType::kFP8E4M3});
   require_rank(x, "x", 2, 2);
   require_rank(ids, "ids", 2, 2);
   require_rank(gate_up, "experts.gateUp", 3, 3);
@@ -87,6 +132,7 @@ std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& id
   p->gate_up = gate_up.data;
   p->down = down.data;
   p->w_dtype = gate_up.dtype;
+  check_fp8_scales(gate_up.dtype, gu_scale, dn_scale, e, inter, hidden, p);
   DSV2_CHECK((sgu == nullptr) == (sd == nullptr), kArg, "shared: needs both gateUp and down");
   if (sgu) {
     require_cpu(*sgu, "shared.gateUp");

@@ -83,6 +83,9 @@ export async function benchMoeRouteCuda(opts: { quick?: boolean } = {}): Promise
  *     reported as % of the device-to-device copy bandwidth measured in the same run (target ≥ 70%);
  *   prefill T = 4096: FLOPs = 6·T·k·H·I + 6·T·H·I_shared, as % of the rate of one dense cuda::gemm
  *     (m = T, n = 2·I_shared, k = H, bf16 weights) timed in the same call (target ≥ 50%).
+ * fp8 rows (weights = fp8): the routed experts as e4m3 codes + 128×128 block scales (V3's
+ * format; shared experts stay bf16), decode T = 1, 8, 64 (and 4096 outside --quick): routed
+ * bytes halve, (experts hit × 3·H·I·1 + shared × 3·H·Is·2); same % copy-bandwidth target.
  */
 export async function benchMoeExpertsCuda(opts: { quick?: boolean } = {}): Promise<void> {
   const { info } = await import('../../lib/info');
@@ -102,15 +105,18 @@ export async function benchMoeExpertsCuda(opts: { quick?: boolean } = {}): Promi
   ];
   const rows: Record<string, string | number>[] = [];
   for (const sh of opts.quick ? SHAPES.slice(1) : SHAPES) {
-    for (const t of opts.quick ? [1, 64, 4096] : [1, 8, 64, 4096]) {
+    const runs: { t: number; fp8: boolean }[] = [];
+    for (const t of opts.quick ? [1, 64, 4096] : [1, 8, 64, 4096]) runs.push({ t, fp8: false });
+    for (const t of opts.quick ? [1, 64] : [1, 8, 64, 4096]) runs.push({ t, fp8: true });
+    for (const { t, fp8 } of runs) {
       const { name, ...shape } = sh;
-      const r = await binding().benchMoeExpertsCuda({ ...shape, t, seed: 7 }, t >= 1024 ? (opts.quick ? 3 : 10) : opts.quick ? 10 : 50);
+      const r = await binding().benchMoeExpertsCuda({ ...shape, t, seed: 7, fp8 }, t >= 1024 ? (opts.quick ? 3 : 10) : opts.quick ? 10 : 50);
       const s = r.ms / 1e3;
       const gemmRate = r.gemmFlops / (r.gemmMs / 1e3);
       const decode = t <= 64;
       const pct = decode ? (100 * r.weightBytes) / s / bw : (100 * r.flops) / s / gemmRate;
       rows.push({
-        shape: name, T: t, kernel: r.kernel, 'experts hit': r.expertsHit, us: r.ms * 1e3, 'GB/s': r.weightBytes / s / 1e9,
+        shape: name, weights: fp8 ? 'fp8' : 'bf16', T: t, kernel: r.kernel, 'experts hit': r.expertsHit, us: r.ms * 1e3, 'GB/s': r.weightBytes / s / 1e9,
         'TFLOP/s': r.flops / s / 1e12, 'dense TFLOP/s': gemmRate / 1e12, 'dense kernel': r.gemmKernel,
         metric: decode ? '% copy bw' : '% dense', value: pct, target: decode ? (pct >= 70 ? '≥70% ok' : '≥70% MISS') : pct >= 50 ? '≥50% ok' : '≥50% MISS',
       });
@@ -119,7 +125,7 @@ export async function benchMoeExpertsCuda(opts: { quick?: boolean } = {}): Promi
   table(rows);
   console.log(`results: ${writeResults('moe-experts-cuda', dev.name, {
     bench: 'moe_experts_cuda', date: new Date().toISOString(), device: dev, copyBandwidth: bw,
-    model: { bytes: '(experts hit + shared) * 3*H*I*2 (bf16 weights touched)', flops: '6*T*k*H*I + 6*T*H*I_shared',
+    model: { bytes: '(experts hit + shared) * 3*H*I*2 (bf16 weights touched); fp8 rows: experts hit * 3*H*I*1 + shared * 3*H*Is*2', flops: '6*T*k*H*I + 6*T*H*I_shared',
       roofline: 'decode: D2D copy bandwidth; prefill: one dense cuda::gemm (m=T, n=2*I_shared, k=H) in the same call' }, rows,
   })}`);
 }

@@ -42,6 +42,24 @@ struct MoeRouteParams {
 // slots with id -1 skipped) + the shared experts as one SwiGLU of width inter_shared.
 // Tokens are grouped by expert so each expert runs one GEMM over its tokens; each token's
 // slot results are summed in slot order, so the output does not depend on threading.
+//
+// FP8 block-scaled routed experts (DeepSeek-V3's F8_E4M3 weights with weight_scale_inv):
+// with w_dtype == kFP8E4M3, gate_up and down hold e4m3 codes (uint8) and
+//   w[e, r, c] = e4m3(code[e, r, c]) · scale[e, r / 128, c / 128]   (f32 product)
+// with gate_up_scale [n_experts, ceil(2·inter / 128), ceil(hidden / 128)] and down_scale
+// [n_experts, ceil(hidden / 128), ceil(inter / 128)], row-major, every scale finite and > 0.
+// Convention: the blocks tile the STACKED [2·inter, hidden] gate_up matrix (scale row r / 128
+// for stacked row r, gate rows 0..inter-1 then up rows inter..2·inter-1), i.e. the matrix is
+// treated exactly like any other block-quantised [rows, cols] checkpoint tensor (the rule
+// weights.ts applies at load). Why: it is the only layout with the [.., ceil(2I/128), ..]
+// shape, one indexing rule serves gate_up and down, and for V3 (inter = 2048, a multiple of
+// 128) it is exactly the concatenation of the checkpoint's gate_proj and up_proj scale
+// tensors. When inter % 128 != 0 one 128-row block holds the last gate rows and the first up
+// rows; a loader of separate gate/up checkpoint tensors must then requantise (or keep bf16):
+// their scales do not fit this layout. The shared experts never use FP8 (shared_dtype is
+// f32 | bf16 | f16); the scales are null for other weight dtypes.
+constexpr int64_t kMoeFp8Block = 128;
+
 struct MoeExpertsParams {
   int64_t t = 0, hidden = 0, top_k = 0, n_experts = 0, inter = 0, inter_shared = 0;
   const float* x = nullptr;        // [t, hidden]
@@ -49,7 +67,9 @@ struct MoeExpertsParams {
   const float* weights = nullptr;  // [t, top_k]
   const void* gate_up = nullptr;   // [n_experts, 2 · inter, hidden]: gate rows, then up rows
   const void* down = nullptr;      // [n_experts, hidden, inter]
-  DType w_dtype = DType::kF32;     // of gate_up and down
+  DType w_dtype = DType::kF32;     // of gate_up and down: f32 | bf16 | f16 | fp8_e4m3
+  const float* gate_up_scale = nullptr;  // fp8 only: [n_experts, ceil(2 · inter / 128), ceil(hidden / 128)]
+  const float* down_scale = nullptr;     // fp8 only: [n_experts, ceil(hidden / 128), ceil(inter / 128)]
   const void* shared_gate_up = nullptr;  // [2 · inter_shared, hidden], may be null
   const void* shared_down = nullptr;     // [hidden, inter_shared]
   DType shared_dtype = DType::kF32;

@@ -85,7 +85,8 @@ void moe_route(const MoeRouteParams& p, Impl impl);
 
 std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& ids, const TensorView& weights,
                                        const TensorView& gate_up, const TensorView& down, const TensorView* shared_gate_up,
-                                       const TensorView* shared_down, MoeExpertsParams* p);
+                                       const TensorView* shared_down, MoeExpertsParams* p,
+                                       const TensorView* gate_up_scale = nullptr, const TensorView* down_scale = nullptr);
 void moe_experts(const MoeExpertsParams& p, Impl impl);
 
 // Multi-threaded memcpy of `bytes` bytes, `iters` times: the machine's copy bandwidth, the

@@ -7,7 +7,15 @@
 //   mma_tiled   bf16 weights, larger batches (prefill): 128×128 tiles, cp.async pipeline (moe_mma.cu);
 //   simt        f32 / f16 weights, or shapes the tensor-core kernels do not take (hidden or inter
 //               not a multiple of 8, unaligned pointers, more than 1024 experts): the generic
-//               kernels below, warp per (pair, output column).
+//               kernels below, warp per (pair, output column);
+//   mma_skinny_fp8  routed FP8 block-scaled weights (w_dtype fp8_e4m3 + 128×128 scales, see
+//               MoeExpertsParams) at any batch size, shapes and pointers as mma_skinny: the
+//               skinny kernel decoding e4m3 exactly to bf16 in registers, scaling the f32
+//               partial of each 128-wide k block (moe_mma.cu);
+//   simt_fp8    FP8 weights the skinny kernel does not take: the generic kernels decoding each
+//               weight as e4m3 · scale (the CPU op's f32 value).
+// (FP8 prefill runs the skinny kernel, re-reading each expert's codes once per 16-row tile;
+// a tiled FP8 kernel would dequantise in its shared-memory stage: not implemented.)
 // Tensor-core path:
 //   prep (one launch): block 0 dispatches — counts per expert (shared-memory atomics), exclusive
 //             scan, per-expert segment offsets, a tile table {expert, first row} for the chosen
@@ -23,16 +31,15 @@
 //   combine:  y[t] = Σ_slots slot_out[t, slot] in slot order + shared[t] (deterministic).
 // SIMT path: dispatch count → scan → scatter, grouped gate/up and down SIMT kernels, the
 // shared experts through cuda::gemm + SwiGLU, combine with the weights.
-// FP8 block-scaled expert weights (V3: e4m3 + weight_scale_inv per 128×128 block) would be a
-// third weight format of moe_mma's Problem (a scale pointer and block size, dequantised in
-// the tiled kernel's shared-memory stage / the skinny kernel's registers); not implemented.
 #include <algorithm>
+#include <string>
 
 #include "common.cuh"
 #include "cuda_ops.h"
 #include "moe_mma.cuh"
 #include "ptx.cuh"
 #include "../core/dtype.h"
+#include "../core/fp8.h"
 
 namespace dsv2::cuda {
 namespace {
@@ -71,7 +78,23 @@ __device__ int expert_of(const int32_t* offsets, int64_t e, int64_t pos) {
   return static_cast<int>(lo);
 }
 
+// Weight [r, c] of expert ex's [rows, cols] matrix: load_weight, or for FP8 e4m3(code) · the
+// scale of its 128×128 block (one f32 rounding, as the CPU op's dequantisation).
+template <bool kFp8>
+__device__ __forceinline__ float routed_weight(const void* w, DType dt, const float* scale, int64_t ex, int64_t rows,
+                                               int64_t cols, int64_t r, int64_t c) {
+  const int64_t i = (ex * rows + r) * cols + c;
+  if constexpr (kFp8) {
+    const int64_t rb = (rows + kMoeFp8Block - 1) / kMoeFp8Block, cb = (cols + kMoeFp8Block - 1) / kMoeFp8Block;
+    return __fmul_rn(e4m3_to_f32_formula(static_cast<const uint8_t*>(w)[i]),
+                     scale[(ex * rb + r / kMoeFp8Block) * cb + c / kMoeFp8Block]);
+  } else {
+    return load_weight(w, dt, i);
+  }
+}
+
 // h[pos, j] = silu(x·gate_e[j]) · (x·up_e[j]) for the pair at segment position pos.
+template <bool kFp8>
 __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p, const int32_t* offsets,
                                                               const int32_t* rows, float* h) {
   const int lane = threadIdx.x % 32;
@@ -80,11 +103,10 @@ __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p
   if (j >= p.inter || pos >= offsets[p.n_experts]) return;
   const int ex = expert_of(offsets, p.n_experts, pos);
   const float* x = p.x + (rows[pos] / p.top_k) * p.hidden;
-  const int64_t base = static_cast<int64_t>(ex) * 2 * p.inter * p.hidden;
   float g = 0.0f, u = 0.0f;
   for (int64_t k = lane; k < p.hidden; k += 32) {
-    g = fmaf(x[k], load_weight(p.gate_up, p.w_dtype, base + j * p.hidden + k), g);
-    u = fmaf(x[k], load_weight(p.gate_up, p.w_dtype, base + (p.inter + j) * p.hidden + k), u);
+    g = fmaf(x[k], routed_weight<kFp8>(p.gate_up, p.w_dtype, p.gate_up_scale, ex, 2 * p.inter, p.hidden, j, k), g);
+    u = fmaf(x[k], routed_weight<kFp8>(p.gate_up, p.w_dtype, p.gate_up_scale, ex, 2 * p.inter, p.hidden, p.inter + j, k), u);
   }
   for (int off = 16; off > 0; off >>= 1) {
     g += __shfl_xor_sync(0xffffffffu, g, off);
@@ -94,6 +116,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p
 }
 
 // slot_out[pair, n] = h[pos] · down_e[n]
+template <bool kFp8>
 __global__ void __launch_bounds__(kWarps * 32) down_kernel(MoeExpertsParams p, const int32_t* offsets,
                                                            const int32_t* rows, const float* h, float* slot_out) {
   const int lane = threadIdx.x % 32;
@@ -101,9 +124,9 @@ __global__ void __launch_bounds__(kWarps * 32) down_kernel(MoeExpertsParams p, c
   const int64_t pos = blockIdx.x;
   if (n >= p.hidden || pos >= offsets[p.n_experts]) return;
   const int ex = expert_of(offsets, p.n_experts, pos);
-  const int64_t base = static_cast<int64_t>(ex) * p.hidden * p.inter + n * p.inter;
   float acc = 0.0f;
-  for (int64_t j = lane; j < p.inter; j += 32) acc = fmaf(h[pos * p.inter + j], load_weight(p.down, p.w_dtype, base + j), acc);
+  for (int64_t j = lane; j < p.inter; j += 32)
+    acc = fmaf(h[pos * p.inter + j], routed_weight<kFp8>(p.down, p.w_dtype, p.down_scale, ex, p.hidden, p.inter, n, j), acc);
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) slot_out[static_cast<int64_t>(rows[pos]) * p.hidden + n] = acc;
 }
@@ -228,7 +251,9 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(PrepArgs a) {
   }
 }
 
-enum class Path { kNone, kSimt, kSkinny, kTiled };
+enum class Path { kNone, kSimt, kSkinny, kTiled, kSimtFp8, kSkinnyFp8 };
+constexpr int kPaths = 6;
+const char* const kPathNames[kPaths] = {"none", "simt", "mma_skinny", "mma_tiled", "simt_fp8", "mma_skinny_fp8"};
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
@@ -237,6 +262,11 @@ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 // tiles / n_tiles gets the SIMT kernels; moe_scratch_carve provides them all).
 Path routed_path(const MoeExpertsParams& p, const MoeScratch* s) {
   if (p.t * p.top_k == 0 || p.inter == 0 || p.hidden == 0 || p.n_experts == 0) return Path::kNone;
+  if (p.w_dtype == DType::kFP8E4M3) {  // the skinny kernel at every batch size (no tiled FP8 kernel)
+    const bool mma = p.hidden % 8 == 0 && p.inter % 8 == 0 && p.n_experts <= kPrepMaxExperts && aligned16(p.x) &&
+                     aligned16(p.gate_up) && aligned16(p.down) && (!s || (s->xb && s->tiles && s->n_tiles));
+    return mma ? Path::kSkinnyFp8 : Path::kSimtFp8;
+  }
   const bool mma = p.w_dtype == DType::kBF16 && p.hidden % 8 == 0 && p.inter % 8 == 0 &&
                    p.n_experts <= kPrepMaxExperts && aligned16(p.x) && aligned16(p.gate_up) && aligned16(p.down) &&
                    (!s || (s->xb && s->tiles && s->n_tiles));
@@ -256,8 +286,9 @@ Path shared_path(const MoeExpertsParams& p, const MoeScratch* s) {
   return p.t <= 64 ? Path::kSkinny : Path::kTiled;
 }
 
-bool tensor_core(Path x) { return x == Path::kSkinny || x == Path::kTiled; }
-int tile_rows(Path x) { return x == Path::kSkinny ? moe_mma::kSkinnyRows : moe_mma::kTiledRows; }
+bool tensor_core(Path x) { return x == Path::kSkinny || x == Path::kTiled || x == Path::kSkinnyFp8; }
+bool simt(Path x) { return x == Path::kSimt || x == Path::kSimtFp8; }
+int tile_rows(Path x) { return x == Path::kTiled ? moe_mma::kTiledRows : moe_mma::kSkinnyRows; }
 
 // Tiles the grid reserves for the routed segments: each live tile holds ≥ 1 pair, and
 // Σ_e ceil(c_e / R) ≤ pairs / R + (experts hit).
@@ -270,10 +301,11 @@ void run_grouped(Path path, const moe_mma::Problem* probs, int n, bool swiglu, c
   l.n_prob = n;
   for (int i = 0; i < n; ++i) l.prob[i] = probs[i];
   if (path == Path::kSkinny) moe_mma::grouped_skinny(l, swiglu, st);
+  else if (path == Path::kSkinnyFp8) moe_mma::grouped_skinny_fp8(l, swiglu, st);
   else moe_mma::grouped_tiled(l, swiglu, st);
 }
 
-void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, cudaStream_t st) {
+void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, bool fp8, cudaStream_t st) {
   const int64_t pairs = p.t * p.top_k;
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.counts, 0, p.n_experts * sizeof(int32_t), st));
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
@@ -284,9 +316,13 @@ void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, cudaStream_t st
   scatter_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.cursor, s.rows);
   DSV2_CUDA_LAUNCH_CHECK();
   // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
-  gate_up_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
+  const dim3 gu_grid(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps));
+  const dim3 dn_grid(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps));
+  if (fp8) gate_up_kernel<true><<<gu_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
+  else gate_up_kernel<false><<<gu_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
   DSV2_CUDA_LAUNCH_CHECK();
-  down_kernel<<<dim3(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps)), kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
+  if (fp8) down_kernel<true><<<dn_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
+  else down_kernel<false><<<dn_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -314,14 +350,15 @@ void simt_shared(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
 }  // namespace
 
 const char* moe_experts_kernel_name(const MoeExpertsParams& p, const MoeScratch* s) {
-  static const char* const kNames[4][4] = {
-      {"routed=none shared=none", "routed=none shared=simt", "routed=none shared=mma_skinny", "routed=none shared=mma_tiled"},
-      {"routed=simt shared=none", "routed=simt shared=simt", "routed=simt shared=mma_skinny", "routed=simt shared=mma_tiled"},
-      {"routed=mma_skinny shared=none", "routed=mma_skinny shared=simt", "routed=mma_skinny shared=mma_skinny",
-       "routed=mma_skinny shared=mma_tiled"},
-      {"routed=mma_tiled shared=none", "routed=mma_tiled shared=simt", "routed=mma_tiled shared=mma_skinny",
-       "routed=mma_tiled shared=mma_tiled"}};
-  return kNames[static_cast<int>(routed_path(p, s))][static_cast<int>(shared_path(p, s))];
+  // "routed=<path> shared=<path>" for every pair (the shared experts never take an fp8 path).
+  static const struct Names {
+    std::string v[kPaths][kPaths];
+    Names() {
+      for (int r = 0; r < kPaths; ++r)
+        for (int c = 0; c < kPaths; ++c) v[r][c] = std::string("routed=") + kPathNames[r] + " shared=" + kPathNames[c];
+    }
+  } names;
+  return names.v[static_cast<int>(routed_path(p, s))][static_cast<int>(shared_path(p, s))].c_str();
 }
 
 void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
@@ -350,7 +387,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     prep_kernel<<<static_cast<unsigned>((rtc ? 1 : 0) + std::max<int64_t>(conv_blocks, 1)), kPrepThreads, 0, st>>>(a);
     DSV2_CUDA_LAUNCH_CHECK();
   }
-  if (rp == Path::kSimt) simt_routed(p, s, st);
+  if (simt(rp)) simt_routed(p, s, rp == Path::kSimtFp8, st);
 
   // Tensor-core problems: routed gate+up / down over the tile table, shared over all t rows.
   uint16_t* hb = reinterpret_cast<uint16_t*>(s.h);          // bf16 [pairs, inter] in the f32 buffer
@@ -382,6 +419,15 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     d.out = s.slot_out;
     d.o_rows = s.rows;
     d.o_scale = p.weights;
+    if (rp == Path::kSkinnyFp8) {  // e4m3 codes (w_stride counts codes) + block scales
+      auto blocks = [](int64_t n) { return (n + kMoeFp8Block - 1) / kMoeFp8Block; };
+      g.w8 = static_cast<const uint8_t*>(p.gate_up);
+      g.w_scale = p.gate_up_scale;
+      g.scale_stride = blocks(2 * p.inter) * blocks(p.hidden);
+      d.w8 = static_cast<const uint8_t*>(p.down);
+      d.w_scale = p.down_scale;
+      d.scale_stride = blocks(p.hidden) * blocks(p.inter);
+    }
     gu[0] = g;
     dn[0] = d;
   }
@@ -425,7 +471,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
   }
   combine_kernel<<<ceil_div(p.t * p.hidden, 256), 256, 0, st>>>(p, s.slot_out, sp == Path::kNone ? nullptr : s.shared_out,
-                                                                rp == Path::kSimt || !routed);
+                                                                simt(rp) || !routed);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -439,13 +485,15 @@ __global__ void fill_kernel(void* p, DType t, int64_t n, uint64_t seed, float sc
     z ^= z >> 31;
     const float v = scale * (static_cast<float>(z >> 40) * 0x1.0p-23f - 1.0f);  // [-scale, scale)
     if (t == DType::kF32) static_cast<float*>(p)[i] = v;
+    else if (t == DType::kFP8E4M3) static_cast<uint8_t*>(p)[i] = f32_to_e4m3(v);
     else static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
   }
 }
 }  // namespace
 
 void moe_bench_fill(void* p, DType t, int64_t n, uint64_t seed, float scale, void* stream) {
-  DSV2_CHECK(t == DType::kF32 || t == DType::kBF16, kUnsupported, "moe_bench_fill: f32 or bf16 only");
+  DSV2_CHECK(t == DType::kF32 || t == DType::kBF16 || t == DType::kFP8E4M3, kUnsupported,
+             "moe_bench_fill: f32, bf16 or fp8_e4m3 only");
   if (n == 0) return;
   fill_kernel<<<std::min<unsigned>(ceil_div(n, 256), 8192), 256, 0, static_cast<cudaStream_t>(stream)>>>(p, t, n, seed, scale);
   DSV2_CUDA_LAUNCH_CHECK();

@@ -81,6 +81,54 @@ __device__ __forceinline__ int64_t a_row(const Problem& P, int64_t pos) {
 constexpr int kSkWarps = 4;
 constexpr int kSkUnroll = 4;  // 32-wide k chunks in flight per warp
 
+// Cross-warp reduction of the skinny kernels in a fixed order (warp 0 + 1 + 2 + 3), then warp 0
+// applies the epilogue (SwiGLU → h, or the scaled store of the down GEMM). Every thread of the
+// block calls it (it synchronises).
+template <bool kSwiGLU>
+__device__ __forceinline__ void skinny_finish(const Problem& P, const Seg& sg, int64_t c0, float (&acc)[2][2][4]) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, q = lane % 4;
+  __shared__ float red[kSkWarps][16][32];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) red[warp][(mt * 2 + nt) * 4 + i][lane] = acc[mt][nt][i];
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float v = red[0][(mt * 2 + nt) * 4 + i][lane];
+#pragma unroll
+        for (int w = 1; w < kSkWarps; ++w) v += red[w][(mt * 2 + nt) * 4 + i][lane];
+        acc[mt][nt][i] = v;
+      }
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t pos = sg.begin + nt * 8 + 2 * q + (i & 1);
+      if (pos >= sg.end) continue;
+      if (kSwiGLU) {
+        const int64_t col = c0 + g + (i >= 2 ? 8 : 0);
+        if (col < P.n) P.h[pos * P.n + col] = f32_to_bf16(silu(acc[0][nt][i]) * acc[1][nt][i]);
+      } else {
+        const int64_t dest = P.o_rows ? P.o_rows[pos] : pos;
+        const float scale = P.o_scale ? P.o_scale[dest] : 1.0f;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const int64_t col = c0 + mt * 16 + g + (i >= 2 ? 8 : 0);
+          if (col < P.n) P.out[dest * P.n + col] = scale * acc[mt][nt][i];
+        }
+      }
+    }
+}
+
 template <bool kSwiGLU>
 __global__ void __launch_bounds__(kSkWarps * 32) skinny_kernel(Launch l) {
   int64_t tile = blockIdx.x;
@@ -156,46 +204,158 @@ __global__ void __launch_bounds__(kSkWarps * 32) skinny_kernel(Launch l) {
                           word(xr[u][nt], 2 * s), word(xr[u][nt], 2 * s + 1));
   }
 
-  // Cross-warp reduction in a fixed order (warp 0 + 1 + 2 + 3), then warp 0 writes.
-  __shared__ float red[kSkWarps][16][32];
+  skinny_finish<kSwiGLU>(P, sg, c0, acc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skinny kernel with FP8 block-scaled weights (DeepSeek-V3 e4m3 + 128×128 weight_scale_inv).
+
+// 8 bytes read once (weight codes): no L1 allocation.
+__device__ __forceinline__ uint2 ld_stream8(const void* p) {
+  uint2 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
+}
+
+// f32 multiply that keeps subnormal inputs whatever the compiler's -ftz setting (PTX mul
+// without .ftz): an exact power-of-two rescale of a subnormal stays exact.
+__device__ __forceinline__ float mul_keep_subnormal(float a, float b) {
+  float d;
+  asm("mul.rn.f32 %0, %1, %2;\n" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+
+// Two e4m3 codes (byte 0 → low half, byte 1 → high half of `w2`, the other bytes ignored) →
+// bf16x2, exactly (every e4m3 value, subnormals included, is a bf16 value):
+//  - the code's 7 magnitude bits placed at f32 bits 20..26 give an f32 of value e4m3 · 2^-120
+//    (exponent bias 127 vs 7; an e4m3 subnormal lands on an f32 subnormal with the same
+//    mantissa), so · 2^120 is the value, exactly; its top 16 bits are the bf16;
+//  - the sign is or-ed in; NaN codes (magnitude 0x7f) become a bf16 NaN, as the CPU's table.
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t w2) {
+  const uint32_t spread = __byte_perm(w2, 0u, 0x4140);  // [b0, 0, b1, 0]
+  const float lo = mul_keep_subnormal(__uint_as_float((spread << 20) & 0x07f00000u), 0x1p120f);
+  const float hi = mul_keep_subnormal(__uint_as_float((spread << 4) & 0x07f00000u), 0x1p120f);
+  const uint32_t sign = (spread << 8) & 0x80008000u;
+  // 0x7f in a half's low 7 bits carries into its bit 7 after + 1: 0x7fc0 in that half (NaN).
+  const uint32_t nan = ((((spread & 0x007f007fu) + 0x00010001u) & 0x00800080u) >> 7) * 0x7fc0u;
+  return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632) | sign | nan;
+}
+
+// Bytes 2j, 2j + 1 of a lane's 8 codes (k offsets 2j, 2j + 1) as bf16x2: word j of the bf16
+// layout the bf16 kernel loads, so the fragment mapping below is the bf16 kernel's.
+__device__ __forceinline__ uint32_t fp8_word(const uint2& v, int j) {
+  const uint32_t w = j < 2 ? v.x : v.y;
+  return e4m3x2_to_bf16x2(j % 2 == 0 ? w : w >> 16);
+}
+
+// As skinny_kernel, with each lane loading 8 codes (8 bytes) per row and 32-wide k chunk. A
+// warp's kSkUnroll = 4 chunks of one iteration are the 128 k of one scale block (c is a
+// multiple of 4), so the iteration accumulates an exact-bf16-weight partial in f32 and adds it
+// times the scale of each row: acc += scale[row / 128, c / 4] · partial.
+template <bool kSwiGLU>
+__global__ void __launch_bounds__(kSkWarps * 32) skinny_fp8_kernel(Launch l) {
+  static_assert(kSkUnroll * 32 == 128, "one iteration = one 128-wide scale block of k");
+  int64_t tile = blockIdx.x;
+  const Problem P = pick(l, &tile);
+  Seg sg;
+  if (!tile_segment(P, tile, kSkinnyRows, &sg)) return;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * (kSwiGLU ? 16 : 32);  // first output column
+  if (c0 >= P.n) return;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, q = lane % 4;
+  const int64_t K = P.k;
+  const int64_t k_blocks = (K + 127) / 128;
+
+  // Weight rows of this lane (as skinny_kernel) and their scale rows.
+  const uint8_t* wp[2][2];
+  const float* sp[2][2];
+  bool wv[2][2];
+  const uint8_t* we = P.w8 + sg.expert * P.w_stride;
+  const float* se = P.w_scale + sg.expert * P.scale_stride;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t col = kSwiGLU ? c0 + hf * 8 + g : c0 + mt * 16 + hf * 8 + g;
+      const int64_t row = kSwiGLU && mt == 1 ? P.n + col : col;  // row of the stacked matrix
+      wv[mt][hf] = col < P.n;
+      wp[mt][hf] = we + (wv[mt][hf] ? row : 0) * K;
+      sp[mt][hf] = se + (wv[mt][hf] ? row / 128 : 0) * k_blocks;
+    }
+  const uint16_t* xp[2];
+  bool xv[2];
+#pragma unroll
+  for (int nt = 0; nt < 2; ++nt) {
+    const int64_t pos = sg.begin + nt * 8 + g;
+    xv[nt] = pos < sg.end;
+    xp[nt] = P.a + (xv[nt] ? a_row(P, pos) : 0) * K;
+  }
+
+  float acc[2][2][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) red[warp][(mt * 2 + nt) * 4 + i][lane] = acc[mt][nt][i];
-  __syncthreads();
-  if (warp != 0) return;
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+
+  const int64_t n_chunks = (K + 31) / 32;
+  for (int64_t c = static_cast<int64_t>(warp) * kSkUnroll; c < n_chunks; c += kSkWarps * kSkUnroll) {
+    uint2 wr[kSkUnroll][2][2];
+    uint4 xr[kSkUnroll][2];
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+    for (int u = 0; u < kSkUnroll; ++u) {
+      const int64_t kk = (c + u) * 32 + q * 8;
+      const bool kin = kk < K;  // K % 8 == 0: a lane's 8 codes are all in or all out
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float v = red[0][(mt * 2 + nt) * 4 + i][lane];
+        for (int hf = 0; hf < 2; ++hf)
+          wr[u][mt][hf] = kin && wv[mt][hf] ? ld_stream8(wp[mt][hf] + kk) : make_uint2(0, 0);
 #pragma unroll
-        for (int w = 1; w < kSkWarps; ++w) v += red[w][(mt * 2 + nt) * 4 + i][lane];
-        acc[mt][nt][i] = v;
-      }
+      for (int nt = 0; nt < 2; ++nt)
+        xr[u][nt] = kin && xv[nt] ? *reinterpret_cast<const uint4*>(xp[nt] + kk) : make_uint4(0, 0, 0, 0);
+    }
+    float scl[2][2];
 #pragma unroll
-  for (int nt = 0; nt < 2; ++nt)
+    for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t pos = sg.begin + nt * 8 + 2 * q + (i & 1);
-      if (pos >= sg.end) continue;
-      if (kSwiGLU) {
-        const int64_t col = c0 + g + (i >= 2 ? 8 : 0);
-        if (col < P.n) P.h[pos * P.n + col] = f32_to_bf16(silu(acc[0][nt][i]) * acc[1][nt][i]);
-      } else {
-        const int64_t dest = P.o_rows ? P.o_rows[pos] : pos;
-        const float scale = P.o_scale ? P.o_scale[dest] : 1.0f;
+      for (int hf = 0; hf < 2; ++hf) scl[mt][hf] = wv[mt][hf] ? __ldg(sp[mt][hf] + c / kSkUnroll) : 0.0f;
+    float part[2][2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[mt][nt][i] = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kSkUnroll; ++u)
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        uint32_t a[2][4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          const int64_t col = c0 + mt * 16 + g + (i >= 2 ? 8 : 0);
-          if (col < P.n) P.out[dest * P.n + col] = scale * acc[mt][nt][i];
+          a[mt][0] = fp8_word(wr[u][mt][0], 2 * s);
+          a[mt][1] = fp8_word(wr[u][mt][1], 2 * s);
+          a[mt][2] = fp8_word(wr[u][mt][0], 2 * s + 1);
+          a[mt][3] = fp8_word(wr[u][mt][1], 2 * s + 1);
         }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+            ptx::mma_bf16(part[mt][nt], a[mt], word(xr[u][nt], 2 * s), word(xr[u][nt], 2 * s + 1));
       }
-    }
+    // C fragment: elements 0, 1 are weight row g of the m-tile, 2, 3 row g + 8.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = fmaf(scl[mt][i / 2], part[mt][nt][i], acc[mt][nt][i]);
+  }
+
+  skinny_finish<kSwiGLU>(P, sg, c0, acc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +532,14 @@ void grouped_skinny(const Launch& l, bool swiglu, cudaStream_t s) {
   const dim3 grid = grid_of(ln, swiglu ? 16 : 32);
   if (swiglu) skinny_kernel<true><<<grid, kSkWarps * 32, 0, s>>>(ln);
   else skinny_kernel<false><<<grid, kSkWarps * 32, 0, s>>>(ln);
+  DSV2_CUDA_LAUNCH_CHECK();
+}
+
+void grouped_skinny_fp8(const Launch& l, bool swiglu, cudaStream_t s) {
+  const Launch ln = normalized(l);
+  const dim3 grid = grid_of(ln, swiglu ? 16 : 32);
+  if (swiglu) skinny_fp8_kernel<true><<<grid, kSkWarps * 32, 0, s>>>(ln);
+  else skinny_fp8_kernel<false><<<grid, kSkWarps * 32, 0, s>>>(ln);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -39,6 +39,13 @@ struct Problem {
   float* out = nullptr;
   const int32_t* o_rows = nullptr;
   const float* o_scale = nullptr;
+  // FP8 block-scaled weights (grouped_skinny_fp8 only; w unused): w8 holds e4m3 codes laid out
+  // as w ([n_experts][n_w][k], w_stride bytes apart), w_scale the f32 scales of its 128×128
+  // blocks, [n_experts][ceil(n_w / 128)][ceil(k / 128)] (scale_stride floats apart); the blocks
+  // tile the stacked [n_w, k] matrix (SwiGLU: gate row j is row j, up row j is row n + j).
+  const uint8_t* w8 = nullptr;
+  const float* w_scale = nullptr;
+  int64_t scale_stride = 0;
 };
 
 struct Launch {
@@ -53,6 +60,12 @@ constexpr int kTiledRows = 128;
 // Decode-shaped: swap-AB (weight rows on the mma's M side, 16 tokens on N), weights streamed
 // with 16-byte loads straight into the fragments, 4 warps splitting k.
 void grouped_skinny(const Launch& l, bool swiglu, cudaStream_t s);
+// The same with FP8 block-scaled weights (Problem::w8 / w_scale; k and the per-expert stride
+// multiples of 8, w8 16-byte aligned): each lane decodes its e4m3 codes exactly to bf16 (every
+// e4m3 value is a bf16 value) and the mma accumulates one 128-wide k block at a time; the f32
+// block partial is multiplied by its row's scale and added (the scale is never folded into a
+// bf16 weight: e4m3 · scale is not always representable in bf16).
+void grouped_skinny_fp8(const Launch& l, bool swiglu, cudaStream_t s);
 // Prefill-shaped: 128×128 tiles, k in steps of 32, 4-stage cp.async pipeline, ldmatrix.
 void grouped_tiled(const Launch& l, bool swiglu, cudaStream_t s);
 
