@@ -256,6 +256,8 @@ function layerWeights(l: number, L: LayerWeights): [number, string, Tensor][] {
     add('bias', m.bias);
     add('experts_gate_up', m.experts.gateUp);
     add('experts_down', m.experts.down);
+    add('experts_gate_up_scale', m.experts.gateUpScale);
+    add('experts_down_scale', m.experts.downScale);
     add('shared_gate_up', m.shared?.gateUp);
     add('shared_down', m.shared?.down);
   }

@@ -56,6 +56,8 @@ export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): 
     let disk = 0;
     let loaded = 0;
     let kvbCopies = 0;
+    // The loader's rule (weights.ts loadWeights, keepFp8Experts default).
+    const keepFp8 = c.fp8WeightBlock !== null && c.fp8WeightBlock[0] === 128 && c.fp8WeightBlock[1] === 128 && c.moeIntermediateSize % 128 === 0;
     for (const [name, shape] of expectedTensors(c)) {
       const n = shape.reduce((a, b) => a * b, 1);
       params += n;
@@ -65,7 +67,10 @@ export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): 
       disk += e.end - e.begin;
       const scale = ck.entries.get(`${name}_scale_inv`);
       if (scale) disk += scale.end - scale.begin;
-      const bytes = e.dtype === 'fp8_e4m3' ? 2 * n : e.end - e.begin;
+      // F8_E4M3 weights widen to bf16, except routed experts the loader keeps as codes + f32 block scales.
+      const keptFp8 = e.dtype === 'fp8_e4m3' && keepFp8 && /\.mlp\.experts\.\d+\./.test(name);
+      const bytes = e.dtype !== 'fp8_e4m3' ? e.end - e.begin
+        : keptFp8 ? n + 4 * (scale ? scale.shape.reduce((a, b) => a * b, 1) : 0) : 2 * n;
       loaded += bytes;
       if (name.endsWith('.kv_b_proj.weight')) kvbCopies += bytes;
     }

@@ -23,7 +23,12 @@ export interface MoeMlp {
   kind: 'moe';
   gate: Tensor; // [E, H], router
   bias: Tensor | null; // [E] f32, e_score_correction_bias (V3)
-  experts: { gateUp: Tensor; down: Tensor }; // [E, 2I, H], [E, H, I]
+  /**
+   * [E, 2I, H], [E, H, I]; FP8 checkpoints keep the routed experts' e4m3 codes with their
+   * block scales ([E, 2I/128, ceil(H/128)], [E, ceil(H/128), ceil(I/128)]) when I % 128 == 0
+   * and the blocks are 128×128 (the stacked scales are then exact); otherwise bf16.
+   */
+  experts: { gateUp: Tensor; down: Tensor; gateUpScale?: Tensor; downScale?: Tensor };
   shared: { gateUp: Tensor; down: Tensor } | null;
 }
 
@@ -195,6 +200,11 @@ export interface LoadOptions {
   /** Called after each tensor with (bytes read so far, total bytes). */
   onProgress?: (done: number, total: number) => void;
   /**
+   * Keep FP8 routed experts as e4m3 codes + block scales where the layout allows (see MoeMlp);
+   * default true. false widens them to bf16 like every other FP8 weight.
+   */
+  keepFp8Experts?: boolean;
+  /**
    * Streaming: each layer's weights go to this callback as soon as they are read and are not
    * kept (the returned `layers` is then empty) — peak host memory one layer, not the model.
    */
@@ -216,6 +226,24 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
     opts.onProgress?.(done, total);
     return t;
   };
+  // FP8 routed experts kept as codes: their stacked 128×128 block scales are exact when the
+  // gate/up boundary (I) falls on a block edge.
+  const keepFp8 = (opts.keepFp8Experts ?? true) && c.fp8WeightBlock !== null && c.fp8WeightBlock[0] === 128 &&
+    c.fp8WeightBlock[1] === 128 && c.moeIntermediateSize % 128 === 0;
+  const readRaw = async (name: string): Promise<{ codes: Tensor; scale: Tensor | null }> => {
+    if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `loading ${ck.dir} was aborted`);
+    const t = await ck.read(name);
+    const e = ck.entries.get(name)!;
+    done += e.end - e.begin;
+    opts.onProgress?.(done, total);
+    if (t.dtype !== 'fp8_e4m3') return { codes: t, scale: null };
+    const sc = await ck.read(scaleName(name));
+    const scale = sc.dtype === 'f32' ? sc : await ops.cast(sc, 'f32');
+    (scale.data as Float32Array).forEach((v, k) => {
+      if (!(Number.isFinite(v) && v > 0)) throw new Dsv2Error('E_CHECKPOINT', `${scaleName(name)}[${k}] = ${v} must be finite and > 0`);
+    });
+    return { codes: t, scale };
+  };
   const H = c.hiddenSize;
   const embed = await read('model.embed_tokens.weight');
   const layers: LayerWeights[] = [];
@@ -230,9 +258,22 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
       const I = c.moeIntermediateSize;
       const gu: Tensor[] = [];
       const dn: Tensor[] = [];
+      const guScale: Tensor[] = [];
+      const dnScale: Tensor[] = [];
+      const ex = (e: number, w: string) => `${p}.mlp.experts.${e}.${w}_proj.weight`;
+      const fp8Experts = keepFp8 && ck.entries.get(ex(0, 'gate'))?.dtype === 'fp8_e4m3';
       for (let e = 0; e < E; e++) {
-        gu.push(await read(`${p}.mlp.experts.${e}.gate_proj.weight`), await read(`${p}.mlp.experts.${e}.up_proj.weight`));
-        dn.push(await read(`${p}.mlp.experts.${e}.down_proj.weight`));
+        if (fp8Experts) {
+          for (const w of ['gate', 'up', 'down']) {
+            const r = await readRaw(ex(e, w));
+            if (!r.scale) throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: ${ex(e, w)} is ${r.codes.dtype}, but expert 0's gate_proj is F8_E4M3 (the experts take one dtype)`);
+            (w === 'down' ? dn : gu).push(r.codes);
+            (w === 'down' ? dnScale : guScale).push(r.scale);
+          }
+        } else {
+          gu.push(await read(ex(e, 'gate')), await read(ex(e, 'up')));
+          dn.push(await read(ex(e, 'down')));
+        }
       }
       let shared: MoeMlp['shared'] = null;
       if (c.nSharedExperts > 0) {
@@ -246,7 +287,13 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
         kind: 'moe',
         gate: await read(`${p}.mlp.gate.weight`),
         bias,
-        experts: { gateUp: concat(gu, [E, 2 * I, H]), down: concat(dn, [E, H, I]) },
+        experts: fp8Experts
+          ? {
+            gateUp: concat(gu, [E, 2 * I, H]), down: concat(dn, [E, H, I]),
+            gateUpScale: concat(guScale, [E, (2 * I) / 128, Math.ceil(H / 128)]),
+            downScale: concat(dnScale, [E, Math.ceil(H / 128), Math.ceil(I / 128)]),
+          }
+          : { gateUp: concat(gu, [E, 2 * I, H]), down: concat(dn, [E, H, I]) },
         shared,
       };
     } else {

@@ -1,7 +1,8 @@
 /**
  * DeepSeek-V3's FP8 weight format: linear weights as F8_E4M3 with an f32 weight_scale_inv per
  * 128×128 block. The loader dequantizes them once (w = e4m3(code) · scale_inv[row/128, col/128])
- * and rounds to bf16. Checked independently: the test decodes the same file with its own
+ * and rounds to bf16 — except the routed experts when moe_intermediate_size % 128 == 0, kept as
+ * codes + scales and decoded in f32 by the experts op. Checked independently: the test decodes the same file with its own
  * safetensors reading and e4m3 decoder, writes those values as a bf16 checkpoint, and the two
  * models must give bit-identical logits (the same weights, the same computation).
  * Also: static-scale fp8Quantize codes equal the reference encoder's.
@@ -9,6 +10,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Model, makeTiny, writeSafetensors } from '../../lib';
+import { modelMemory } from '../../lib/model/memory';
+import { tinyConfig, writeRandomCheckpoint } from '../../lib/model/tiny';
 import * as ops from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
 import { f32ToBf16Bits } from '../reference/dtype';
@@ -41,10 +44,15 @@ describe('FP8 block-scaled weights (DeepSeek-V3 layout)', () => {
       .rejects.toMatchObject({ code: 'E_RANGE' });
   });
 
-  test('a V3 checkpoint in FP8 loads to the same model as its dequantized bf16 copy', async () => {
-    const fp8Dir = path.join(root, 'v3-fp8');
-    const bf16Dir = path.join(root, 'v3-dequant');
-    await makeTiny(fp8Dir, { kind: 'v3', seed: 7, dtype: 'fp8' });
+  // moe_intermediate_size 16: every F8 weight is widened to bf16 at load. 128: the routed experts
+  // stay e4m3 codes + block scales (their stacked scales are exact) and the experts op decodes
+  // them in f32 — so the independent copy stores those as f32 (one rounding of code · scale)
+  // and everything else as bf16.
+  test.each([[16, 'widened to bf16'], [128, 'routed experts kept in FP8']])('a V3 checkpoint in FP8 (moe_intermediate_size %i: %s) loads to the same model as its independently dequantized copy', async (inter) => {
+    const keep = inter % 128 === 0;
+    const fp8Dir = path.join(root, `v3-fp8-${inter}`);
+    const bf16Dir = path.join(root, `v3-dequant-${inter}`);
+    await writeRandomCheckpoint(fp8Dir, { ...tinyConfig('v3'), moe_intermediate_size: inter }, { seed: 7, dtype: 'fp8' });
     const cfg = JSON.parse(fs.readFileSync(path.join(fp8Dir, 'config.json'), 'utf8'));
     expect(cfg.quantization_config.weight_block_size).toEqual([128, 128]);
     // Independent dequantization of every F8 tensor.
@@ -61,14 +69,14 @@ describe('FP8 block-scaled weights (DeepSeek-V3 layout)', () => {
         const scale = new Float32Array(sb.buffer.slice(sb.byteOffset, sb.byteOffset + sb.length));
         const [r, c] = e.shape;
         const sc = s.shape[1];
-        const out = new Uint16Array(r * c);
+        const f32 = keep && /\.mlp\.experts\.\d+\./.test(name);
+        const out = new Float32Array(r * c);
         for (let i = 0; i < r; i++) {
           for (let j = 0; j < c; j++) {
-            const w = Math.fround(e4m3Decode(bytes[i * c + j]) * scale[Math.floor(i / 128) * sc + Math.floor(j / 128)]);
-            out[i * c + j] = f32ToBf16Bits(w);
+            out[i * c + j] = Math.fround(e4m3Decode(bytes[i * c + j]) * scale[Math.floor(i / 128) * sc + Math.floor(j / 128)]);
           }
         }
-        tensors[name] = new Tensor('bf16', e.shape, out);
+        tensors[name] = f32 ? new Tensor('f32', e.shape, out) : new Tensor('bf16', e.shape, Uint16Array.from(out, f32ToBf16Bits));
       } else {
         const copy = new Uint8Array(bytes.length);
         copy.set(bytes);
@@ -83,17 +91,30 @@ describe('FP8 block-scaled weights (DeepSeek-V3 layout)', () => {
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(fp8Dir, f), path.join(bf16Dir, f));
     await writeSafetensors(path.join(bf16Dir, 'model.safetensors'), tensors);
 
-    const a = await Model.load(fp8Dir, { kvCache: 'f32' });
-    const b = await Model.load(bf16Dir, { kvCache: 'f32' });
     const toks = [256, 104, 101, 108, 108, 111, 44, 32, 119];
-    for (const mode of ['prefill', 'decode'] as const) {
-      const la = (await a.logits(toks, { mode })).data as Float32Array;
-      const lb = (await b.logits(toks, { mode })).data as Float32Array;
-      expect(la.every(Number.isFinite)).toBe(true);
-      expect(Array.from(la)).toEqual(Array.from(lb)); // same weights, same computation: bit-identical
+    // Both forwards: the native engine (default) and the TypeScript one.
+    for (const engine of ['native', 'js'] as const) {
+      const a = await Model.load(fp8Dir, { kvCache: 'f32', engine });
+      const b = await Model.load(bf16Dir, { kvCache: 'f32', engine });
+      try {
+        if (engine === 'native') {
+          // kept experts: codes (1 byte) + scales instead of f32 weights (4 bytes) or bf16 (2)
+          if (keep) expect(a.memory()!.weights).toBeLessThan(b.memory()!.weights / 2);
+          else expect(a.memory()!.weights).toBe(b.memory()!.weights);
+          // and `dsv2 info --model` accounts for it exactly
+          expect((await modelMemory(fp8Dir, { device: 'cpu' })).runtime!.weights).toBe(a.memory()!.weights);
+        }
+        for (const mode of ['prefill', 'decode'] as const) {
+          const la = (await a.logits(toks, { mode })).data as Float32Array;
+          const lb = (await b.logits(toks, { mode })).data as Float32Array;
+          expect(la.every(Number.isFinite)).toBe(true);
+          expect([engine, mode, Array.from(la)]).toEqual([engine, mode, Array.from(lb)]); // same weights, same computation: bit-identical
+        }
+      } finally {
+        await a.dispose();
+        await b.dispose();
+      }
     }
-    await a.dispose();
-    await b.dispose();
   });
 
   test('an F8 tensor without its scale_inv is E_CHECKPOINT naming it', async () => {

@@ -88,8 +88,26 @@ __global__ void fill_random_kernel(model::FillRandomParams p) {
 }
 
 // ---- sampling ---------------------------------------------------------------------------
+// sample_kernel: one 1024-thread block per row draws exactly the token that the CPU op's
+// definition (SampleParams in dense.h, cpu/sample.cc) gives, up to the order of double sums.
+// Reads of the row per sampled token (V = vocab; "pass" = one read of the row):
+//   max + bad-value check                 1
+//   top-k boundary (radix select)         ≤ 4  (k = 1: none; stops early once a bin is exact)
+//   top-k tie cut by id                   1, only if some tokens equal to the boundary are cut
+//   top-p: total + first digit            1  (the only pass that takes exp of every kept-by-k token)
+//   top-p: digits 2-4 + exact check       4  (exp only for tokens inside the current prefix)
+//   top-p tie cut by id                   1, only if needed
+//   draw                                  1  (+ one thread's chunk again)
+// so at most 13 (was ~100: 32 + 1 + ~log2 V bisection passes for each of top-k and top-p).
+// A radix select finds the boundary key 8 bits at a time (most significant first): a pass
+// histograms the next digit of the keys that share the prefix found so far, in 32 copies of
+// 256 bins (lane c of every warp adds into copy c: no two lanes of a warp instruction hit one
+// address), and one warp picks the largest digit whose bins (and everything above it) still
+// reach the threshold. Top-k counts; top-p sums fixed-point masses (see the top-p step).
 constexpr int kSampleThreads = 1024;
 constexpr int kSampleWarps = kSampleThreads / 32;
+constexpr int kHistStride = 257;  // copy c's bin b sits in bank (c + b) % 32
+constexpr int kHistWords = 32 * kHistStride;
 
 __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -109,8 +127,16 @@ struct SampleShared {
   long long cnt[kSampleWarps];
   float best[kSampleWarps];
   int best_id[kSampleWarps];
-  double scan[kSampleThreads];
+  union {
+    double scan[kSampleThreads];                // the draw
+    unsigned long long part[kSampleThreads];    // radix: 4 partial sums per bin
+  };
+  unsigned long long bins[256];                 // radix: the pass's total per bin
+  unsigned hist[kHistWords];                    // radix: 32 copies of 256 bins (all zero between passes)
+  unsigned long long r_above, r_eq;             // radix decision: mass/count above the digit, in it
+  int64_t cut;                                  // nth_match's answer
   double total;
+  uint32_t r_digit;
   int found;
 };
 
@@ -134,6 +160,103 @@ __device__ long long block_count(long long v, SampleShared& s) {
   return r;
 }
 
+// Radix histograms. Counts: +1 in copy `lane`. Masses (64-bit fixed point): the low 32 bits in
+// copies 0-15, the high bits plus the carry out of the low word in copies 16-31 (copy lane % 16),
+// so the two words of a bin always add up to the exact 64-bit sum.
+__device__ __forceinline__ void hist_count(SampleShared& s, uint32_t b) {
+  atomicAdd(&s.hist[(threadIdx.x % 32) * kHistStride + b], 1u);
+}
+__device__ __forceinline__ void hist_mass(SampleShared& s, uint32_t b, unsigned long long x) {
+  const int c = threadIdx.x % 16;
+  const unsigned lo = static_cast<unsigned>(x), hi = static_cast<unsigned>(x >> 32);
+  const unsigned old = lo ? atomicAdd(&s.hist[c * kHistStride + b], lo) : 0u;
+  const unsigned h = hi + (old + lo < old ? 1u : 0u);
+  if (h) atomicAdd(&s.hist[(16 + c) * kHistStride + b], h);
+}
+
+// After a radix pass (every thread calls it): the largest digit b with
+// above + sum(bins[b..255]) >= thr, into s.r_digit, with s.r_above = above + sum(bins[b+1..255])
+// and s.r_eq = bins[b] (digit 0 if none reaches thr). Clears the histogram for the next pass.
+__device__ void radix_digit(SampleShared& s, bool mass, unsigned long long above, double thr) {
+  __syncthreads();  // the pass's atomics are done
+  {
+    const int b = threadIdx.x % 256, g = threadIdx.x / 256;
+    unsigned long long v = 0;
+    if (mass)
+      for (int c = 4 * g; c < 4 * g + 4; ++c)
+        v += s.hist[c * kHistStride + b] + (static_cast<unsigned long long>(s.hist[(16 + c) * kHistStride + b]) << 32);
+    else
+      for (int c = 8 * g; c < 8 * g + 8; ++c) v += s.hist[c * kHistStride + b];
+    s.part[threadIdx.x] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < 256)
+    s.bins[threadIdx.x] = s.part[threadIdx.x] + s.part[threadIdx.x + 256] + s.part[threadIdx.x + 512] + s.part[threadIdx.x + 768];
+  for (int i = threadIdx.x; i < kHistWords; i += kSampleThreads) s.hist[i] = 0;
+  __syncthreads();
+  if (threadIdx.x < 32) {  // lane j: bins 255 - 8j down to 248 - 8j
+    const int lane = threadIdx.x;
+    unsigned long long own = 0;
+    for (int q = 0; q < 8; ++q) own += s.bins[255 - 8 * lane - q];
+    unsigned long long inc = own;  // inclusive sum from bin 255 down to this lane's last bin
+    for (int off = 1; off < 32; off <<= 1) {
+      const unsigned long long o = __shfl_up_sync(0xffffffffu, inc, off);
+      if (lane >= off) inc += o;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, static_cast<double>(above + inc) >= thr);
+    if (hit == 0 && lane == 31) {
+      s.r_digit = 0;
+      s.r_eq = s.bins[0];
+      s.r_above = above + inc - s.bins[0];
+    } else if (hit != 0 && lane == __ffs(hit) - 1) {
+      unsigned long long cum = above + inc - own;
+      for (int q = 0; q < 8; ++q) {
+        const int b = 255 - 8 * lane - q;
+        const unsigned long long h = s.bins[b];
+        if (q == 7 || static_cast<double>(cum + h) >= thr) {  // q == 7: cum + h is above + inc
+          s.r_digit = static_cast<uint32_t>(b);
+          s.r_eq = h;
+          s.r_above = cum;
+          break;
+        }
+        cum += h;
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// The id of the need-th (1 <= need <= number of matches) id, ascending, with match(key, id):
+// a block-wide prefix count over contiguous chunks of ids, then one thread walks its chunk.
+template <class Match>
+__device__ int64_t nth_match(const float* l, int64_t V, long long need, const Match& match, SampleShared& s) {
+  const int64_t chunk = (V + kSampleThreads - 1) / kSampleThreads;
+  const int64_t b0 = min(V, threadIdx.x * chunk), b1 = min(V, b0 + chunk);
+  long long c = 0;
+  for (int64_t i = b0; i < b1; ++i) c += match(order_key(l[i]), i);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  long long inc = c;
+  for (int off = 1; off < 32; off <<= 1) {
+    const long long o = __shfl_up_sync(0xffffffffu, inc, off);
+    if (lane >= off) inc += o;
+  }
+  __syncthreads();  // earlier readers of s.cnt are done
+  if (lane == 31) s.cnt[warp] = inc;
+  __syncthreads();
+  long long before = inc - c;
+  for (int w = 0; w < warp; ++w) before += s.cnt[w];
+  if (before < need && need <= before + c) {
+    long long left = need - before;
+    for (int64_t i = b0; i < b1; ++i)
+      if (match(order_key(l[i]), i) && --left == 0) {
+        s.cut = i;
+        break;
+      }
+  }
+  __syncthreads();
+  return s.cut;
+}
+
 // Row-wise state of the kept set: key > k1 || (key == k1 && id <= i1) for top-k (all when
 // k_all), and the same with (k2, i2) for top-p.
 struct Kept {
@@ -151,6 +274,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
   const int64_t r = blockIdx.x;
   const float* l = p.logits + r * p.vocab;
   const int64_t V = p.vocab;
+  for (int i = threadIdx.x; i < kHistWords; i += kSampleThreads) s.hist[i] = 0;  // published by block_count's barriers
   // 1. max (lowest id on ties) and the bad-value check.
   float best = -INFINITY;
   int best_id = INT32_MAX;
@@ -189,79 +313,130 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
   const double mx = best, T = p.temperature;
   auto weight = [&](float v) { return exp((static_cast<double>(v) - mx) / T); };
   Kept kept;
-  // 2. top-k: the k-th element in (key desc, id asc) order, by bisection on the key, then on the id.
-  if (p.top_k > 0 && p.top_k < V) {
-    uint32_t lo = 0, hi = 0xFFFFFFFFu;  // the largest key K with count(key >= K) >= k lies in [lo, hi]
-    while (lo < hi) {
-      const uint32_t mid = hi - (hi - lo) / 2;  // in (lo, hi]; (hi - lo + 1) would wrap to 0
-      long long c = 0;
-      for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) c += order_key(l[i]) >= mid;
-      if (block_count(c, s) >= p.top_k) lo = mid;
-      else hi = mid - 1;
-    }
-    const uint32_t K = lo;
-    long long gt = 0;
-    for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) gt += order_key(l[i]) > K;
-    const long long need = p.top_k - block_count(gt, s);  // >= 1 elements with key == K, lowest ids
-    int64_t ilo = 0, ihi = V - 1;  // smallest id I with count(key == K && id <= I) >= need
-    while (ilo < ihi) {
-      const int64_t mid = ilo + (ihi - ilo) / 2;
-      long long c = 0;
-      for (int64_t i = threadIdx.x; i <= mid; i += kSampleThreads) c += order_key(l[i]) == K;
-      if (block_count(c, s) >= need) ihi = mid;
-      else ilo = mid + 1;
-    }
+  // 2. top-k: the k-th element in (key desc, id asc) order: K = the largest key with
+  // count(key >= K) >= k (a radix select on exact counts), then the lowest need = k - count(key > K)
+  // ids of key K.
+  if (p.top_k == 1) {  // the max, lowest id first: what the select below finds, without reading the row
     kept.k_all = false;
-    kept.k1 = K;
-    kept.i1 = ilo;
-  }
-  // 3. top-p over the top-k set: the shortest prefix whose mass reaches top_p · total.
-  if (p.top_p < 1.0) {
-    double tot = 0;
-    for (int64_t i = threadIdx.x; i < V; i += kSampleThreads)
-      if (kept.in_k(order_key(l[i]), i)) tot += weight(l[i]);
-    const double goal = p.top_p * block_sum(tot, s);
-    uint32_t lo = 0, hi = 0xFFFFFFFFu;  // the largest key K with mass(key >= K) >= goal
-    while (lo < hi) {
-      const uint32_t mid = hi - (hi - lo) / 2;  // in (lo, hi]; (hi - lo + 1) would wrap to 0
-      double m = 0;
+    kept.k1 = order_key(best);
+    kept.i1 = best_id;
+  } else if (p.top_k > 0 && p.top_k < V) {
+    uint32_t prefix = 0;  // the digits chosen so far
+    unsigned long long above = 0, eq = 0;
+    int shift = 24;
+    for (;; shift -= 8) {
+      const uint32_t hmask = shift == 24 ? 0u : 0xFFFFFFFFu << (shift + 8);
+      const uint32_t hbits = shift == 24 ? 0u : prefix << (shift + 8);
       for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
         const uint32_t key = order_key(l[i]);
-        if (key >= mid && kept.in_k(key, i)) m += weight(l[i]);
+        if ((key & hmask) == hbits) hist_count(s, (key >> shift) & 255u);
       }
-      if (block_sum(m, s) >= goal) lo = mid;
-      else hi = mid - 1;
+      radix_digit(s, false, above, static_cast<double>(p.top_k));  // exact: counts < 2^53
+      prefix = (prefix << 8) | s.r_digit;
+      above = s.r_above;
+      eq = s.r_eq;
+      // Every key of this digit is kept (or the last digit is done): key >= prefix · 2^shift.
+      if (shift == 0 || above + eq == static_cast<unsigned long long>(p.top_k)) break;
     }
-    const uint32_t K = lo;
-    double gt = 0;
-    long long eq = 0;
+    kept.k_all = false;
+    kept.k1 = prefix << shift;
+    const long long need = p.top_k - static_cast<long long>(above);  // in [1, eq]
+    kept.i1 = V - 1;
+    if (need < static_cast<long long>(eq)) {  // shift == 0 here: K = prefix is a whole key
+      const uint32_t K = prefix;
+      kept.i1 = nth_match(l, V, need, [K](uint32_t key, int64_t) { return key == K; }, s);
+    }
+  }
+  // 3. top-p over the top-k set: the shortest prefix whose mass reaches goal = top_p · total,
+  // where, as before this radix select, K = the largest key with f(K) >= goal and f(K) is the
+  // block_sum-shaped sum (thread t adds ids t, t + 1024, ... in order, then block_sum) of the
+  // kept-by-k weights with key >= K. f is monotone (rounding is monotone), so K is the only key
+  // with f(K) >= goal > f(K + 1) (or K = 0xFFFFFFFF). The radix select finds a candidate from
+  // exact sums of the weights rounded to 64-bit fixed point (2^S units, S = clz(V): the sum
+  // cannot overflow, and integer sums do not depend on the order of the atomics); one pass then
+  // checks the candidate with f itself. The candidate can only be off when goal is within the
+  // fixed-point error (about sqrt(V) · 2^-S of the total) of f at a key; then the bisection
+  // over keys with f, on the side the check points to, finds K as before. Either way K is the
+  // key the bisection alone gave, bit for bit.
+  if (p.top_p < 1.0) {
+    const int S = __clzll(static_cast<unsigned long long>(V));
+    const double scale = ldexp(1.0, S);  // weights are in [0, 1]: V · 2^S < 2^64
+    double tot = 0;
     for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
       const uint32_t key = order_key(l[i]);
       if (!kept.in_k(key, i)) continue;
-      if (key > K) gt += weight(l[i]);
-      else if (key == K) ++eq;
+      const double w = weight(l[i]);
+      tot += w;
+      const unsigned long long x = __double2ull_rn(w * scale);
+      if (x) hist_mass(s, key >> 24, x);
+    }
+    const double goal = p.top_p * block_sum(tot, s);
+    const double goal_s = goal * scale;
+    uint32_t K = 0;
+    unsigned long long above = 0;
+    for (int shift = 24;; shift -= 8) {
+      radix_digit(s, true, above, goal_s);
+      K = (K << 8) | s.r_digit;
+      above = s.r_above;
+      if (shift == 0) break;
+      const uint32_t hbits = K << shift;
+      const uint32_t hmask = 0xFFFFFFFFu << shift;
+      for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
+        const uint32_t key = order_key(l[i]);
+        if ((key & hmask) != hbits || !kept.in_k(key, i)) continue;
+        const unsigned long long x = __double2ull_rn(weight(l[i]) * scale);
+        if (x) hist_mass(s, (key >> (shift - 8)) & 255u, x);
+      }
+    }
+    // The check: f(K) and f(K + 1) = the mass above K (the sum the tie step needs anyway).
+    double gt = 0, ge = 0;
+    long long eq = 0;
+    for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
+      const uint32_t key = order_key(l[i]);
+      if (key < K || !kept.in_k(key, i)) continue;
+      const double w = weight(l[i]);
+      ge += w;
+      if (key > K) gt += w;
+      else ++eq;
     }
     gt = block_sum(gt, s);
+    ge = block_sum(ge, s);
     eq = block_count(eq, s);
+    if (!(ge >= goal && (K == 0xFFFFFFFFu || gt < goal))) {  // rare (see above); uniform
+      // f(0) is the total >= goal, so ge < goal means K > 0; gt >= goal means K < 0xFFFFFFFF.
+      uint32_t lo = ge < goal ? 0u : K + 1, hi = ge < goal ? K - 1 : 0xFFFFFFFFu;  // f(lo) >= goal, answer <= hi
+      while (lo < hi) {
+        const uint32_t mid = hi - (hi - lo) / 2;  // in (lo, hi]; (hi - lo + 1) would wrap to 0
+        double m = 0;
+        for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
+          const uint32_t key = order_key(l[i]);
+          if (key >= mid && kept.in_k(key, i)) m += weight(l[i]);
+        }
+        if (block_sum(m, s) >= goal) lo = mid;
+        else hi = mid - 1;
+      }
+      K = lo;
+      gt = 0;
+      eq = 0;
+      for (int64_t i = threadIdx.x; i < V; i += kSampleThreads) {
+        const uint32_t key = order_key(l[i]);
+        if (!kept.in_k(key, i)) continue;
+        if (key > K) gt += weight(l[i]);
+        else if (key == K) ++eq;
+      }
+      gt = block_sum(gt, s);
+      eq = block_count(eq, s);
+    }
     // Every element with key K has the same value; recover it from the key.
     const uint32_t kb = (K & 0x80000000u) ? (K & 0x7FFFFFFFu) : ~K;
     const double w = weight(__uint_as_float(kb));
     const double need_f = w > 0 ? ceil((goal - gt) / w) : static_cast<double>(eq);  // clamped before the cast
     const long long need = need_f >= static_cast<double>(eq) ? eq : max(1ll, static_cast<long long>(need_f));
-    int64_t ilo = 0, ihi = V - 1;
-    while (ilo < ihi) {
-      const int64_t mid = ilo + (ihi - ilo) / 2;
-      long long c = 0;
-      for (int64_t i = threadIdx.x; i <= mid; i += kSampleThreads) {
-        const uint32_t key = order_key(l[i]);
-        c += key == K && kept.in_k(key, i);
-      }
-      if (block_count(c, s) >= need) ihi = mid;
-      else ilo = mid + 1;
-    }
     kept.p_all = false;
     kept.k2 = K;
-    kept.i2 = ilo;
+    kept.i2 = V - 1;  // all of key K (also when there is none: goal <= 0 keeps nothing, as before)
+    if (need < eq)
+      kept.i2 = nth_match(l, V, need, [K, &kept](uint32_t key, int64_t i) { return key == K && kept.in_k(key, i); }, s);
   }
   // 4. The draw: the first kept id (ascending) whose cumulative weight exceeds u · total.
   // Thread t holds ids [b0, b1). The prefix sums over the threads are sequential (lane 0 of each

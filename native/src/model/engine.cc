@@ -18,6 +18,7 @@ struct Engine::Layer {
   Weight input_norm, post_norm, q_proj, q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b, w_uk_t, w_uv, o_proj;
   Weight gate_up, down;                              // dense MLP
   Weight gate, bias, experts_gate_up, experts_down;  // MoE
+  Weight experts_gate_up_scale, experts_down_scale;  // FP8 experts: f32 block scales (moe.h)
   Weight shared_gate_up, shared_down;
 };
 
@@ -144,7 +145,8 @@ Engine::~Engine() {
   for (auto& L : layers_)
     for (Weight* w : {&L->input_norm, &L->post_norm, &L->q_proj, &L->q_a, &L->q_a_norm, &L->q_b, &L->kv_a,
                       &L->kv_a_norm, &L->kv_b, &L->w_uk_t, &L->w_uv, &L->o_proj, &L->gate_up, &L->down, &L->gate,
-                      &L->bias, &L->experts_gate_up, &L->experts_down, &L->shared_gate_up, &L->shared_down})
+                      &L->bias, &L->experts_gate_up, &L->experts_down, &L->shared_gate_up, &L->shared_down,
+                      &L->experts_gate_up_scale, &L->experts_down_scale})
       be_->release(w->data);
   be_->release(cos_);
   be_->release(sin_);
@@ -186,6 +188,12 @@ void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, con
         {"bias", {L.moe && d_.method == MoeMethod::kNoauxTc ? &L.bias : nullptr, {d_.n_experts}}},
         {"experts_gate_up", {L.moe ? &L.experts_gate_up : nullptr, {d_.n_experts, 2 * d_.moe_inter, H}}},
         {"experts_down", {L.moe ? &L.experts_down : nullptr, {d_.n_experts, H, d_.moe_inter}}},
+        {"experts_gate_up_scale",
+         {L.moe ? &L.experts_gate_up_scale : nullptr,
+          {d_.n_experts, (2 * d_.moe_inter + kMoeFp8Block - 1) / kMoeFp8Block, (H + kMoeFp8Block - 1) / kMoeFp8Block}}},
+        {"experts_down_scale",
+         {L.moe ? &L.experts_down_scale : nullptr,
+          {d_.n_experts, (H + kMoeFp8Block - 1) / kMoeFp8Block, (d_.moe_inter + kMoeFp8Block - 1) / kMoeFp8Block}}},
         {"shared_gate_up", {L.moe && d_.inter_shared ? &L.shared_gate_up : nullptr, {2 * d_.inter_shared, H}}},
         {"shared_down", {L.moe && d_.inter_shared ? &L.shared_down : nullptr, {H, d_.inter_shared}}},
     };
@@ -197,10 +205,18 @@ void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, con
                         << " is not one this configuration uses");
   DSV2_CHECK(shape == want, kShape, "weight '" << name << "' (layer " << layer << "): shape " << shape_of(shape)
                                                << " but the config implies " << shape_of(want));
-  const bool is_bias = name == "bias";
-  DSV2_CHECK(is_bias ? dtype == DType::kF32 : (dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16),
+  const bool f32_only = name == "bias" || name == "experts_gate_up_scale" || name == "experts_down_scale";
+  const bool fp8_ok = name == "experts_gate_up" || name == "experts_down";  // routed experts may be e4m3 + scales
+  DSV2_CHECK(f32_only ? dtype == DType::kF32
+                      : (dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16 || (fp8_ok && dtype == DType::kFP8E4M3)),
              kDtype, "weight '" << name << "' (layer " << layer << "): dtype " << dtype_name(dtype) << " must be "
-                                << (is_bias ? "f32" : "f32, bf16 or f16"));
+                                << (f32_only ? "f32" : fp8_ok ? "f32, bf16, f16 or fp8_e4m3" : "f32, bf16 or f16"));
+  if (name == "experts_gate_up_scale" || name == "experts_down_scale") {
+    const float* v = static_cast<const float*>(host);
+    for (size_t i = 0; i < bytes / 4; ++i)
+      DSV2_CHECK(std::isfinite(v[i]) && v[i] > 0, kRange,
+                 "weight '" << name << "' (layer " << layer << ")[" << i << "] = " << v[i] << " must be finite and > 0");
+  }
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   DSV2_CHECK(bytes == static_cast<size_t>(n) * dtype_size(dtype), kShape,
@@ -313,7 +329,8 @@ Weight* Engine::slot(int64_t layer, const std::string& name) {
       {"q_a_norm", &L.q_a_norm}, {"q_b", &L.q_b}, {"kv_a", &L.kv_a}, {"kv_a_norm", &L.kv_a_norm}, {"kv_b", &L.kv_b},
       {"w_uk_t", &L.w_uk_t}, {"w_uv", &L.w_uv}, {"o_proj", &L.o_proj}, {"gate_up", &L.gate_up}, {"down", &L.down},
       {"gate", &L.gate}, {"bias", &L.bias}, {"experts_gate_up", &L.experts_gate_up}, {"experts_down", &L.experts_down},
-      {"shared_gate_up", &L.shared_gate_up}, {"shared_down", &L.shared_down}};
+      {"shared_gate_up", &L.shared_gate_up}, {"shared_down", &L.shared_down},
+      {"experts_gate_up_scale", &L.experts_gate_up_scale}, {"experts_down_scale", &L.experts_down_scale}};
   for (const auto& [n, w] : all)
     if (name == n) return w;
   throw Error(Code::kArg, "weight '" + name + "' is not an engine weight");
@@ -363,6 +380,14 @@ void Engine::check_complete() const {
     need(L.o_proj, "o_proj", l);
     if (L.moe) {
       need(L.gate, "gate", l);
+      const bool fp8 = L.experts_gate_up.data && L.experts_gate_up.dtype == DType::kFP8E4M3;
+      if (fp8) {
+        need(L.experts_gate_up_scale, "experts_gate_up_scale", l);
+        need(L.experts_down_scale, "experts_down_scale", l);
+      } else {
+        DSV2_CHECK(!L.experts_gate_up_scale.data && !L.experts_down_scale.data, kArg,
+                   "layer " << l << ": expert scales given for " << dtype_name(L.experts_gate_up.dtype) << " experts (fp8_e4m3 only)");
+      }
       DSV2_CHECK(!L.experts_down.data || !L.experts_gate_up.data || L.experts_down.dtype == L.experts_gate_up.dtype, kDtype,
                  "layer " << l << ": experts_down is " << dtype_name(L.experts_down.dtype) << " but experts_gate_up "
                           << dtype_name(L.experts_gate_up.dtype) << " (the experts take one dtype)");
@@ -772,6 +797,8 @@ void Engine::mlp(int64_t l, int64_t T) {
   m.gate_up = L.experts_gate_up.data;
   m.down = L.experts_down.data;
   m.w_dtype = L.experts_gate_up.dtype;
+  m.gate_up_scale = static_cast<const float*>(L.experts_gate_up_scale.data);  // null unless fp8
+  m.down_scale = static_cast<const float*>(L.experts_down_scale.data);
   m.shared_gate_up = L.shared_gate_up.data;
   m.shared_down = L.shared_down.data;
   m.shared_dtype = L.shared_gate_up.data ? L.shared_gate_up.dtype : DType::kF32;
