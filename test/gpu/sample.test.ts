@@ -9,8 +9,10 @@
  *   these suites — hence we allow at most ONE differing row per case (a wrong tie rule, top-p
  *   cut or scan shows up as many), and every GPU token must lie inside the CPU's kept set
  *   (top-k / top-p computed here in float64).
- * - Ties (quantised logits, +0 next to -0), -inf entries, top-k 1 / = vocab / > vocab, top-p
- *   tiny, vocab 1, vocabularies that are not a multiple of the 1024 threads and 102 400.
+ * - Ties (quantised logits, +0 next to -0), logits a few ulps apart (keys equal but for their
+ *   last one or two bytes: the radix select's low digits, long runs of equal keys cut by id),
+ *   -inf entries, top-k 1 / = vocab / > vocab, top-p tiny, vocab 1, vocabularies that are not
+ *   a multiple of the 1024 threads and 102 400.
  * - NaN / +inf / all -inf rows are E_RANGE, naming the lowest such row.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  */
@@ -89,12 +91,27 @@ gpuDescribe(gpuTitle('CUDA sampler vs CPU'), () => {
     [102400, 32, 1.0, 0, 1.0, 'normal'],
     [102400, 32, 0.9, 50, 0.95, 'ties'],
     [102400, 32, 1.2, 0, 0.8, 'ninf'],
+    // the radix select: keys that share their high digits, long runs of equal keys
+    [3001, 256, 1.0, 1000, 0.9, 'ulps'],
+    [3001, 256, 1.0, 7, 1.0, 'ulps'],
+    [3001, 256, 1e-4, 0, 0.6, 'ulps'],
+    [102400, 16, 1.0, 50, 0.95, 'ulps'],
+    [102400, 16, 0.5, 30000, 0.999999, 'ulpsWide'],
+    [102400, 16, 1e-3, 0, 0.5, 'ulpsWide'],
   ] as const)('vocab %p × %p rows, temperature %p, topK %p, topP %p, %s logits: the CPU tokens', async (V, rows, T, topK, topP, kind) => {
-    // ties: multiples of 1/2 (so many equal logits, and -0 beside +0); ninf: 60% -inf entries.
+    // ties: multiples of 1/2 (so many equal logits, and -0 beside +0); ninf: 60% -inf entries;
+    // ulps: 3.0 and its next 255 floats (all keys share their top 3 bytes, ~V/256 equal keys
+    // each: the radix select's last digit and the tie cut by id decide everything); ulpsWide:
+    // -1.0 and the next 69 999 floats below it (the last two digits decide).
     const l = Float32Array.from({ length: rows * V }, () => {
       if (kind === 'ninf' && rng.uniform() < 0.6) return -Infinity;
       return kind === 'ties' ? Math.round(rng.normal() * 2) / 2 : rng.normal() * 3;
     });
+    if (kind === 'ulps' || kind === 'ulpsWide') {
+      const bits = new Int32Array(l.buffer);
+      const base = new Int32Array(Float32Array.of(kind === 'ulps' ? 3.0 : -1.0).buffer)[0];
+      for (let i = 0; i < bits.length; i++) bits[i] = base + rng.int(0, kind === 'ulps' ? 256 : 70000);
+    }
     for (let r = 0; r < rows; r++) if (l[r * V] === -Infinity) l[r * V] = 0; // no all -inf row
     const t = Tensor.from(l, [rows, V]);
     const seed = 777n;

@@ -90,20 +90,24 @@ __global__ void fill_random_kernel(model::FillRandomParams p) {
 // ---- sampling ---------------------------------------------------------------------------
 // sample_kernel: one 1024-thread block per row draws exactly the token that the CPU op's
 // definition (SampleParams in dense.h, cpu/sample.cc) gives, up to the order of double sums.
-// Reads of the row per sampled token (V = vocab; "pass" = one read of the row):
+// Reads of the row per sampled token (V = vocab; a pass reads the whole row from L2):
 //   max + bad-value check                 1
-//   top-k boundary (radix select)         ≤ 4  (k = 1: none; stops early once a bin is exact)
-//   top-k tie cut by id                   1, only if some tokens equal to the boundary are cut
-//   top-p: total + first digit            1  (the only pass that takes exp of every kept-by-k token)
-//   top-p: digits 2-4 + exact check       4  (exp only for tokens inside the current prefix)
-//   top-p tie cut by id                   1, only if needed
-//   draw                                  1  (+ one thread's chunk again)
-// so at most 13 (was ~100: 32 + 1 + ~log2 V bisection passes for each of top-k and top-p).
-// A radix select finds the boundary key 8 bits at a time (most significant first): a pass
-// histograms the next digit of the keys that share the prefix found so far, in 32 copies of
-// 256 bins (lane c of every warp adds into copy c: no two lanes of a warp instruction hit one
-// address), and one warp picks the largest digit whose bins (and everything above it) still
-// reach the threshold. Top-k counts; top-p sums fixed-point masses (see the top-p step).
+//   top-k boundary key (radix select)     <= 4  (none for k = 1; stops once a digit's bins are exact)
+//   top-k tie cut by id                   1, only when some tokens equal to the boundary are cut
+//   top-p total + first digit             1     (the one pass taking exp of every kept-by-k token)
+//   top-p digits 2-4                      3     (exp only for kept tokens inside the prefix so far)
+//   top-p check of the boundary           1     (+ <= 32 in the rare fallback, see step 3)
+//   top-p tie cut by id                   1, only when needed
+//   draw                                  1     (+ one thread's chunk again)
+// At most 13 (before this radix select, ~103 at V = 102 400: top-k and top-p each bisected the
+// 32-bit key (32 passes), summed above it (1) and bisected the ids of the boundary key (17)).
+// The radix select finds the boundary key 8 bits at a time, most significant first: a pass
+// histograms the next digit of the keys that share the digits chosen so far, in 32 copies of
+// the 256 bins (lane c of every warp adds into copy c, so no two lanes of one atomic
+// instruction hit one address even when most keys share a digit), and one warp picks the
+// largest digit whose bins plus everything above them still reach the threshold. Top-k
+// counts; top-p sums fixed-point masses (step 3). All histogram sums are integers: the same
+// result whatever the order of the atomics.
 constexpr int kSampleThreads = 1024;
 constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kHistStride = 257;  // copy c's bin b sits in bank (c + b) % 32
@@ -347,17 +351,18 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
       kept.i1 = nth_match(l, V, need, [K](uint32_t key, int64_t) { return key == K; }, s);
     }
   }
-  // 3. top-p over the top-k set: the shortest prefix whose mass reaches goal = top_p · total,
-  // where, as before this radix select, K = the largest key with f(K) >= goal and f(K) is the
-  // block_sum-shaped sum (thread t adds ids t, t + 1024, ... in order, then block_sum) of the
-  // kept-by-k weights with key >= K. f is monotone (rounding is monotone), so K is the only key
-  // with f(K) >= goal > f(K + 1) (or K = 0xFFFFFFFF). The radix select finds a candidate from
-  // exact sums of the weights rounded to 64-bit fixed point (2^S units, S = clz(V): the sum
-  // cannot overflow, and integer sums do not depend on the order of the atomics); one pass then
-  // checks the candidate with f itself. The candidate can only be off when goal is within the
-  // fixed-point error (about sqrt(V) · 2^-S of the total) of f at a key; then the bisection
-  // over keys with f, on the side the check points to, finds K as before. Either way K is the
-  // key the bisection alone gave, bit for bit.
+  // 3. top-p over the top-k set: the shortest prefix whose mass reaches goal = top_p · total.
+  // As with the bisection this replaces, K is the largest key with f(K) >= goal, where f(K) is
+  // the block_sum-shaped sum (thread t adds ids t, t + 1024, ... in order, then block_sum) of the
+  // kept-by-k weights with key >= K. f is monotone (rounding is), so K is the one key with
+  // f(K) >= goal > f(K + 1) (or K = 0xFFFFFFFF with f(K) = 0 >= goal: never, as top_p > 0).
+  // The radix select finds a candidate from exact integer sums of the weights rounded to 2^-S
+  // (S = clz(V): weights are <= 1, so V · 2^S < 2^64 cannot overflow); one pass then checks it
+  // with f itself (and yields f(K + 1) and the count of key K, which the tie step needs anyway).
+  // The candidate is off only when goal lies within the fixed-point error (< V · 2^-(S+1) in
+  // weight units, 4e-10 at V = 102 400, ~1e-12 typically; the total is >= 1) of f at some key —
+  // then the old bisection with f, on the side the check points to, finds K. Either way K is the
+  // key the bisection alone gave, bit for bit, and so is everything after it.
   if (p.top_p < 1.0) {
     const int S = __clzll(static_cast<unsigned long long>(V));
     const double scale = ldexp(1.0, S);  // weights are in [0, 1]: V · 2^S < 2^64
