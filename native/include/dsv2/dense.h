@@ -29,6 +29,8 @@ struct RmsNormParams {
   float eps = 1e-6f;
   float* y = nullptr;         // [rows, dim]
   Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
+  int64_t x_stride = 0;       // elements between rows of x; 0 = dim (the ops' API is dense; the engine
+                              // reads a column slice of a wider matrix with it)
 };
 
 // YaRN parameters (config.json rope_scaling, type "yarn"); enabled = false is plain RoPE.
@@ -68,6 +70,10 @@ struct RopeParams {
   bool interleaved = true;
   float* out = nullptr;             // [n_tokens, n_heads, dim]
   Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
+  // Elements between consecutive (token, head) rows of x and of out; 0 = dim. The ops' API is
+  // dense; the engine rotates the rope columns of wider rows in place of a copy. x and out must
+  // not overlap unless they are the same dense buffer.
+  int64_t x_stride = 0, out_stride = 0;
 };
 
 // out = silu(gate) * up, rows of width `inter`. gate and up may be the two halves of one

@@ -75,6 +75,8 @@ struct HeadsGemmParams {
   const void* w = nullptr;   // [h, n, k], f32 | bf16 | f16
   DType w_dtype = DType::kF32;
   float* y = nullptr;        // [t, h, n]
+  // Elements between consecutive (t, h) rows of x and of y; 0 = k and n (dense, the ops' API).
+  int64_t x_stride = 0, y_stride = 0;
 };
 
 // Absorbed MLA decode over the paged latent cache (one KV head of d_c + d_r dims, values

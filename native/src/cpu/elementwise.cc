@@ -38,7 +38,7 @@ void embedding(const EmbeddingParams& p, bool parallel) {
 void rms_norm(const RmsNormParams& p, bool parallel) {
   for_rows(p.rows, 3 * p.dim, parallel, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const float* x = p.x + r * p.dim;
+      const float* x = p.x + r * (p.x_stride ? p.x_stride : p.dim);
       float* y = p.y + r * p.dim;
       double ss = 0;  // double: a 5120-wide sum of squares stays exact to fp32 rounding
       for (int64_t j = 0; j < p.dim; ++j) ss += static_cast<double>(x[j]) * x[j];

@@ -118,7 +118,8 @@ void heads_gemm(const HeadsGemmParams& p, bool fast) {
   // SIMD kernel sees dense [t, k] input (t is small at decode: cheap).
   auto head = [&](int64_t h) {
     std::vector<float> x(p.t * p.k), y(p.t * p.n);
-    for (int64_t t = 0; t < p.t; ++t) std::copy_n(p.x + (t * p.h + h) * p.k, p.k, x.data() + t * p.k);
+    const int64_t xs = p.x_stride ? p.x_stride : p.k, ys = p.y_stride ? p.y_stride : p.n;
+    for (int64_t t = 0; t < p.t; ++t) std::copy_n(p.x + (t * p.h + h) * xs, p.k, x.data() + t * p.k);
     GemmParams g;
     g.m = p.t;
     g.n = p.n;
@@ -129,7 +130,7 @@ void heads_gemm(const HeadsGemmParams& p, bool fast) {
     g.y = y.data();
     if (fast) gemm_fast(g, false);
     else gemm_ref(g);
-    for (int64_t t = 0; t < p.t; ++t) std::copy_n(y.data() + t * p.n, p.n, p.y + (t * p.h + h) * p.n);
+    for (int64_t t = 0; t < p.t; ++t) std::copy_n(y.data() + t * p.n, p.n, p.y + (t * p.h + h) * ys);
   };
   if (!fast) {
     for (int64_t h = 0; h < p.h; ++h) head(h);

@@ -72,8 +72,8 @@ void rope(const RopeParams& p, bool parallel) {
       const float* c = p.cos + pos * half;
       const float* s = p.sin + pos * half;
       for (int64_t h = 0; h < p.n_heads; ++h) {
-        const float* x = p.x + (t * p.n_heads + h) * p.dim;
-        float* o = p.out + (t * p.n_heads + h) * p.dim;
+        const float* x = p.x + (t * p.n_heads + h) * (p.x_stride ? p.x_stride : p.dim);
+        float* o = p.out + (t * p.n_heads + h) * (p.out_stride ? p.out_stride : p.dim);
         for (int64_t i = 0; i < half; ++i) {
           float a = p.interleaved ? x[2 * i] : x[i];
           float bb = p.interleaved ? x[2 * i + 1] : x[i + half];

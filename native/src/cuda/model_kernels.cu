@@ -56,6 +56,7 @@ __global__ void __launch_bounds__(kHeadsWarps * 32) heads_gemm_kernel(HeadsGemmP
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kHeadsWarps + threadIdx.x / 32;
   if (n >= p.n) return;
   const int64_t wrow = (h * p.n + n) * p.k;
+  const int64_t xs = p.x_stride ? p.x_stride : p.k, ys = p.y_stride ? p.y_stride : p.n;
   for (int64_t t0 = 0; t0 < p.t; t0 += kHeadsRows) {
     float acc[kHeadsRows];
 #pragma unroll
@@ -64,13 +65,13 @@ __global__ void __launch_bounds__(kHeadsWarps * 32) heads_gemm_kernel(HeadsGemmP
       const float w = load_weight(p.w, p.w_dtype, wrow + k);
 #pragma unroll
       for (int u = 0; u < kHeadsRows; ++u)
-        if (t0 + u < p.t) acc[u] = fmaf(p.x[((t0 + u) * p.h + h) * p.k + k], w, acc[u]);
+        if (t0 + u < p.t) acc[u] = fmaf(p.x[((t0 + u) * p.h + h) * xs + k], w, acc[u]);
     }
 #pragma unroll
     for (int u = 0; u < kHeadsRows; ++u) {
       float v = acc[u];
       for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0 && t0 + u < p.t) p.y[((t0 + u) * p.h + h) * p.n + n] = v;
+      if (lane == 0 && t0 + u < p.t) p.y[((t0 + u) * p.h + h) * ys + n] = v;
     }
   }
 }

@@ -40,7 +40,7 @@ __global__ void embedding_kernel(EmbeddingParams p) {
 
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormParams p) {
   const int64_t r = blockIdx.x;
-  const float* x = p.x + r * p.dim;
+  const float* x = p.x + r * (p.x_stride ? p.x_stride : p.dim);
   float ss = 0.0f;
   for (int64_t j = threadIdx.x; j < p.dim; j += blockDim.x) ss = fmaf(x[j], x[j], ss);
   ss = block_reduce<false>(ss);
@@ -54,8 +54,8 @@ __global__ void rope_kernel(RopeParams p) {
   const int64_t pos = iget(p.positions, p.positions_dtype, t);  // checked on the host
   for (int64_t x = threadIdx.x; x < p.n_heads * half; x += blockDim.x) {
     const int64_t h = x / half, i = x % half;
-    const float* in = p.x + (t * p.n_heads + h) * p.dim;
-    float* out = p.out + (t * p.n_heads + h) * p.dim;
+    const float* in = p.x + (t * p.n_heads + h) * (p.x_stride ? p.x_stride : p.dim);
+    float* out = p.out + (t * p.n_heads + h) * (p.out_stride ? p.out_stride : p.dim);
     const float a = p.interleaved ? in[2 * i] : in[i];
     const float b = p.interleaved ? in[2 * i + 1] : in[i + half];
     const float c = p.cos[pos * half + i], s = p.sin[pos * half + i];

@@ -26,7 +26,7 @@ namespace {
 
 // Activation buffers (f32 unless noted), sized for Limits::max_tokens rows.
 enum Buf : size_t {
-  kX, kH, kDelta, kQ, kQa, kQaN, kKv, kCkvIn, kCkv, kKpeIn, kKpe, kQpeIn, kQpe, kQnope, kQlat, kQdec, kOlat, kLse,
+  kX, kH, kDelta, kQ, kQa, kQaN, kKv, kCkv, kKpe, kQpe, kQdec, kOlat, kLse,
   kO, kGu, kAct, kRouter, kIds /* i32 */, kRw, kTpe /* i32 */, kTpg /* i32 */, kHsel, kLogits,
   kInTokens /* i32 */, kInPos /* i32 */, kInSlots /* i32 */, kInSeqlens /* i32 */, kInCuQ /* i32 */,
   kInTable /* i32 */, kInSeeds /* u64 */, kOutTokens /* i32 */, kOutBad /* i32 */, kNumBufs
@@ -46,12 +46,13 @@ std::vector<int64_t> Engine::buffer_elems(const ModelDims& d_, const KvLayout& l
   const int64_t Td = std::min(T, limits_.max_seqs * kMaxDecodeQ);  // rows of a decode step (absorbed-attention buffers)
   const std::vector<int64_t> sizes = {
       T * H, T * H, T * H, T * nh * d_.qk_dim(), T * std::max<int64_t>(d_.q_lora, 1), T * std::max<int64_t>(d_.q_lora, 1),
-      T * (d_.d_c + d_.d_r), T * d_.d_c, T * d_.d_c, T * d_.d_r, T * d_.d_r, T * nh * d_.d_r, T * nh * d_.d_r,
-      Td * nh * d_.d_nope, Td * nh * d_.d_c, Td * nh * (d_.d_c + d_.d_r), Td * nh * d_.d_c, Td * nh,
+      T * (d_.d_c + d_.d_r), T * d_.d_c, T * d_.d_r, T * nh * d_.d_r,
+      Td * nh * (d_.d_c + d_.d_r), Td * nh * d_.d_c, Td * nh,
       T * nh * d_.d_v, T * gu, T * gu / 2, T * E, T * k, T * k, E, std::max<int64_t>(d_.n_group, 1),
       logit_rows * H, logit_rows * d_.vocab,
       T, T, T, limits_.max_seqs, limits_.max_seqs + 1, limits_.max_seqs * max_blocks, 2 * limits_.max_seqs,
       limits_.max_seqs, 1};
+  DSV2_CHECK(sizes.size() == kNumBufs, kInternal, "engine: " << sizes.size() << " buffer sizes for " << kNumBufs << " buffers");
   return sizes;
 }
 
@@ -621,11 +622,13 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
   const int64_t T = in.n_tokens, H = d_.hidden, nh = d_.heads, qk = d_.qk_dim();
   const int64_t dC = d_.d_c, dR = d_.d_r, dN = d_.d_nope, dV = d_.d_v;
   auto gemm = [this](const float* x, int64_t m, const Weight& w, float* y) { linear(x, m, w, y); };
-  auto norm = [&](const float* x, int64_t rows, const Weight& w, float* y) {
+  // x_stride: elements between rows of x (0: dense) — a column slice read in place.
+  auto norm = [&](const float* x, int64_t rows, const Weight& w, float* y, int64_t x_stride = 0) {
     RmsNormParams n;
     n.rows = rows;
     n.dim = w.shape[0];
     n.x = x;
+    n.x_stride = x_stride;
     n.w = w.data;
     n.w_dtype = w.dtype;
     n.eps = d_.eps;
@@ -644,31 +647,37 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
     c.dst_col = dc;
     be.copy_cols(c);
   };
-  auto rope = [&](const float* x, int64_t heads, float* out) {
+  // Rotates dR columns of each (token, head) row of x (row stride xs) into out (row stride os).
+  auto rope = [&](const float* x, int64_t xs, int64_t heads, float* out, int64_t os) {
     RopeParams r;
     r.n_tokens = T;
     r.n_heads = heads;
     r.dim = dR;
     r.max_pos = max_pos_;
     r.x = x;
+    r.x_stride = xs;
     r.positions = bufs_[kInPos];
     r.positions_dtype = DType::kI32;
     r.cos = cos_;
     r.sin = sin_;
     r.interleaved = true;
     r.out = out;
+    r.out_stride = os;
     be.rope(r);
   };
-  auto heads = [&](const float* x, const Weight& w, float* y) {
+  // y[t, h, :] = x[t, h, :] · w[h]ᵀ with row strides xs / ys between (t, h) rows (0: dense).
+  auto heads = [&](const float* x, int64_t xs, const Weight& w, float* y, int64_t ys) {
     HeadsGemmParams h;
     h.t = T;
     h.h = nh;
     h.n = w.shape[1];
     h.k = w.shape[2];
     h.x = x;
+    h.x_stride = xs;
     h.w = w.data;
     h.w_dtype = w.dtype;
     h.y = y;
+    h.y_stride = ys;
     be.heads_gemm(h);
   };
 
@@ -681,11 +690,10 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
     gemm(buf(kH), T, L.q_proj, buf(kQ));
   }
   // Joint KV compression: c_kv normalised, k_pe rotated; both to the cache.
+  // (Column slices are read in place through row strides: no copies, fewer launches.)
   gemm(buf(kH), T, L.kv_a, buf(kKv));
-  cols(T, dC, buf(kKv), dC + dR, 0, buf(kCkvIn), dC, 0);
-  norm(buf(kCkvIn), T, L.kv_a_norm, buf(kCkv));
-  cols(T, dR, buf(kKv), dC + dR, dC, buf(kKpeIn), dR, 0);
-  rope(buf(kKpeIn), 1, buf(kKpe));
+  norm(buf(kKv), T, L.kv_a_norm, buf(kCkv), dC + dR);
+  rope(buf(kKv) + dC, dC + dR, 1, buf(kKpe), dR);
   KvAppendParams ap;
   ap.cache = cache_layer(l);
   ap.n_tokens = T;
@@ -694,17 +702,13 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
   ap.slots = bufs_[kInSlots];
   ap.slots_dtype = DType::kI32;
   be.kv_append(ap);
-  // q_pe rotated
-  cols(T * nh, dR, buf(kQ), qk, dN, buf(kQpeIn), dR, 0);
-  rope(buf(kQpeIn), nh, buf(kQpe));
   const int32_t* table = reinterpret_cast<const int32_t*>(bufs_[kInTable]);
   const int32_t* seqlens = reinterpret_cast<const int32_t*>(bufs_[kInSeqlens]);
   if (in.decode) {
-    // Absorbed: q_lat = q_nope · W_UK per head, attention on the latent, then · W_UV.
-    cols(T * nh, dN, buf(kQ), qk, 0, buf(kQnope), dN, 0);
-    heads(buf(kQnope), L.w_uk_t, buf(kQlat));
-    cols(T * nh, dC, buf(kQlat), dC, 0, buf(kQdec), dC + dR, 0);
-    cols(T * nh, dR, buf(kQpe), dR, 0, buf(kQdec), dC + dR, dC);
+    // Absorbed: q_dec = [q_nope · W_UK ; rope(q_pe)] per head, written straight into its two
+    // column ranges; attention on the latent, then · W_UV.
+    heads(buf(kQ), qk, L.w_uk_t, buf(kQdec), dC + dR);
+    rope(buf(kQ) + dN, qk, nh, buf(kQdec) + dC, dC + dR);
     MlaDecodeParams p;
     p.b = in.b;
     p.s_q = T / in.b;
@@ -720,9 +724,11 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
     p.out = buf(kOlat);
     p.lse = buf(kLse);
     be.mla_decode(p, sz);
-    heads(buf(kOlat), L.w_uv, buf(kO));
+    heads(buf(kOlat), 0, L.w_uv, buf(kO), 0);
   } else {
-    // Prefill: q with its rotated rope part, attention over K/V expanded from the latent.
+    // Prefill: q with its rope part rotated (through a buffer: in place would race), attention
+    // over K/V expanded from the latent.
+    rope(buf(kQ) + dN, qk, nh, buf(kQpe), dR);
     cols(T * nh, dR, buf(kQpe), dR, 0, buf(kQ), qk, dN);
     MlaPrefillParams p;
     p.b = in.b;
