@@ -42,6 +42,23 @@ function keptSet(l: Float32Array, T: number, topK: number, topP: number): Set<nu
   return new Set(kept);
 }
 
+/**
+ * Samples every row on the CPU and the GPU with the same seed; throws if a GPU token falls
+ * outside the kept set; returns how many rows drew a different token.
+ */
+async function differingRows(l: Float32Array, rows: number, V: number, T: number, topK: number, topP: number, seed: bigint): Promise<number> {
+  const t = Tensor.from(l, [rows, V]);
+  const cpu = (await ops.sample(t, { temperature: T, topK, topP, seed })).data as Int32Array;
+  const gpu = (await ops.sample(t, { temperature: T, topK, topP, seed, device: 'cuda' })).data as Int32Array;
+  let differ = 0;
+  for (let r = 0; r < rows; r++) {
+    if (cpu[r] !== gpu[r]) differ++;
+    const kept = keptSet(l.subarray(r * V, (r + 1) * V), T, topK, topP);
+    if (!kept.has(gpu[r])) throw new Error(`row ${r}: gpu token ${gpu[r]} is outside the kept set (cpu ${cpu[r]})`);
+  }
+  return differ;
+}
+
 gpuDescribe(gpuTitle('CUDA sampler vs CPU'), () => {
   const rng = new Rng('gpu sample');
 
@@ -64,17 +81,7 @@ gpuDescribe(gpuTitle('CUDA sampler vs CPU'), () => {
     const V = 3001;
     const rows = 2000;
     const l = Float32Array.from({ length: rows * V }, () => rng.normal() * 3);
-    const t = Tensor.from(l, [rows, V]);
-    const seed = 12345n;
-    const cpu = (await ops.sample(t, { temperature: T, topK, topP, seed })).data as Int32Array;
-    const gpu = (await ops.sample(t, { temperature: T, topK, topP, seed, device: 'cuda' })).data as Int32Array;
-    let same = 0;
-    for (let r = 0; r < rows; r++) {
-      if (cpu[r] === gpu[r]) same++;
-      const kept = keptSet(l.subarray(r * V, (r + 1) * V), T, topK, topP);
-      if (!kept.has(gpu[r])) throw new Error(`row ${r}: gpu token ${gpu[r]} is outside the kept set (cpu ${cpu[r]})`);
-    }
-    expect(rows - same).toBeLessThanOrEqual(1); // see the header: rounding explains one row, not more
+    expect(await differingRows(l, rows, V, T, topK, topP, 12345n)).toBeLessThanOrEqual(1); // see the header: rounding explains one row, not more
   }, 120_000);
 
   test.each([
@@ -113,17 +120,7 @@ gpuDescribe(gpuTitle('CUDA sampler vs CPU'), () => {
       for (let i = 0; i < bits.length; i++) bits[i] = base + rng.int(0, kind === 'ulps' ? 256 : 70000);
     }
     for (let r = 0; r < rows; r++) if (l[r * V] === -Infinity) l[r * V] = 0; // no all -inf row
-    const t = Tensor.from(l, [rows, V]);
-    const seed = 777n;
-    const cpu = (await ops.sample(t, { temperature: T, topK, topP, seed })).data as Int32Array;
-    const gpu = (await ops.sample(t, { temperature: T, topK, topP, seed, device: 'cuda' })).data as Int32Array;
-    let same = 0;
-    for (let r = 0; r < rows; r++) {
-      if (cpu[r] === gpu[r]) same++;
-      const kept = keptSet(l.subarray(r * V, (r + 1) * V), T, topK, topP);
-      if (!kept.has(gpu[r])) throw new Error(`row ${r}: gpu token ${gpu[r]} is outside the kept set (cpu ${cpu[r]})`);
-    }
-    expect(rows - same).toBeLessThanOrEqual(1);
+    expect(await differingRows(l, rows, V, T, topK, topP, 777n)).toBeLessThanOrEqual(1);
   }, 120_000);
 
   test('NaN, +inf and all -inf rows are E_RANGE', async () => {
