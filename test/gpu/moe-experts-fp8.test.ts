@@ -6,7 +6,12 @@
  * H and I not multiples of 128 (a 128-row block of gateUp holding gate and up rows: 2I = 176,
  * 400), scales varying per block and expert, all tokens on one expert (a segment of many
  * 16-row tiles), -1 slots, bf16 shared experts beside the fp8 routed ones, and H or I not a
- * multiple of 8 (the SIMT kernels); deterministic across runs (bit-identical).
+ * multiple of 8 (the SIMT kernels); deterministic across runs (bit-identical). H = 648 and
+ * I = 584 (K > 512): each of the skinny kernel's 4 warps runs a second 128-wide k block (c += 16
+ * chunks), in both GEMMs, with a partial last block. codes 'subnormal': every code has exponent 0
+ * (±0 and ±m·2^-9), so a decode that flushed e4m3 subnormals (an FTZ multiply) would give y = 0
+ * there; with all codes drawn, subnormals are too small a part of each dot product for the
+ * tolerance to see that.
  * Kernels exercised (moe_experts_kernel_name): H, I multiples of 8 → routed=mma_skinny_fp8 at
  * every batch size (no tiled fp8 kernel); otherwise routed=simt_fp8.
  * Tolerances:
@@ -28,7 +33,10 @@ import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
 
-interface Case { t: number; e: number; k: number; h: number; i: number; shared: number; routing: 'router' | 'one' | 'holes' }
+interface Case {
+  t: number; e: number; k: number; h: number; i: number; shared: number; routing: 'router' | 'one' | 'holes';
+  codes?: 'subnormal';
+}
 
 const CASES: Case[] = [
   { t: 1, e: 64, k: 6, h: 64, i: 48, shared: 2, routing: 'router' },
@@ -38,6 +46,8 @@ const CASES: Case[] = [
   { t: 513, e: 8, k: 2, h: 128, i: 136, shared: 1, routing: 'router' },
   { t: 300, e: 8, k: 2, h: 96, i: 40, shared: 1, routing: 'one' },
   { t: 17, e: 8, k: 3, h: 40, i: 24, shared: 1, routing: 'holes' },
+  { t: 5, e: 4, k: 2, h: 648, i: 584, shared: 0, routing: 'router' },
+  { t: 3, e: 4, k: 2, h: 136, i: 88, shared: 0, routing: 'router', codes: 'subnormal' },
   // the SIMT fallback: H % 8 != 0, I % 8 != 0
   { t: 9, e: 8, k: 2, h: 36, i: 24, shared: 1, routing: 'router' },
   { t: 9, e: 8, k: 2, h: 40, i: 20, shared: 0, routing: 'holes' },
@@ -53,19 +63,22 @@ function expectedKernel(c: Case): string {
   return `routed=${routed} shared=${shared}`;
 }
 
-/** e4m3 codes (no NaN: 0x7f / 0xff excluded; zeros, subnormals and 448 included) and f32
- * scales per 128×128 block, around 1/(8·sqrt(fanIn)) times 2^[-2, 2]. */
-function fp8(rng: Rng, e: number, rows: number, cols: number): { codes: Tensor; scale: Tensor } {
+/** e4m3 codes (no NaN: 0x7f / 0xff excluded; zeros, subnormals and 448 included; 'subnormal':
+ * exponent 0 only) and f32 scales per 128×128 block, around 1/(8·sqrt(fanIn)) times 2^[-2, 2]
+ * (times 2^10 for subnormal codes, |v| ≤ 7·2^-9: y ∝ scale³ is then of order 1, not 1e-5). */
+function fp8(rng: Rng, e: number, rows: number, cols: number, only?: 'subnormal'): { codes: Tensor; scale: Tensor } {
   const codes = new Uint8Array(e * rows * cols);
   for (let q = 0; q < codes.length; q++) {
     let c = rng.int(0, 256);
     if ((c & 0x7f) === 0x7f) c ^= 0x01; // NaN code → ±448 (0x7e / 0xfe)
     if ((c & 0x78) >= 0x60 && rng.next() < 0.9) c &= 0xbf; // exponent ≥ 12 (|v| ≥ 2^5) mostly → exponent - 8
+    if (only === 'subnormal') c &= 0x87; // keep sign and mantissa: ±m·2^-9
     codes[q] = c;
   }
   const br = Math.ceil(rows / 128);
   const bc = Math.ceil(cols / 128);
-  const s = Float32Array.from({ length: e * br * bc }, () => 2 ** rng.uniform(-2, 2) / (8 * Math.sqrt(cols)));
+  const boost = only === 'subnormal' ? 2 ** 10 : 1;
+  const s = Float32Array.from({ length: e * br * bc }, () => (boost * 2 ** rng.uniform(-2, 2)) / (8 * Math.sqrt(cols)));
   return { codes: new Tensor('fp8_e4m3', [e, rows, cols], codes), scale: new Tensor('f32', [e, br, bc], s) };
 }
 
@@ -91,8 +104,8 @@ gpuDescribe(gpuTitle('CUDA moe_experts with fp8 block-scaled experts vs CPU'), (
       ids = Tensor.from(idv, [c.t, c.k]);
       weights = Tensor.from(rand(c.t * c.k, 0.5), [c.t, c.k]);
     }
-    const gu = fp8(rng, c.e, 2 * c.i, c.h);
-    const dn = fp8(rng, c.e, c.h, c.i);
+    const gu = fp8(rng, c.e, 2 * c.i, c.h, c.codes);
+    const dn = fp8(rng, c.e, c.h, c.i, c.codes);
     const experts = { gateUp: gu.codes, down: dn.codes, gateUpScale: gu.scale, downScale: dn.scale };
     const is = c.i * c.shared;
     const bf16 = (a: Float32Array, shape: number[]) => ops.cast(Tensor.from(a, shape), 'bf16');
