@@ -23,6 +23,7 @@ import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
+import { expectRowsWithin } from './util';
 
 interface Case { t: number; e: number; k: number; h: number; i: number; shared: number; dtype: 'f32' | 'bf16'; routing: 'router' | 'one' | 'holes' }
 
@@ -96,14 +97,6 @@ gpuDescribe(gpuTitle('CUDA moe_experts vs CPU'), () => {
     const again = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
     expect(Array.from(again)).toEqual(Array.from(got)); // deterministic
     const [rel, abs] = tc ? [2 ** -7, 1e-5] : [1e-4, 1e-5];
-    for (let r = 0; r < c.t; r++) {
-      let mag = 0;
-      for (let n = 0; n < c.h; n++) mag = Math.max(mag, Math.abs(want[r * c.h + n]));
-      for (let n = 0; n < c.h; n++) {
-        const a = want[r * c.h + n];
-        const b = got[r * c.h + n];
-        if (!(Math.abs(a - b) <= rel * mag + abs)) throw new Error(`y[${r}, ${n}]: cpu ${a} cuda ${b} (tolerance ${rel} × ${mag} + ${abs})`);
-      }
-    }
+    expectRowsWithin(want, got, c.t, c.h, rel, abs);
   });
 });

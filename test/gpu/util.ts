@@ -40,3 +40,16 @@ export function routerLogits(rng: Rng, t: number, e: number, data: RouteData, na
   }
   return a;
 }
+
+/** Every y[r, n] within rel · max_n |want[r, ·]| + abs of want (CPU) — the MoE suites' bound. */
+export function expectRowsWithin(want: Float32Array, got: Float32Array, rows: number, cols: number, rel: number, abs: number): void {
+  for (let r = 0; r < rows; r++) {
+    let mag = 0;
+    for (let n = 0; n < cols; n++) mag = Math.max(mag, Math.abs(want[r * cols + n]));
+    for (let n = 0; n < cols; n++) {
+      const a = want[r * cols + n];
+      const b = got[r * cols + n];
+      if (!(Math.abs(a - b) <= rel * mag + abs)) throw new Error(`y[${r}, ${n}]: cpu ${a} cuda ${b} (tolerance ${rel} × ${mag} + ${abs})`);
+    }
+  }
+}
