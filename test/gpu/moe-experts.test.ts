@@ -23,7 +23,7 @@ import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
-import { expectRowsWithin } from './util';
+import { expectCudaMatchesCpu } from './util';
 
 interface Case { t: number; e: number; k: number; h: number; i: number; shared: number; dtype: 'f32' | 'bf16'; routing: 'router' | 'one' | 'holes' }
 
@@ -91,12 +91,6 @@ gpuDescribe(gpuTitle('CUDA moe_experts vs CPU'), () => {
       : null;
     const tc = tensorCores(c);
     // the tensor-core path rounds x to bf16 once: give the CPU op the same x
-    const xRef = tc ? await ops.cast(await ops.cast(x, 'bf16'), 'f32') : x;
-    const want = (await ops.moeExperts(xRef, ids, weights, experts, shared)).data as Float32Array;
-    const got = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
-    const again = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
-    expect(Array.from(again)).toEqual(Array.from(got)); // deterministic
-    const [rel, abs] = tc ? [2 ** -7, 1e-5] : [1e-4, 1e-5];
-    expectRowsWithin(want, got, c.t, c.h, rel, abs);
+    await expectCudaMatchesCpu(x, ids, weights, experts, shared, tc);
   });
 });

@@ -1,4 +1,6 @@
-/** Shared inputs of the GPU suites: seeded permutations (page tables) and router logits. */
+/** Shared inputs and checks of the GPU suites: page-table permutations, router logits, MoE comparisons. */
+import * as ops from '../../lib/ops';
+import type { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 
 /** 0..n-1 in a seeded random order (Fisher-Yates). */
@@ -52,4 +54,21 @@ export function expectRowsWithin(want: Float32Array, got: Float32Array, rows: nu
       if (!(Math.abs(a - b) <= rel * mag + abs)) throw new Error(`y[${r}, ${n}]: cpu ${a} cuda ${b} (tolerance ${rel} × ${mag} + ${abs})`);
     }
   }
+}
+
+/**
+ * moeExperts on CUDA (twice: bit-identical) against the CPU op. Where tensor cores run (`tc`) x is
+ * rounded to bf16 once on the GPU, so the CPU op gets that same x, and h's bf16 rounding is the
+ * budget: 2^-7 of the row's magnitude (see moe-experts.test.ts); otherwise f32 on both sides, 1e-4.
+ */
+export async function expectCudaMatchesCpu(x: Tensor, ids: Tensor, weights: Tensor, experts: ops.ExpertWeights,
+  shared: ops.SharedExpertWeights | null, tc: boolean): Promise<void> {
+  const xRef = tc ? await ops.cast(await ops.cast(x, 'bf16'), 'f32') : x;
+  const want = (await ops.moeExperts(xRef, ids, weights, experts, shared)).data as Float32Array;
+  const got = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
+  const again = (await ops.moeExperts(x, ids, weights, experts, shared, { device: 'cuda' })).data as Float32Array;
+  expect(Array.from(again)).toEqual(Array.from(got)); // deterministic
+  const [rel, abs] = tc ? [2 ** -7, 1e-5] : [1e-4, 1e-5];
+  const [rows, cols] = x.shape;
+  expectRowsWithin(want, got, rows, cols, rel, abs);
 }
