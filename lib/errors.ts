@@ -17,11 +17,13 @@ export type Dsv2ErrorCode =
   | 'E_UNSUPPORTED' // a valid request this build or device cannot serve
   | 'E_DEVICE' // tensors on the wrong device for the op
   | 'E_LOAD' // the native addon could not be loaded
+  | 'E_TEMPLATE' // a chat template failed to render the given messages
+  | 'E_IO' // a file or directory could not be read or written (the message names the path)
   | 'E_INTERNAL'; // a bug in dsv2: please report it
 
 export const ERROR_CODES: readonly Dsv2ErrorCode[] = [
   'E_SHAPE', 'E_DTYPE', 'E_RANGE', 'E_ARG', 'E_CHECKPOINT', 'E_CUDA', 'E_OOM',
-  'E_ABORTED', 'E_DISPOSED', 'E_UNSUPPORTED', 'E_DEVICE', 'E_LOAD', 'E_INTERNAL',
+  'E_ABORTED', 'E_DISPOSED', 'E_UNSUPPORTED', 'E_DEVICE', 'E_LOAD', 'E_TEMPLATE', 'E_IO', 'E_INTERNAL',
 ];
 
 export class Dsv2Error extends Error {
@@ -52,4 +54,22 @@ export async function native<T>(p: Promise<T>): Promise<T> {
   } catch (e) {
     throw fromNative(e);
   }
+}
+
+/**
+ * The error an aborted operation rejects with: the signal's own `reason` when the caller gave
+ * one (so `AbortSignal.timeout(ms)` rejects with its `TimeoutError`, and `ac.abort(myError)`
+ * with `myError`), else — a plain `ac.abort()`, whose reason is the default `AbortError`
+ * DOMException — a Dsv2Error E_ABORTED saying `what` was aborted (the DOMException as cause).
+ */
+export function abortError(signal: AbortSignal, what: string): unknown {
+  const r: unknown = signal.reason;
+  const plain = r === undefined || (typeof r === 'object' && r !== null && (r as { name?: unknown }).name === 'AbortError' &&
+    !(r instanceof Dsv2Error));
+  return plain ? new Dsv2Error('E_ABORTED', `${what} was aborted`, { cause: r }) : r;
+}
+
+/** Throws abortError(signal, what) when the signal is aborted. */
+export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
+  if (signal?.aborted) throw abortError(signal, what);
 }

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { InvalidArgumentError } from 'commander';
+import { CommanderError, InvalidArgumentError } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { Dsv2Error } from '../errors';
 import type { KvCacheDtype } from '../kv-cache';
@@ -38,6 +38,22 @@ export function tokensOpt(v: string): number[] {
     throw new InvalidArgumentError('tokens must be a comma-separated list of non-negative integers, e.g. 1,2,3');
   }
   return ids;
+}
+
+/** A usage error found after parsing (conflicting or missing options): exit 2 with the message, like commander's own. */
+export function usage(msg: string): never {
+  throw new CommanderError(2, 'dsv2.usage', `error: ${msg}`);
+}
+
+/** Repeatable string option: each use adds one value. */
+export function collect(v: string, prev: string[] = []): string[] {
+  return [...prev, v];
+}
+
+/** Writes to stdout, waiting for it to drain when its buffer is full (large outputs stay O(buffer) in memory). */
+export function out(s: string): Promise<void> {
+  if (process.stdout.write(s)) return Promise.resolve();
+  return new Promise((resolve) => process.stdout.once('drain', () => resolve()));
 }
 
 export function log(msg: string): void {

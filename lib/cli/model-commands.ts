@@ -1,15 +1,16 @@
 /**
- * The model commands: generate, logits, kv-table, make-tiny. Their flags and JSON shapes are
+ * The model commands: generate, logits, tokenize, kv-table, make-tiny. Their flags and JSON shapes are
  * a stable contract (scripts depend on them).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { Dsv2Error } from '../errors';
 import { Checkpoint } from '../model/checkpoint';
 import type { DeepSeekConfig } from '../model/config';
 import { makeTiny, TINY_KINDS, type TinyKind } from '../model/tiny';
-import { choiceOpt, floatOpt, intOpt, loadModel, log, tokensOpt } from './common';
+import { choiceOpt, collect, defaultModelDir, floatOpt, intOpt, loadModel, log, out, tokensOpt, usage } from './common';
+import { Tokenizer } from '../model/tokenizer';
 
 const KV = ['bf16', 'fp8', 'f32'] as const;
 const DEVICES = ['auto', 'cpu', 'cuda'] as const;
@@ -23,27 +24,32 @@ function modelOptions(cmd: Command): Command {
 
 export function modelCommands(program: Command): void {
   modelOptions(program.command('generate'))
-    .description('generate text; streams it to stdout (--json: one object {"tokens": [...], "text": "..."})')
+    .description('generate text; streams it to stdout (--json: one object {"tokens", "text", "finishReason", "promptTokens"})')
     .option('--prompt <text>', 'plain text prompt')
     .option('--chat <text>', 'a user message, formatted with the checkpoint\'s chat template')
+    .option('--system <text>', 'a system message before --chat\'s user message')
     .option('--tokens <ids>', 'prompt token ids, e.g. 1,2,3', tokensOpt)
     .option('--max-new-tokens <n>', 'tokens to generate at most', intOpt('--max-new-tokens'), 64)
     .option('--temperature <t>', '0 is greedy', floatOpt('--temperature', 0), 0)
     .option('--top-k <k>', 'keep the k most likely tokens (0: all)', intOpt('--top-k'), 0)
-    .option('--top-p <p>', 'keep the smallest set with probability >= p', floatOpt('--top-p', 0, 1), 1)
+    .option('--top-p <p>', 'keep the smallest set with probability >= p', (v: string) => { const n = Number(v); if (!(n > 0 && n <= 1)) throw new InvalidArgumentError('--top-p must be a number in (0, 1]'); return n; }, 1)
     .option('--seed <s>', 'seed of the sampling draws', intOpt('--seed'), 0)
+    .option('--stop <text>', 'stop when the text contains this (repeatable; the stop text is not printed)', collect)
     .option('--json', 'print one JSON object instead of streaming text')
     .action(async (o) => {
       const given = [o.prompt !== undefined, o.chat !== undefined, o.tokens !== undefined].filter(Boolean).length;
-      if (given !== 1) throw new Dsv2Error('E_ARG', 'generate needs exactly one of --prompt, --chat or --tokens');
+      if (given !== 1) usage('generate needs exactly one of --prompt, --chat or --tokens');
+      if (o.system !== undefined && o.chat === undefined) usage('--system goes with --chat');
       const model = await loadModel(o);
       try {
         const ac = new AbortController();
         const onSig = () => ac.abort();
         process.once('SIGINT', onSig);
         try {
+          const messages = o.chat === undefined ? undefined
+            : [...(o.system !== undefined ? [{ role: 'system' as const, content: o.system as string }] : []), { role: 'user' as const, content: o.chat as string }];
           const gen = model.generate({
-            prompt: o.prompt, messages: o.chat !== undefined ? [{ role: 'user', content: o.chat }] : undefined, tokens: o.tokens,
+            prompt: o.prompt, messages, tokens: o.tokens, stop: o.stop,
             maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: ac.signal,
           });
           const t0 = Date.now();
@@ -51,13 +57,13 @@ export function modelCommands(program: Command): void {
           if (o.json) {
             const r = await gen.result;
             n = r.tokens.length;
-            process.stdout.write(`${JSON.stringify({ tokens: r.tokens, text: r.text })}\n`);
+            await out(`${JSON.stringify({ tokens: r.tokens, text: r.text, finishReason: r.finishReason, promptTokens: r.promptTokens })}\n`);
           } else {
             for await (const c of gen) {
-              process.stdout.write(c.text);
+              if (c.text) await out(c.text);
               if (c.token !== null) n++;
             }
-            process.stdout.write('\n');
+            await out('\n');
           }
           const s = (Date.now() - t0) / 1000;
           log(`${n} tokens in ${s.toFixed(2)} s (${(n / Math.max(s, 1e-9)).toFixed(1)} tokens/s)`);
@@ -81,18 +87,39 @@ export function modelCommands(program: Command): void {
         const l = await model.logits(o.tokens, { mode: o.mode });
         const V = model.config.vocabSize;
         const data = l.data as Float32Array;
-        const rows = Array.from({ length: o.tokens.length }, (_, i) => Array.from(data.subarray(i * V, (i + 1) * V)));
+        const row = (i: number) => Array.from(data.subarray(i * V, (i + 1) * V));
         if (o.json) {
-          process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);
+          // Row by row: one JSON string of T × vocab numbers can pass V8's string limit
+          // (515 × 102,400 does); the bytes are those of JSON.stringify({logits}).
+          await out('{"logits":[');
+          for (let i = 0; i < o.tokens.length; i++) await out(`${i ? ',' : ''}${JSON.stringify(row(i))}`);
+          await out(']}\n');
         } else {
-          rows.forEach((r, i) => {
-            const top = r.map((v, id) => [v, id]).sort((a, b) => b[0] - a[0]).slice(0, 5);
-            process.stdout.write(`${i}\t${o.tokens[i]}\t${top.map(([v, id]) => `${id}:${v.toFixed(3)}`).join(' ')}\n`);
-          });
+          for (let i = 0; i < o.tokens.length; i++) {
+            const top = row(i).map((v, id) => [v, id]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+            await out(`${i}\t${o.tokens[i]}\t${top.map(([v, id]) => `${id}:${v.toFixed(3)}`).join(' ')}\n`);
+          }
         }
       } finally {
         await model.dispose();
       }
+    });
+
+  program.command('tokenize')
+    .description('token ids of a text or a chat prompt, as the checkpoint\'s tokenizer and chat template give them (special tokens included)')
+    .option('--model <dir>', 'checkpoint directory (tokenizer.json, tokenizer_config.json); default: the built-in model')
+    .option('--text <text>', 'plain text (BOS added as the tokenizer config says)')
+    .option('--chat <text>', 'a user message, rendered with the chat template (generation prompt appended)')
+    .option('--system <text>', 'a system message before --chat\'s user message')
+    .option('--json', 'print {"tokens": [...]}; without it, the ids comma-separated (what --tokens takes)')
+    .action(async (o: { model?: string; text?: string; chat?: string; system?: string; json?: boolean }) => {
+      if ((o.text === undefined) === (o.chat === undefined)) usage('tokenize needs exactly one of --text or --chat');
+      if (o.system !== undefined && o.chat === undefined) usage('--system goes with --chat');
+      const dir = o.model ?? (await defaultModelDir());
+      const tok = Tokenizer.load(dir);
+      const ids = o.text !== undefined ? tok.encode(o.text)
+        : tok.encodeChat([...(o.system !== undefined ? [{ role: 'system' as const, content: o.system }] : []), { role: 'user' as const, content: o.chat! }]);
+      await out(o.json ? `${JSON.stringify({ tokens: ids })}\n` : `${ids.join(',')}\n`);
     });
 
   program.command('kv-table')

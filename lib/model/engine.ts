@@ -5,7 +5,7 @@
  * against the TypeScript forward). `Model.load({device: 'cuda'})` runs on it; the CPU runs
  * on it with `engine: 'native'`.
  */
-import { Dsv2Error, fromNative, native } from '../errors';
+import { Dsv2Error, fromNative, native, throwIfAborted } from '../errors';
 import type { KvCache } from '../kv-cache';
 import { binding, type RawEngine } from '../native';
 import type { RopeTable } from '../ops';
@@ -108,7 +108,7 @@ export class NativeEngine {
     const total = list.reduce((a, [, , t]) => a + t.data.byteLength, 0);
     let done = 0;
     for (const [layer, name, t] of list) {
-      if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted while copying weights to ${this.device}`);
+      throwIfAborted(opts.signal, `copying weights to ${this.device}`);
       await native(raw.setWeight(layer, name, tensorArg(t, name)));
       done += t.data.byteLength;
       opts.onProgress?.(done, total);

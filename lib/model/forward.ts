@@ -7,7 +7,7 @@
  * Attention has two modes over the same cache: `prefill` (mlaPrefill: K/V expanded from the
  * latent) and `decode` (absorbed: q_nope·W_UK, mlaDecode on the latent, ·W_UV).
  */
-import { Dsv2Error } from '../errors';
+import { Dsv2Error, throwIfAborted } from '../errors';
 import { KvCache } from '../kv-cache';
 import * as ops from '../ops';
 import { Tensor } from '../tensor';
@@ -70,7 +70,7 @@ export async function forward(ctx: ForwardContext, seq: SeqState, tokens: Int32A
   const seqlens = Tensor.from(Int32Array.of(pos0 + T));
   let x = await ops.embedding(Tensor.from(tokens), ctx.weights.embed);
   for (let l = 0; l < c.numLayers; l++) {
-    if (signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted at layer ${l} of ${c.numLayers}`);
+    throwIfAborted(signal, `the forward (at layer ${l} of ${c.numLayers})`);
     const w = ctx.weights.layers[l];
     const h = await ops.rmsNorm(x, w.inputNorm, { eps: c.rmsNormEps });
     const attn = await attention(ctx, l, w, h, positions, slots, blockTable, seqlens, mode);
@@ -99,7 +99,7 @@ export async function engineForward(engine: NativeEngine, c: DeepSeekConfig, seq
   let lastLogits: Float32Array | null = null;
   let token: number | null = null;
   for (let t0 = 0; t0 < T; t0 += step) {
-    if (signal?.aborted) throw new Dsv2Error('E_ABORTED', `aborted after ${t0} of ${T} tokens`);
+    throwIfAborted(signal, `the forward (after ${t0} of ${T} tokens)`);
     const chunk = tokens.subarray(t0, Math.min(T, t0 + step));
     const final = t0 + chunk.length === T;
     const want = rows === 'all' ? 'all' : final && rows === 'last' ? 'last' : 'none';

@@ -3,7 +3,7 @@
  * forward pass — `logits()` and streaming `generate()`. All async; dispose() frees it all.
  */
 import { info } from '../info';
-import { Dsv2Error } from '../errors';
+import { Dsv2Error, throwIfAborted } from '../errors';
 import { KvCache, type KvCacheDtype } from '../kv-cache';
 import * as ops from '../ops';
 import { Tensor } from '../tensor';
@@ -12,7 +12,7 @@ import type { DeepSeekConfig } from './config';
 import { DecodeBatcher, type BatchStats } from './batcher';
 import { NativeEngine, type EngineMemory } from './engine';
 import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
-import { Tokenizer, type ChatMessage } from './tokenizer';
+import { checkMessages, describe, Tokenizer, type ChatMessage } from './tokenizer';
 import { checkTensors, loadWeights, type ModelWeights } from './weights';
 
 export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
@@ -102,6 +102,74 @@ function stopPrefixTail(text: string, stops: readonly string[]): number {
     }
   }
   return best;
+}
+
+interface CheckedOptions {
+  prompt?: string;
+  messages?: ChatMessage[];
+  tokens?: readonly number[];
+  maxNewTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: bigint;
+  stop: string[];
+  signal?: AbortSignal;
+}
+
+/** generate()'s options, checked (E_ARG for a wrong type, E_RANGE for a value out of range), with defaults. */
+function checkGenerateOptions(opts: unknown): CheckedOptions {
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) {
+    throw new Dsv2Error('E_ARG', `generate needs an options object {prompt | messages | tokens, ...}, got ${describe(opts)}`);
+  }
+  const o = opts as Record<string, unknown>;
+  const given = (['prompt', 'messages', 'tokens'] as const).filter((k) => o[k] !== undefined);
+  if (given.length !== 1) {
+    throw new Dsv2Error('E_ARG', given.length === 0 ? 'generate needs one of prompt, messages or tokens' : `generate takes one of prompt, messages or tokens, got ${given.join(' and ')}`);
+  }
+  if (o.prompt !== undefined && typeof o.prompt !== 'string') throw new Dsv2Error('E_ARG', `prompt must be a string, got ${describe(o.prompt)}`);
+  if (o.messages !== undefined) checkMessages(o.messages);
+  if (o.tokens !== undefined && !Array.isArray(o.tokens) && !(o.tokens instanceof Int32Array)) {
+    throw new Dsv2Error('E_ARG', `tokens must be an array of token ids, got ${describe(o.tokens)}`);
+  }
+  const int = (key: string, dflt: number, min: number): number => {
+    const v = o[key] ?? dflt;
+    if (typeof v !== 'number') throw new Dsv2Error('E_ARG', `${key} must be a number, got ${describe(v)}`);
+    if (!Number.isSafeInteger(v) || v < min) throw new Dsv2Error('E_RANGE', `${key} = ${v} must be an integer >= ${min}`);
+    return v;
+  };
+  const real = (key: string, dflt: number, ok: (x: number) => boolean, range: string): number => {
+    const v = o[key] ?? dflt;
+    if (typeof v !== 'number') throw new Dsv2Error('E_ARG', `${key} must be a number, got ${describe(v)}`);
+    if (!ok(v)) throw new Dsv2Error('E_RANGE', `${key} = ${v} must be ${range}`);
+    return v;
+  };
+  let seed: bigint;
+  const sv = o.seed ?? 0;
+  if (typeof sv === 'bigint') seed = sv;
+  else if (typeof sv === 'number') {
+    if (!Number.isSafeInteger(sv)) throw new Dsv2Error('E_RANGE', `seed = ${sv} must be an integer (a safe integer, or a bigint)`);
+    seed = BigInt(sv);
+  } else throw new Dsv2Error('E_ARG', `seed must be an integer or a bigint, got ${describe(sv)}`);
+  if (seed < 0n || seed > U64) throw new Dsv2Error('E_RANGE', `seed = ${seed} must be in [0, 2^64)`);
+  const stop = o.stop ?? [];
+  if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string')) {
+    throw new Dsv2Error('E_ARG', `stop must be an array of strings, got ${describe(stop)}${typeof stop === 'string' ? ` (write [${JSON.stringify(stop)}])` : ''}`);
+  }
+  const signal = o.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new Dsv2Error('E_ARG', `signal must be an AbortSignal, got ${describe(signal)}`);
+  return {
+    prompt: o.prompt as string | undefined,
+    messages: o.messages as ChatMessage[] | undefined,
+    tokens: o.tokens as readonly number[] | undefined,
+    maxNewTokens: int('maxNewTokens', 128, 0),
+    temperature: real('temperature', 0, (x) => Number.isFinite(x) && x >= 0, 'finite and >= 0'),
+    topK: int('topK', 0, 0),
+    topP: real('topP', 1, (x) => x > 0 && x <= 1, 'in (0, 1]'),
+    seed,
+    stop: stop.filter((s: string) => s.length > 0),
+    signal,
+  };
 }
 
 export class Model {
@@ -306,37 +374,59 @@ export class Model {
   async *#run(opts: GenerateOptions): AsyncGenerator<GenerateChunk, GenerateResult> {
     const ctx = this.#context();
     const tok = this.tokenizer;
-    let prompt: number[];
-    if (opts.tokens) prompt = [...opts.tokens];
-    else if (opts.messages) {
+    const g = checkGenerateOptions(opts);
+    let prompt: readonly number[];
+    if (g.tokens) prompt = g.tokens;
+    else if (g.messages) {
       if (!tok) throw new Dsv2Error('E_CHECKPOINT', `${this.dir}: tokenizer.json is missing (needed for messages)`);
-      prompt = tok.encodeChat(opts.messages);
-    } else if (typeof opts.prompt === 'string') {
+      prompt = tok.encodeChat(g.messages);
+    } else {
       if (!tok) throw new Dsv2Error('E_CHECKPOINT', `${this.dir}: tokenizer.json is missing (needed for a text prompt)`);
-      prompt = tok.encode(opts.prompt);
-    } else throw new Dsv2Error('E_ARG', 'generate needs prompt, messages or tokens');
+      prompt = tok.encode(g.prompt!);
+    }
     const ids = this.#checkTokens(prompt, 'tokens');
     if (ids.length === 0) throw new Dsv2Error('E_RANGE', 'the prompt has no tokens');
-    const maxNew = opts.maxNewTokens ?? 128;
-    if (!Number.isSafeInteger(maxNew) || maxNew < 0) throw new Dsv2Error('E_RANGE', `maxNewTokens = ${maxNew} must be a non-negative integer`);
-    const seed = BigInt(opts.seed ?? 0);
     const eos = new Set<number>();
     const e = this.config.eosTokenId;
     if (typeof e === 'number') eos.add(e);
     else if (Array.isArray(e)) e.forEach((x) => eos.add(x));
     if (tok?.eosId !== null && tok?.eosId !== undefined) eos.add(tok.eosId);
-    const stops = (opts.stop ?? []).filter((s) => s.length > 0);
-    const aborted = () => {
-      if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', 'generation was aborted');
-    };
+    const stops = g.stop;
+    const maxStop = stops.reduce((a, s) => Math.max(a, s.length), 0);
     const seq: SeqState = { pages: [], length: 0 };
     const out: number[] = [];
-    let emitted = '';
+    // Text is decoded incrementally (O(1) per token): `text` is what the stream has completed,
+    // text[0, emitted) what the chunks have carried.
+    const stream = tok?.stream() ?? null;
+    let text = '';
+    let emitted = 0;
+    let stopHit = false;
+    /** Appends a decoded piece, cuts at the first stop string; returns the text ready to emit. */
+    const feed = (piece: string, final: boolean): string => {
+      const from = Math.max(0, text.length - maxStop + 1);
+      text += piece;
+      let at = -1;
+      for (const s of stops) {
+        const k = text.indexOf(s, from);
+        if (k >= 0 && (at < 0 || k < at)) at = k;
+      }
+      if (at >= 0) {
+        text = text.slice(0, at);
+        stopHit = true;
+      }
+      // Hold back any tail that could be the start of a stop string, so no chunk ever carries
+      // text the result will not contain (unless the text is final).
+      const ready = stopHit || final ? text.length : text.length - stopPrefixTail(text, stops);
+      const chunk = ready > emitted ? text.slice(emitted, ready) : '';
+      emitted = Math.max(emitted, ready);
+      return chunk;
+    };
     let finish: GenerateResult['finishReason'] = 'length';
+    const what = 'the generation';
     try {
-      aborted();
+      throwIfAborted(g.signal, what);
       reserve(ctx, seq, ids.length);
-      const sampling = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+      const sampling = { temperature: g.temperature, topK: g.topK, topP: g.topP };
       // The next token: on the engine's device (only the token comes back), or from the last
       // row's logits with ops.sample — the same draw for the same seed.
       const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<number> => {
@@ -344,50 +434,37 @@ export class Model {
           return this.#batcher.next({ seq, token: input[0], sampling, seed: stepSeed });
         }
         if (ctx.engine) {
-          const r = await engineForward(ctx.engine, ctx.config, seq, input, mode, 'none', opts.signal, { ...sampling, seeds: [stepSeed] });
+          const r = await engineForward(ctx.engine, ctx.config, seq, input, mode, 'none', g.signal, { ...sampling, seeds: [stepSeed] });
           return r.token!;
         }
-        const last = await forward(ctx, seq, input, mode, opts.signal, 'last');
+        const last = await forward(ctx, seq, input, mode, g.signal, 'last');
         return (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number;
       };
-      const seedOf = (step: number) => (seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
+      const seedOf = (step: number) => (g.seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
       let next = await nextToken(ids, 'prefill', seedOf(0));
-      for (let step = 0; step < maxNew; step++) {
-        aborted();
+      for (let step = 0; step < g.maxNewTokens; step++) {
+        throwIfAborted(g.signal, what);
         if (eos.has(next)) {
           finish = 'eos';
           break;
         }
         out.push(next);
-        const final = step + 1 === maxNew || seq.length + 1 > maxSequenceTokens(ctx);
-        let text = tok ? tok.decode(out) : '';
-        let stopHit = false;
-        for (const s of stops) {
-          const at = text.indexOf(s);
-          if (at >= 0) {
-            text = text.slice(0, at);
-            stopHit = true;
-          }
-        }
-        // Hold back a trailing replacement character (a multi-byte character still incomplete)
-        // and any tail that could be the start of a stop string, so no chunk ever carries text
-        // the result will not contain (unless this is the last token: then the text is final).
-        let ready = stopHit || final ? text : text.replace(/\uFFFD+$/, '');
-        if (!stopHit && !final) ready = ready.slice(0, ready.length - stopPrefixTail(ready, stops));
-        const piece = ready.length > emitted.length ? ready.slice(emitted.length) : '';
-        emitted += piece;
-        yield { token: next, text: piece };
+        const final = step + 1 === g.maxNewTokens || seq.length + 1 > maxSequenceTokens(ctx);
+        const piece = stream ? stream.push(next) + (final ? stream.flush() : '') : '';
+        yield { token: next, text: feed(piece, final) };
         if (stopHit) {
           finish = 'stop';
           break;
         }
-        if (step + 1 === maxNew) break;
-        if (seq.length + 1 > maxSequenceTokens(ctx)) break; // context full: finish with 'length'
+        if (final) break; // maxNewTokens reached, or the context is full: finish with 'length'
         reserve(ctx, seq, 1);
         next = await nextToken(Int32Array.of(next), 'decode', seedOf(step + 1));
       }
-      const text = finish === 'stop' ? emitted : tok && out.length ? tok.decode(out) : '';
-      if (text.length > emitted.length) yield { token: null, text: text.slice(emitted.length) }; // held-back tail at EOS
+      if (!stopHit && stream) {
+        // Text held back at EOS (an incomplete character, a possible stop-string start).
+        const tail = feed(stream.flush(), true);
+        if (tail.length) yield { token: null, text: tail };
+      }
       return { tokens: out, text, finishReason: finish, promptTokens: ids.length };
     } finally {
       if (seq.pages.length && this.#ctx) ctx.cache.freePages(seq.pages);

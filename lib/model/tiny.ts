@@ -179,6 +179,12 @@ export async function writeRandomCheckpoint(dir: string, raw: Record<string, unk
     raw = { ...raw, quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', weight_block_size: [FP8_BLOCK, FP8_BLOCK] } };
   }
   const cfg = parseConfig(raw);
+  try {
+    fs.mkdirSync(dir, { recursive: true }); // first: a bad --out fails before any weight is made
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch (e) {
+    throw new Dsv2Error('E_IO', `cannot write a checkpoint into ${dir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { cause: e });
+  }
   const rand = normals(opts.seed ?? 0);
   const tensors: Record<string, Tensor> = {};
   for (const [name, shape] of expectedTensors(cfg)) {
@@ -202,7 +208,6 @@ export async function writeRandomCheckpoint(dir: string, raw: Record<string, unk
       tensors[name] = opts.dtype === 'f32' || name.endsWith('e_score_correction_bias') ? t : await ops.cast(t, 'bf16');
     }
   }
-  fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(raw, null, 2)}\n`);
   const shards = Math.max(1, opts.shards ?? 1);
   const names = Object.keys(tensors);

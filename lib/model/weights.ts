@@ -7,7 +7,7 @@
  *   (q_nope · W_UK) and W_UV [h, dV, dC];
  * - FP8 block-scaled weights (V3) dequantized to bf16 once at load.
  */
-import { Dsv2Error } from '../errors';
+import { Dsv2Error, throwIfAborted } from '../errors';
 import * as ops from '../ops';
 import { Tensor, type HostData } from '../tensor';
 import type { Checkpoint } from './checkpoint';
@@ -218,7 +218,7 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
   const total = [...want.keys()].reduce((a, n) => a + ((ck.entries.get(n)?.end ?? 0) - (ck.entries.get(n)?.begin ?? 0)), 0);
   let done = 0;
   const read = async (name: string): Promise<Tensor> => {
-    if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `loading ${ck.dir} was aborted`);
+    throwIfAborted(opts.signal, `loading ${ck.dir}`);
     let t = await ck.read(name);
     const e = ck.entries.get(name)!;
     done += e.end - e.begin;
@@ -231,7 +231,7 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
   const keepFp8 = (opts.keepFp8Experts ?? true) && c.fp8WeightBlock !== null && c.fp8WeightBlock[0] === 128 &&
     c.fp8WeightBlock[1] === 128 && c.moeIntermediateSize % 128 === 0;
   const readRaw = async (name: string): Promise<{ codes: Tensor; scale: Tensor | null }> => {
-    if (opts.signal?.aborted) throw new Dsv2Error('E_ABORTED', `loading ${ck.dir} was aborted`);
+    throwIfAborted(opts.signal, `loading ${ck.dir}`);
     const t = await ck.read(name);
     const e = ck.entries.get(name)!;
     done += e.end - e.begin;

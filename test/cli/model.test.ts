@@ -77,10 +77,9 @@ describe('dsv2 generate --json = Model.generate', () => {
     ['chat message (template applied)', ['--chat', 'hi, who are you?'], { messages: [{ role: 'user', content: 'hi, who are you?' }] }],
   ])('%s', async (_n, args, opts) => {
     const j = await runJson(['generate', '--model', dir, '--max-new-tokens', '10', '--json', ...args]);
-    expect(Object.keys(j).sort()).toEqual(['text', 'tokens']);
+    expect(Object.keys(j).sort()).toEqual(['finishReason', 'promptTokens', 'text', 'tokens']);
     const r = await model.generate({ ...opts, maxNewTokens: 10 }).result;
-    expect(j.tokens).toEqual(r.tokens);
-    expect(j.text).toBe(r.text);
+    expect(j).toEqual({ tokens: r.tokens, text: r.text, finishReason: r.finishReason, promptTokens: r.promptTokens });
   });
 
   test('--kv-cache fp8 / f32 = a model loaded with that cache', async () => {
@@ -97,7 +96,39 @@ describe('dsv2 generate --json = Model.generate', () => {
 
   test('--max-new-tokens 0 gives no tokens', async () => {
     const j = await runJson(['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '0', '--json']);
-    expect(j).toEqual({ tokens: [], text: '' });
+    expect(j).toEqual({ tokens: [], text: '', finishReason: 'length', promptTokens: tokens.length });
+  });
+
+  test('--stop (repeatable) = the API\'s stop; the text ends before the earliest stop string', async () => {
+    const free = await model.generate({ tokens, maxNewTokens: 16 }).result;
+    // Two stop strings taken from the free-running text: the one that occurs first wins.
+    const a = free.text.slice(6, 8);
+    const b = free.text.slice(3, 5);
+    const j = await runJson(['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '16', '--stop', a, '--stop', b, '--json']);
+    const r = await model.generate({ tokens, maxNewTokens: 16, stop: [a, b] }).result;
+    expect(j).toEqual({ tokens: r.tokens, text: r.text, finishReason: 'stop', promptTokens: tokens.length });
+    expect(r.text).toBe(free.text.slice(0, Math.min(free.text.indexOf(a), free.text.indexOf(b))));
+  });
+
+  test('--system goes before --chat as a system message', async () => {
+    const j = await runJson(['generate', '--model', dir, '--system', 'be brief', '--chat', 'hi', '--max-new-tokens', '6', '--json']);
+    const messages = [{ role: 'system' as const, content: 'be brief' }, { role: 'user' as const, content: 'hi' }];
+    const r = await model.generate({ messages, maxNewTokens: 6 }).result;
+    expect(j.tokens).toEqual(r.tokens);
+    expect(j.promptTokens).toBe(model.tokenizer!.encodeChat(messages).length);
+    expect(j.promptTokens).toBeGreaterThan(model.tokenizer!.encodeChat([messages[1]]).length);
+  });
+});
+
+describe('dsv2 tokenize = model.tokenizer', () => {
+  test('--text and --chat (with --system), --json and plain', async () => {
+    const tok = model.tokenizer!;
+    expect(await runJson(['tokenize', '--model', dir, '--text', 'hello there', '--json'])).toEqual({ tokens: tok.encode('hello there') });
+    const messages = [{ role: 'system' as const, content: 'sys' }, { role: 'user' as const, content: 'hi' }];
+    expect(await runJson(['tokenize', '--model', dir, '--system', 'sys', '--chat', 'hi', '--json'])).toEqual({ tokens: tok.encodeChat(messages) });
+    const r = await run(['tokenize', '--model', dir, '--text', 'abc']);
+    expect(r).toMatchObject({ code: 0, out: `${tok.encode('abc').join(',')}\n` });
+    expect(tok.count('hello there')).toBe(tok.encode('hello there').length);
   });
 });
 
@@ -196,8 +227,11 @@ describe('errors: exit 1, `dsv2: E_CODE` on stderr, nothing on stdout', () => {
     ['missing checkpoint (generate)', () => ['generate', '--model', path.join(root, 'nope'), '--tokens', '1,2', '--json'], 'E_CHECKPOINT'],
     ['token id outside the vocabulary', () => ['logits', '--model', dir, '--tokens', `${BOS},999`, '--json'], 'E_RANGE'],
     ['generate with a token outside the vocabulary', () => ['generate', '--model', dir, '--tokens', '5,320', '--json'], 'E_RANGE'],
-    ['generate without a prompt', () => ['generate', '--model', dir, '--json'], 'E_ARG'],
-    ['generate with two prompts', () => ['generate', '--model', dir, '--prompt', 'a', '--tokens', '1', '--json'], 'E_ARG'],
+    ['make-tiny --out under a file', () => {
+      const f = path.join(root, 'a-file');
+      fs.writeFileSync(f, 'x');
+      return ['make-tiny', '--out', path.join(f, 'sub')];
+    }, 'E_IO'],
     ['device cuda (no CUDA runtime for models)', () => ['generate', '--model', dir, '--tokens', '1', '--device', 'cuda', '--json'], 'E_UNSUPPORTED'],
     ['kv-table of a missing config', () => ['kv-table', '--model', path.join(root, 'nope.json'), '--json'], 'E_CHECKPOINT'],
     ['a text prompt without tokenizer.json', () => {
@@ -222,6 +256,13 @@ describe('errors: exit 1, `dsv2: E_CODE` on stderr, nothing on stdout', () => {
     ['--top-p 1.5', ['generate', '--model', 'x', '--tokens', '1', '--top-p', '1.5']],
     ['--max-new-tokens -3', ['generate', '--model', 'x', '--tokens', '1', '--max-new-tokens', '-3']],
     ['logits without --tokens', ['logits', '--model', 'x']],
+    ['generate without a prompt', ['generate', '--model', 'x', '--json']],
+    ['generate with two prompts', ['generate', '--model', 'x', '--prompt', 'a', '--tokens', '1', '--json']],
+    ['generate --system without --chat', ['generate', '--model', 'x', '--prompt', 'a', '--system', 's']],
+    ['generate --top-p 0', ['generate', '--model', 'x', '--tokens', '1', '--top-p', '0']],
+    ['tokenize without --text or --chat', ['tokenize', '--model', 'x']],
+    ['tokenize with both', ['tokenize', '--model', 'x', '--text', 'a', '--chat', 'b']],
+    ['an unknown command', ['frobnicate']],
   ])('usage error %s: exit 2, nothing on stdout', async (_n, argv) => {
     const r = await run(argv);
     expect({ code: r.code, out: r.out }).toEqual({ code: 2, out: '' });
@@ -241,5 +282,20 @@ describe('errors: exit 1, `dsv2: E_CODE` on stderr, nothing on stdout', () => {
     expect(bad.status).toBe(1);
     expect(bad.stdout).toBe('');
     expect(bad.stderr).toMatch(/^dsv2: E_CHECKPOINT: /m);
+  });
+
+  test('a reader that goes away (| head -c 5, | head -n 1): exit 0, no stack trace', () => {
+    for (const [args, reader] of [
+      [['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '200'], 'head -c 5'],
+      // 150 positions × 320 logits ≈ 1 MB of JSON: well past a pipe's 64 KiB buffer.
+      [['logits', '--model', dir, '--tokens', randomPrompt('epipe', 150).join(','), '--json'], 'head -c 100'],
+      [['logits', '--model', dir, '--tokens', randomPrompt('epipe', 150).join(',')], 'head -n 1'],
+    ] as const) {
+      const cmd = `"${process.execPath}" "${BIN}" ${args.map((a) => `'${a}'`).join(' ')} 2>"${root}/err.txt" | ${reader} >/dev/null; echo "\${PIPESTATUS[0]}"`;
+      const r = spawnSync('bash', ['-c', cmd], { encoding: 'utf8' });
+      expect([args[0], reader, r.stdout.trim()]).toEqual([args[0], reader, '0']);
+      const err = fs.readFileSync(path.join(root, 'err.txt'), 'utf8');
+      expect(err).not.toMatch(/EPIPE|Error:|    at /);
+    }
   });
 });
