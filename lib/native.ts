@@ -102,7 +102,8 @@ export interface RawEngineStep {
 }
 
 export interface RawEngine {
-  setWeight(layer: number, name: string, t: RawTensor): Promise<void>;
+  /** With first/rows: t holds rows [first, first + t.shape[0]) of a weight whose dim 0 is rows. */
+  setWeight(layer: number, name: string, t: RawTensor, first?: number, rows?: number): Promise<void>;
   setRope(cos: RawTensor, sin: RawTensor): Promise<void>;
   randomWeights(seed: number, dtype: 'bf16' | 'f32'): Promise<void>;
   step(input: RawEngineStep): Promise<{ logits: Float32Array | null; tokens: Int32Array | null }>;

@@ -9,6 +9,36 @@ import { Dsv2Error } from '../errors';
 import { parseConfig, type DeepSeekConfig } from './config';
 import { SafetensorsFile, type TensorEntry } from './safetensors';
 
+function exists(p: string): boolean {
+  return fs.existsSync(p);
+}
+
+function isDir(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Why a read failed, in words: the errno code's meaning where it has a common one. */
+function ioReason(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return 'no such file';
+  if (code === 'EISDIR') return 'is a directory';
+  if (code === 'EACCES') return 'permission denied';
+  return (e as Error).message;
+}
+
+function show(v: unknown): string {
+  const s = typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
 export class Checkpoint {
   readonly dir: string;
   readonly config: DeepSeekConfig;
@@ -33,54 +63,95 @@ export class Checkpoint {
     this.entries = entries;
   }
 
-  /** Reads and parses `dir/config.json` (E_CHECKPOINT when missing or malformed). */
+  /**
+   * Reads and parses `dir/config.json` (or a config.json file given directly): E_CHECKPOINT
+   * naming the path when it is missing, unreadable, not UTF-8 JSON, or has an invalid value.
+   */
   static readConfig(dirOrFile: string): DeepSeekConfig {
-    const file = fs.existsSync(dirOrFile) && fs.statSync(dirOrFile).isDirectory() ? path.join(dirOrFile, 'config.json') : dirOrFile;
+    const file = isDir(dirOrFile) ? path.join(dirOrFile, 'config.json') : dirOrFile;
+    let bytes: Buffer;
+    try {
+      bytes = fs.readFileSync(file);
+    } catch (e) {
+      throw new Dsv2Error('E_CHECKPOINT', `${file}: cannot read config.json (${ioReason(e)})`, { cause: e });
+    }
     let text: string;
     try {
-      text = fs.readFileSync(file, 'utf8');
+      text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
     } catch (e) {
-      throw new Dsv2Error('E_CHECKPOINT', `${file}: cannot read config.json (${(e as Error).message})`, { cause: e });
+      throw new Dsv2Error('E_CHECKPOINT', `${file}: not valid UTF-8`, { cause: e });
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (e) {
+      throw new Dsv2Error('E_CHECKPOINT', `${file}: not valid JSON (${(e as Error).message})`, { cause: e });
     }
     try {
-      return parseConfig(JSON.parse(text) as Record<string, unknown>);
+      return parseConfig(raw as Record<string, unknown>);
     } catch (e) {
-      if (e instanceof Dsv2Error) throw e;
-      throw new Dsv2Error('E_CHECKPOINT', `${file}: not valid JSON (${(e as Error).message})`, { cause: e });
+      // parseConfig's messages begin "config.json: "; name the whole path instead.
+      if (e instanceof Dsv2Error) throw new Dsv2Error(e.code, `${file}: ${e.message.replace(/^config\.json: /, '')}`, { cause: e });
+      throw e;
     }
   }
 
   static async open(dir: string): Promise<Checkpoint> {
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
-      throw new Dsv2Error('E_CHECKPOINT', `${dir}: not a checkpoint directory`);
+    if (!isDir(dir)) {
+      throw new Dsv2Error('E_CHECKPOINT', `${dir}: not a checkpoint directory (${exists(dir) ? 'not a directory' : 'no such directory'})`);
     }
     const config = Checkpoint.readConfig(dir);
     const index = path.join(dir, 'model.safetensors.index.json');
     let names: string[];
-    if (fs.existsSync(index)) {
-      let map: Record<string, string>;
+    let weightMap: Record<string, string> | null = null;
+    if (exists(index)) {
+      let parsed: unknown;
       try {
-        map = (JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
+        parsed = JSON.parse(fs.readFileSync(index, 'utf8'));
       } catch (e) {
-        throw new Dsv2Error('E_CHECKPOINT', `${index}: not a valid index (${(e as Error).message})`, { cause: e });
+        throw new Dsv2Error('E_CHECKPOINT', `${index}: not a valid index (${ioReason(e)})`, { cause: e });
       }
-      if (!map || typeof map !== 'object') throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map is missing`);
-      names = [...new Set(Object.values(map))].sort();
-      for (const n of names) {
+      const map = isObject(parsed) ? parsed.weight_map : undefined;
+      if (!isObject(parsed)) throw new Dsv2Error('E_CHECKPOINT', `${index}: ${show(parsed)} is not an index object {"weight_map": {...}}`);
+      if (map === undefined || map === null) throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map is missing`);
+      if (!isObject(map)) throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map = ${show(map)} must be an object {tensor name: shard file}`);
+      for (const [t, n] of Object.entries(map)) {
         if (typeof n !== 'string' || n.includes('/') || n.includes('\\') || n === '..' || !n.endsWith('.safetensors')) {
-          throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map names ${JSON.stringify(n)}, not a .safetensors file in the checkpoint directory`);
+          throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map names ${show(n)} for tensor ${t}, not a .safetensors file in the checkpoint directory`);
         }
       }
-    } else if (fs.existsSync(path.join(dir, 'model.safetensors'))) {
+      weightMap = map as Record<string, string>;
+      names = [...new Set(Object.values(weightMap))].sort();
+      if (names.length === 0) throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map names no shard`);
+      for (const n of names) {
+        const f = path.join(dir, n);
+        if (!exists(f)) throw new Dsv2Error('E_CHECKPOINT', `${f}: shard named in model.safetensors.index.json does not exist`);
+      }
+    } else if (exists(path.join(dir, 'model.safetensors'))) {
       names = ['model.safetensors'];
     } else {
-      names = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
+      let all: string[];
+      try {
+        all = fs.readdirSync(dir);
+      } catch (e) {
+        throw new Dsv2Error('E_CHECKPOINT', `${dir}: cannot list the directory (${ioReason(e)})`, { cause: e });
+      }
+      names = all.filter((f) => f.endsWith('.safetensors')).sort();
       if (names.length === 0) throw new Dsv2Error('E_CHECKPOINT', `${dir}: no model.safetensors, index or *.safetensors file`);
     }
     const files: SafetensorsFile[] = [];
     try {
       for (const n of names) files.push(await SafetensorsFile.open(path.join(dir, n)));
-      return new Checkpoint(dir, config, files);
+      const ck = new Checkpoint(dir, config, files);
+      if (weightMap) {
+        for (const [t, n] of Object.entries(weightMap)) {
+          const e = ck.entries.get(t);
+          if (!e || path.basename(e.file) !== n) {
+            throw new Dsv2Error('E_CHECKPOINT', `${index}: weight_map puts tensor ${t} in ${n}, but ${e ? `it is in ${path.basename(e.file)}` : 'no shard holds it'}`);
+          }
+        }
+      }
+      return ck;
     } catch (e) {
       await Promise.all(files.map((f) => f.close()));
       throw e;
@@ -96,6 +167,13 @@ export class Checkpoint {
     const f = this.#byName.get(name);
     if (!f) throw new Dsv2Error('E_CHECKPOINT', `${this.dir}: tensor ${name} is missing`);
     return f.read(name);
+  }
+
+  /** Reads a tensor's bytes into `dst` (exactly its size); E_CHECKPOINT when it is absent. */
+  async readInto(name: string, dst: Uint8Array, onChunk?: (bytes: number) => void): Promise<void> {
+    const f = this.#byName.get(name);
+    if (!f) throw new Dsv2Error('E_CHECKPOINT', `${this.dir}: tensor ${name} is missing`);
+    return f.readInto(name, dst, onChunk);
   }
 
   async close(): Promise<void> {

@@ -12,7 +12,7 @@ import type { RopeTable } from '../ops';
 import { tensorArg } from '../ops/args';
 import type { Tensor } from '../tensor';
 import { isMoeLayer, type DeepSeekConfig } from './config';
-import type { LayerWeights, ModelWeights } from './weights';
+import type { ExpertPart, LayerWeights, ModelWeights } from './weights';
 
 export interface EngineLimits {
   /** Tokens one step carries (longer prompts are prefilled in chunks of this size). */
@@ -115,9 +115,24 @@ export class NativeEngine {
     }
   }
 
-  /** Copies one layer's weights (as loadWeights arranges them) to the engine. */
+  /** Copies a part of a layer's routed experts (loadWeights' onExperts) to the engine. */
+  async setExperts(layer: number, part: ExpertPart): Promise<void> {
+    const raw = this.#engine();
+    const put = (name: string, t: Tensor | undefined) => (t ? native(raw.setWeight(layer, name, tensorArg(t, name), part.first, part.total)) : undefined);
+    await put('experts_gate_up', part.gateUp);
+    await put('experts_down', part.down);
+    await put('experts_gate_up_scale', part.gateUpScale);
+    await put('experts_down_scale', part.downScale);
+  }
+
+  /** Copies one layer's weights (as loadWeights arranges them) to the engine (not its experts when they were streamed). */
   async setLayer(layer: number, w: LayerWeights): Promise<void> {
     await this.#upload(layerWeights(layer, w));
+  }
+
+  /** Copies one of the embedding, final norm and lm_head to the engine. */
+  async setGlobal(name: 'embed' | 'norm' | 'lm_head', t: Tensor): Promise<void> {
+    await this.#upload([[-1, name, t]]);
   }
 
   /** Copies the embedding, final norm and lm_head to the engine. */
@@ -244,8 +259,8 @@ function layerWeights(l: number, L: LayerWeights): [number, string, Tensor][] {
   add('kv_a', L.kvA);
   add('kv_a_norm', L.kvANorm);
   add('kv_b', L.kvB);
-  add('w_uk_t', L.wUkT);
-  add('w_uv', L.wUv);
+  if (L.wUkT.numel) add('w_uk_t', L.wUkT); // empty: the engine split kv_b itself
+  if (L.wUv.numel) add('w_uv', L.wUv);
   add('o_proj', L.oProj);
   const m = L.mlp;
   if (m.kind === 'dense') {
@@ -254,10 +269,12 @@ function layerWeights(l: number, L: LayerWeights): [number, string, Tensor][] {
   } else {
     add('gate', m.gate);
     add('bias', m.bias);
-    add('experts_gate_up', m.experts.gateUp);
-    add('experts_down', m.experts.down);
-    add('experts_gate_up_scale', m.experts.gateUpScale);
-    add('experts_down_scale', m.experts.downScale);
+    if (!m.experts.streamed) {
+      add('experts_gate_up', m.experts.gateUp);
+      add('experts_down', m.experts.down);
+      add('experts_gate_up_scale', m.experts.gateUpScale);
+      add('experts_down_scale', m.experts.downScale);
+    }
     add('shared_gate_up', m.shared?.gateUp);
     add('shared_down', m.shared?.down);
   }

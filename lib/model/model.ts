@@ -232,8 +232,10 @@ export class Model {
         const maxStep = Math.min(opts.maxStepTokens ?? 2048, maxSeqlen);
         engine = NativeEngine.open(c, cache, device, { maxTokens: Math.max(maxStep, maxBatch), maxSeqs: maxBatch, maxSeqlen });
         const e = engine;
-        const w = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L) });
-        await e.setGlobals(w);
+        await loadWeights(ck, {
+          signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L), onExperts: (l, part) => e.setExperts(l, part),
+          splitKvB: false, onGlobal: (name, t) => e.setGlobal(name, t),
+        });
         await e.setRope(rope);
         weights = { embed: NONE, layers: [], norm: NONE, lmHead: NONE }; // the TypeScript forward is not used
       } else {

@@ -1,12 +1,18 @@
 /**
  * Our own safetensors reader and writer (format: an 8-byte little-endian header length N,
- * N bytes of JSON `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`,
- * then the data; offsets are relative to the end of the header).
+ * N bytes of UTF-8 JSON `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`
+ * beginning with `{` and possibly padded with trailing spaces, then the data; offsets are
+ * relative to the end of the header).
  *
  * Written by hand rather than taken from a library because the checks are the point: the
- * header length is bounded, every tensor's byte range lies inside the file, matches
- * dtype × shape and overlaps no other; each failure is an E_CHECKPOINT naming the file, the
- * tensor and the values that disagree. Reads are asynchronous (the event loop stays live).
+ * header length is bounded, the header is UTF-8 JSON with unique names, `__metadata__` maps
+ * strings to strings, every dtype is a supported string, every tensor's byte range matches
+ * dtype × shape, and — the format's own rule — the tensors' bytes fill the data section
+ * exactly: contiguous, in offset order, the first at offset 0 and the last ending at the end
+ * of the file (zero-size tensors take no bytes and may sit at any offset in it). So a header
+ * length off by its padding, bytes appended, gaps and overlaps are all refused; each failure
+ * is an E_CHECKPOINT naming the file, the tensor and the values that disagree. Reads are
+ * asynchronous (the event loop stays live).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -44,6 +50,144 @@ function fail(file: string, msg: string): never {
   throw new Dsv2Error('E_CHECKPOINT', `${path.basename(file)}: ${msg}`);
 }
 
+/** A value for a message: JSON, cut short when long. */
+function show(v: unknown): string {
+  let s: string;
+  try {
+    s = typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v); // JSON writes Infinity and NaN as null
+  } catch {
+    s = String(v);
+  }
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/**
+ * The keys of the top-level object of `text`, in order, duplicates included (JSON.parse keeps
+ * the last of duplicate keys silently: two entries for one tensor name). `text` must already
+ * have parsed as a JSON object.
+ */
+function topLevelKeys(text: string): string[] {
+  const keys: string[] = [];
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) { // a string: find its end
+      let j = i + 1;
+      while (j < text.length && text.charCodeAt(j) !== 0x22) j += text.charCodeAt(j) === 0x5c ? 2 : 1;
+      if (depth === 1 && expectKey) {
+        keys.push(JSON.parse(text.slice(i, j + 1)) as string);
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === 0x7b || c === 0x5b) { // { [
+      depth++;
+      if (depth === 1) expectKey = true;
+    } else if (c === 0x7d || c === 0x5d) { // } ]
+      depth--;
+    } else if (c === 0x2c && depth === 1) { // , between members
+      expectKey = true;
+    }
+  }
+  return keys;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Parses and checks a header (`hb`, the N header bytes) against `dataLen` data bytes; offsets in the result are absolute. */
+function parseHeader(file: string, hb: Uint8Array, dataLen: number): { metadata: Record<string, string>; entries: Map<string, TensorEntry> } {
+  const headerLen = hb.length;
+  const dataStart = 8 + headerLen;
+  let text: string;
+  try {
+    text = utf8.decode(hb);
+  } catch {
+    fail(file, `header (${headerLen} bytes) is not valid UTF-8`);
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(text);
+  } catch (e) {
+    fail(file, `header is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) fail(file, `header is not a JSON object but ${show(header)}`);
+  if (hb[0] !== 0x7b) fail(file, `header begins with byte 0x${hb[0].toString(16).padStart(2, '0')}, not '{' (padding may only follow the JSON)`);
+  const h = header as Record<string, unknown>;
+  const keys = topLevelKeys(text);
+  if (keys.length !== Object.keys(h).length) {
+    const seen = new Set<string>();
+    const dup = keys.find((k) => (seen.has(k) ? true : (seen.add(k), false)));
+    fail(file, `${dup === '__metadata__' ? 'key' : 'tensor'} ${JSON.stringify(dup)} appears more than once in the header (JSON.parse would keep the last silently)`);
+  }
+  const entries = new Map<string, TensorEntry>();
+  let metadata: Record<string, string> = {};
+  for (const [name, v] of Object.entries(h)) {
+    if (name === '__metadata__') {
+      if (v === null) continue; // the reference reader takes null as no metadata
+      if (typeof v !== 'object' || Array.isArray(v)) fail(file, `__metadata__ = ${show(v)} must be an object of strings`);
+      for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+        if (typeof x !== 'string') fail(file, `__metadata__.${k} = ${show(x)} must be a string`);
+      }
+      metadata = v as Record<string, string>;
+      continue;
+    }
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(file, `tensor ${name}: entry ${show(v)} must be an object {dtype, shape, data_offsets}`);
+    const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (typeof e.dtype !== 'string') fail(file, `tensor ${name}: dtype ${show(e.dtype)} must be a string (${Object.keys(ST_DTYPES).join(', ')})`);
+    const st = Object.hasOwn(ST_DTYPES, e.dtype) ? ST_DTYPES[e.dtype] : undefined;
+    if (!st) fail(file, `tensor ${name}: dtype ${JSON.stringify(e.dtype)} is not supported (${Object.keys(ST_DTYPES).join(', ')})`);
+    if (!Array.isArray(e.shape) || e.shape.length > 8 || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      fail(file, `tensor ${name}: shape ${show(e.shape)} is not a list of at most 8 non-negative integers`);
+    }
+    const off = e.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[1] < off[0]) {
+      fail(file, `tensor ${name}: data_offsets ${show(off)} must be [begin, end] with 0 <= begin <= end`);
+    }
+    const shape = e.shape as number[];
+    // In BigInt: a product of safe integers need not be one.
+    const want = shape.reduce((a, b) => a * BigInt(b), BigInt(st.size));
+    if (BigInt(off[1] - off[0]) !== want) {
+      fail(file, `tensor ${name}: data_offsets [${off[0]}, ${off[1]}] hold ${off[1] - off[0]} bytes but ${e.dtype} [${shape.join(', ')}] needs ${want}`);
+    }
+    if (off[1] > dataLen) fail(file, `tensor ${name}: data_offsets end ${off[1]} is past the ${dataLen} data bytes of the file`);
+    entries.set(name, { name, stDtype: e.dtype, dtype: st.dtype, shape, begin: dataStart + off[0], end: dataStart + off[1], file });
+  }
+  // The layout: the non-empty tensors fill [0, dataLen) exactly, in offset order. Overlaps are
+  // reported first (the more specific fault), then gaps and bytes left over.
+  const rel = (x: number) => x - dataStart;
+  const sorted = [...entries.values()].filter((x) => x.end > x.begin).sort((a, b) => a.begin - b.begin);
+  for (let i = 1; i < sorted.length; i++) {
+    const [a, b] = [sorted[i - 1], sorted[i]];
+    if (b.begin < a.end) fail(file, `tensors ${a.name} [${rel(a.begin)}, ${rel(a.end)}) and ${b.name} [${rel(b.begin)}, ${rel(b.end)}) overlap`);
+  }
+  let at = 0;
+  let prev: TensorEntry | null = null;
+  for (const x of sorted) {
+    if (rel(x.begin) > at) {
+      fail(file, `data bytes [${at}, ${rel(x.begin)}) ${prev ? `between tensors ${prev.name} and ${x.name}` : `before the first tensor ${x.name}`} ` +
+        'belong to no tensor (the tensors must fill the data section contiguously from offset 0)');
+    }
+    at = rel(x.end);
+    prev = x;
+  }
+  if (at !== dataLen) {
+    fail(file, `${dataLen - at} bytes follow ${prev ? `the last tensor ${prev.name} (data_offsets end ${at})` : 'a header of no non-empty tensor'}: ` +
+      `the data section is ${dataLen} bytes (file size − 8 − header length ${headerLen}) and must end where the last tensor ends ` +
+      '(a wrong header length, or bytes appended)');
+  }
+  return { metadata, entries };
+}
+
+/** Reads buf.length bytes at `pos` (E_CHECKPOINT when the file ends first). */
+async function readFully(fh: fs.promises.FileHandle, buf: Uint8Array, pos: number, file: string): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesRead } = await fh.read(buf, done, buf.length - done, pos + done);
+    if (bytesRead === 0) fail(file, `file ended after ${pos + done} bytes, reading ${buf.length} at ${pos}`);
+    done += bytesRead;
+  }
+}
+
 /** One .safetensors file: its validated header; tensors are read on demand. */
 export class SafetensorsFile {
   readonly file: string;
@@ -66,64 +210,51 @@ export class SafetensorsFile {
     try {
       fh = await fs.promises.open(file, 'r');
     } catch (e) {
-      throw new Dsv2Error('E_CHECKPOINT', `${file}: cannot open (${(e as Error).message})`, { cause: e });
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a safetensors file' : (e as Error).message;
+      throw new Dsv2Error('E_CHECKPOINT', `${file}: cannot open (${why})`, { cause: e });
     }
     try {
-      const size = (await fh.stat()).size;
+      const stat = await fh.stat();
+      if (stat.isDirectory()) throw new Dsv2Error('E_CHECKPOINT', `${file}: is a directory, not a safetensors file`);
+      if (!stat.isFile()) throw new Dsv2Error('E_CHECKPOINT', `${file}: is not a regular file`);
+      const size = stat.size;
       if (size < 8) fail(file, `file is ${size} bytes, shorter than the 8-byte header length`);
       const lenBuf = Buffer.alloc(8);
-      await fh.read(lenBuf, 0, 8, 0);
+      await readFully(fh, lenBuf, 0, file);
       const n = lenBuf.readBigUInt64LE(0);
       if (n > BigInt(MAX_HEADER_BYTES)) fail(file, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
       const headerLen = Number(n);
       if (8 + headerLen > size) fail(file, `header length ${headerLen} runs past the end of the ${size}-byte file`);
       const hb = Buffer.alloc(headerLen);
-      await fh.read(hb, 0, headerLen, 8);
-      let header: Record<string, unknown>;
-      try {
-        header = JSON.parse(hb.toString('utf8')) as Record<string, unknown>;
-      } catch (e) {
-        fail(file, `header is not valid JSON (${(e as Error).message})`);
-      }
-      if (typeof header !== 'object' || header === null || Array.isArray(header)) fail(file, 'header is not a JSON object');
-      const dataStart = 8 + headerLen;
-      const dataLen = size - dataStart;
-      const entries = new Map<string, TensorEntry>();
-      let metadata: Record<string, string> = {};
-      for (const [name, v] of Object.entries(header)) {
-        if (name === '__metadata__') {
-          metadata = (v ?? {}) as Record<string, string>;
-          continue;
-        }
-        const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-        const st = ST_DTYPES[String(e?.dtype)];
-        if (!st) fail(file, `tensor ${name}: dtype ${JSON.stringify(e?.dtype)} is not supported (${Object.keys(ST_DTYPES).join(', ')})`);
-        if (!Array.isArray(e.shape) || e.shape.length > 8 || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-          fail(file, `tensor ${name}: shape ${JSON.stringify(e.shape)} is not a list of at most 8 non-negative integers`);
-        }
-        const off = e.data_offsets;
-        if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[1] < off[0]) {
-          fail(file, `tensor ${name}: data_offsets ${JSON.stringify(off)} must be [begin, end] with 0 <= begin <= end`);
-        }
-        const shape = e.shape as number[];
-        const numel = shape.reduce((a, b) => a * b, 1);
-        const want = numel * st.size;
-        if (off[1] - off[0] !== want) {
-          fail(file, `tensor ${name}: data_offsets [${off[0]}, ${off[1]}] hold ${off[1] - off[0]} bytes but ${e.dtype} [${shape.join(', ')}] needs ${want}`);
-        }
-        if (off[1] > dataLen) fail(file, `tensor ${name}: data_offsets end ${off[1]} is past the ${dataLen} data bytes of the file`);
-        entries.set(name, { name, stDtype: String(e.dtype), dtype: st.dtype, shape, begin: dataStart + off[0], end: dataStart + off[1], file });
-      }
-      const sorted = [...entries.values()].sort((a, b) => a.begin - b.begin);
-      for (let i = 1; i < sorted.length; i++) {
-        if (sorted[i].begin < sorted[i - 1].end) {
-          fail(file, `tensors ${sorted[i - 1].name} [${sorted[i - 1].begin - dataStart}, ${sorted[i - 1].end - dataStart}) and ${sorted[i].name} [${sorted[i].begin - dataStart}, ${sorted[i].end - dataStart}) overlap`);
-        }
-      }
+      await readFully(fh, hb, 8, file);
+      const { metadata, entries } = parseHeader(file, hb, size - 8 - headerLen);
       return new SafetensorsFile(file, size, metadata, entries, fh);
     } catch (e) {
-      await fh.close();
-      throw e;
+      await fh.close().catch(() => {});
+      if (e instanceof Dsv2Error) throw e;
+      throw new Dsv2Error('E_CHECKPOINT', `${file}: cannot read (${(e as Error).message})`, { cause: e });
+    }
+  }
+
+  /**
+   * Reads one tensor's bytes into `dst` (exactly its size): the stacked buffers of a layer's
+   * experts are filled in place, with no copy on the JS thread.
+   */
+  async readInto(name: string, dst: Uint8Array, onChunk?: (bytes: number) => void): Promise<void> {
+    const e = this.entries.get(name);
+    if (!e) fail(this.file, `no tensor named ${name}`);
+    if (!this.#fh) throw new Dsv2Error('E_DISPOSED', `${this.file}: the file was closed`);
+    if (dst.byteLength !== e.end - e.begin) {
+      throw new Dsv2Error('E_INTERNAL', `${this.file}: tensor ${name} is ${e.end - e.begin} bytes, the destination ${dst.byteLength}`);
+    }
+    let done = 0;
+    while (done < dst.byteLength) {
+      // In chunks of ≤ 16 MiB, so that progress moves within big tensors.
+      const { bytesRead } = await this.#fh.read(dst, done, Math.min(dst.byteLength - done, 16 * 2 ** 20), e.begin + done);
+      if (bytesRead === 0) fail(this.file, `tensor ${name}: file ended after ${done} of ${dst.byteLength} bytes`);
+      done += bytesRead;
+      onChunk?.(bytesRead);
     }
   }
 
@@ -160,7 +291,7 @@ export async function writeSafetensors(file: string, tensors: Record<string, Ten
     offset += t.nbytes;
   }
   let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (json.length % 8)) % 8); // keep the data 8-byte aligned, as the reference writer does
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // keep the data 8-byte aligned, as the reference writer does (in bytes: names may be non-ASCII)
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
   const fh = await fs.promises.open(file, 'w');

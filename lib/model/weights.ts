@@ -9,7 +9,7 @@
  */
 import { Dsv2Error, throwIfAborted } from '../errors';
 import * as ops from '../ops';
-import { Tensor, type HostData } from '../tensor';
+import { DTYPE_SIZE, Tensor, type DType, type HostData } from '../tensor';
 import type { Checkpoint } from './checkpoint';
 import { isMoeLayer, qHeadDim, type DeepSeekConfig } from './config';
 
@@ -28,7 +28,7 @@ export interface MoeMlp {
    * block scales ([E, 2I/128, ceil(H/128)], [E, ceil(H/128), ceil(I/128)]) when I % 128 == 0
    * and the blocks are 128×128 (the stacked scales are then exact); otherwise bf16.
    */
-  experts: { gateUp: Tensor; down: Tensor; gateUpScale?: Tensor; downScale?: Tensor };
+  experts: { gateUp: Tensor; down: Tensor; gateUpScale?: Tensor; downScale?: Tensor; streamed?: true };
   shared: { gateUp: Tensor; down: Tensor } | null;
 }
 
@@ -161,38 +161,47 @@ export function checkTensors(ck: Checkpoint): CheckReport {
   return { extras: [...ck.entries.keys()].filter((n) => !used.has(n)).sort() };
 }
 
-/** Concatenates same-dtype tensors along dim 0 (a fresh buffer). */
-function concat(ts: Tensor[], shape: number[]): Tensor {
-  const dtype = ts[0].dtype;
-  const total = ts.reduce((a, t) => a + t.numel, 0);
-  const out = Tensor.zeros(shape, dtype);
-  const dst = out.data as Exclude<HostData, BigInt64Array>;
-  let o = 0;
-  for (const t of ts) {
-    if (t.dtype !== dtype) throw new Dsv2Error('E_CHECKPOINT', `tensors to stack differ in dtype: ${t.dtype} vs ${dtype}`);
-    dst.set(t.data as Exclude<HostData, BigInt64Array>, o);
-    o += t.numel;
-  }
-  if (o !== total) throw new Dsv2Error('E_INTERNAL', 'concat size mismatch');
-  return out;
+/** A tensor's bytes. */
+function bytesOf(t: Tensor): Uint8Array {
+  return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
-/** Per head h: rows [h·(dNope+dV), h·(dNope+dV)+dNope) of kv_b transposed → [h, dC, dNope]; the next dV rows → [h, dV, dC]. */
-function splitKvB(kvB: Tensor, h: number, dNope: number, dV: number, dC: number): { wUkT: Tensor; wUv: Tensor } {
+/**
+ * Per head h: rows [h·(dNope+dV), h·(dNope+dV)+dNope) of kv_b transposed → [h, dC, dNope]; the
+ * next dV rows → [h, dV, dC]. Yields to the event loop every few heads (V2: 128 heads of
+ * 512 × 128), so no stretch of it holds the JS thread for more than a few ms.
+ */
+async function splitKvB(kvB: Tensor, h: number, dNope: number, dV: number, dC: number): Promise<{ wUkT: Tensor; wUv: Tensor }> {
   const src = kvB.data as Exclude<HostData, BigInt64Array>;
   const wUkT = Tensor.zeros([h, dC, dNope], kvB.dtype);
   const wUv = Tensor.zeros([h, dV, dC], kvB.dtype);
   const uk = wUkT.data as Exclude<HostData, BigInt64Array>;
   const uv = wUv.data as Exclude<HostData, BigInt64Array>;
   const row = dNope + dV;
+  let work = 0;
   for (let hh = 0; hh < h; hh++) {
     for (let r = 0; r < dNope; r++) {
       const s = (hh * row + r) * dC;
       for (let c = 0; c < dC; c++) uk[(hh * dC + c) * dNope + r] = src[s + c];
     }
     uv.set(src.subarray((hh * row + dNope) * dC, (hh * row + row) * dC), hh * dV * dC);
+    work += row * dC;
+    if (work >= 1 << 18) { // ~1 ms of this loop
+      work = 0;
+      await new Promise((r) => setImmediate(r));
+    }
   }
   return { wUkT, wUv };
+}
+
+/** Experts [first, first + count) of a layer's `total` routed experts, stacked as MoeMlp.experts. */
+export interface ExpertPart {
+  first: number;
+  total: number;
+  gateUp: Tensor;
+  down: Tensor;
+  gateUpScale?: Tensor;
+  downScale?: Tensor;
 }
 
 export interface LoadOptions {
@@ -209,97 +218,197 @@ export interface LoadOptions {
    * kept (the returned `layers` is then empty) — peak host memory one layer, not the model.
    */
   onLayer?: (layer: number, w: LayerWeights) => Promise<void>;
+  /**
+   * With onLayer: a layer's routed experts go to this callback in parts of whole experts
+   * (≤ 64 MiB each) as they are read, before onLayer gets the rest of the layer (whose
+   * `experts` are then `streamed`, holding nothing): host memory holds one part, not a layer.
+   */
+  onExperts?: (layer: number, part: ExpertPart) => Promise<void>;
+  /**
+   * Split kv_b into W_UKᵀ / W_UV here (default true). The native engine splits it itself when
+   * kv_b is set (on its worker thread): false leaves wUkT / wUv empty.
+   */
+  splitKvB?: boolean;
+  /**
+   * With onLayer: the embedding, final norm and lm_head go to this callback one at a time as
+   * they are read (the returned ones are then empty): lm_head reuses the embedding's buffer.
+   */
+  onGlobal?: (name: 'embed' | 'norm' | 'lm_head', t: Tensor) => Promise<void>;
 }
+
+/** Bytes of routed experts per part when they are streamed. */
+const EXPERT_PART_BYTES = 64 * 2 ** 20;
 
 /** Reads every weight the config implies and arranges it for the runtime. */
 export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promise<ModelWeights> {
   const c = ck.config;
   const want = expectedTensors(c);
-  const total = [...want.keys()].reduce((a, n) => a + ((ck.entries.get(n)?.end ?? 0) - (ck.entries.get(n)?.begin ?? 0)), 0);
+  const size = (name: string) => ck.entries.get(name)!.end - ck.entries.get(name)!.begin;
+  const total = [...want.keys()].reduce((a, n) => a + (ck.entries.has(n) ? size(n) : 0), 0);
   let done = 0;
-  const read = async (name: string): Promise<Tensor> => {
-    throwIfAborted(opts.signal, `loading ${ck.dir}`);
-    let t = await ck.read(name);
-    const e = ck.entries.get(name)!;
-    done += e.end - e.begin;
-    if (t.dtype === 'fp8_e4m3') t = await dequantFp8Block(t, await ck.read(scaleName(name)), c.fp8WeightBlock!);
+  const what = `loading ${ck.dir}`;
+  const progress = (name: string) => {
+    done += size(name);
     opts.onProgress?.(done, total);
-    return t;
   };
-  // FP8 routed experts kept as codes: their stacked 128×128 block scales are exact when the
-  // gate/up boundary (I) falls on a block edge.
-  const keepFp8 = (opts.keepFp8Experts ?? true) && c.fp8WeightBlock !== null && c.fp8WeightBlock[0] === 128 &&
-    c.fp8WeightBlock[1] === 128 && c.moeIntermediateSize % 128 === 0;
-  const readRaw = async (name: string): Promise<{ codes: Tensor; scale: Tensor | null }> => {
-    throwIfAborted(opts.signal, `loading ${ck.dir}`);
-    const t = await ck.read(name);
+  const chunk = (bytes: number) => opts.onProgress?.(done + bytes, total); // within a tensor (not yet in `done`)
+  const readInto = async (name: string, dst: Uint8Array) => {
+    let got = 0;
+    await ck.readInto(name, dst, (b) => chunk((got += b)));
+  };
+  // Streaming: host buffers reused from one layer (one expert part) to the next — the engine
+  // has copied a layer's weights before the next is read. Fresh big allocations each time made
+  // V8 run full GCs (tens of ms on the JS thread) under the external-memory pressure.
+  const streaming = Boolean(opts.onLayer && opts.onExperts);
+  const pool = new Map<string, ArrayBuffer>();
+  const alloc = (shape: number[], dtype: DType, slot?: string): Tensor => {
+    if (!streaming || !slot) return Tensor.zeros(shape, dtype);
+    const n = shape.reduce((x, y) => x * y, 1);
+    let b = pool.get(slot);
+    if (!b || b.byteLength < n * DTYPE_SIZE[dtype]) pool.set(slot, (b = new ArrayBuffer(n * DTYPE_SIZE[dtype])));
+    const View = dtype === 'f32' ? Float32Array : dtype === 'fp8_e4m3' ? Uint8Array : Uint16Array;
+    return new Tensor(dtype, shape, new View(b, 0, n));
+  };
+  const read = async (name: string): Promise<Tensor> => {
+    throwIfAborted(opts.signal, what);
     const e = ck.entries.get(name)!;
-    done += e.end - e.begin;
-    opts.onProgress?.(done, total);
-    if (t.dtype !== 'fp8_e4m3') return { codes: t, scale: null };
+    // Streaming: into a buffer reused for the same weight of every layer.
+    const slot = name === 'model.embed_tokens.weight' || name === 'lm_head.weight' ? 'vocab' : name.replace(/^model\.layers\.\d+\./, 'layer.');
+    const t = alloc(e.shape, e.dtype, slot);
+    await readInto(name, bytesOf(t));
+    progress(name);
+    return t.dtype === 'fp8_e4m3' ? dequantFp8Block(t, await ck.read(scaleName(name)), c.fp8WeightBlock!) : t;
+  };
+  /**
+   * Tensors `names` one after another along dim 0 in one [shape] tensor. Read in place (file →
+   * the stacked buffer, off the JS thread) when all are stored as they load; FP8 ones
+   * (dequantized to bf16) are read, converted and copied.
+   */
+  const readStacked = async (names: string[], shape: number[], slot?: string): Promise<Tensor> => {
+    const stored = names.map((n) => ck.entries.get(n)!.dtype);
+    const loads = stored.map((d) => (d === 'fp8_e4m3' ? 'bf16' : d));
+    const bad = loads.findIndex((d) => d !== loads[0]);
+    if (bad >= 0) {
+      throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: tensor ${names[bad]} loads as ${loads[bad]} but ${names[0]} as ${loads[0]}; tensors stacked into one weight must share a dtype`);
+    }
+    const direct = !stored.includes('fp8_e4m3');
+    const out = alloc(shape, loads[0] as DType, slot ?? `${names[0].replace(/^model\.layers\.\d+\./, 'layer.')}+`);
+    const all = bytesOf(out);
+    let o = 0;
+    for (const n of names) {
+      if (direct) {
+        throwIfAborted(opts.signal, what);
+        await readInto(n, all.subarray(o, o + size(n)));
+        progress(n);
+        o += size(n);
+      } else {
+        const t = await read(n); // FP8 dequantized to bf16; the rest already bf16
+        all.set(bytesOf(t), o);
+        o += t.data.byteLength;
+      }
+    }
+    if (o !== all.byteLength) throw new Dsv2Error('E_INTERNAL', `stacking ${names[0]}…: ${o} bytes for a ${all.byteLength}-byte buffer`);
+    return out;
+  };
+  /** An FP8 scale_inv tensor as f32, each finite and > 0. */
+  const readScale = async (name: string): Promise<Tensor> => {
     const sc = await ck.read(scaleName(name));
     const scale = sc.dtype === 'f32' ? sc : await ops.cast(sc, 'f32');
     (scale.data as Float32Array).forEach((v, k) => {
       if (!(Number.isFinite(v) && v > 0)) throw new Dsv2Error('E_CHECKPOINT', `${scaleName(name)}[${k}] = ${v} must be finite and > 0`);
     });
-    return { codes: t, scale };
+    return scale;
   };
+  // FP8 routed experts kept as codes: their stacked 128×128 block scales are exact when the
+  // gate/up boundary (I) falls on a block edge.
+  const keepFp8 = (opts.keepFp8Experts ?? true) && c.fp8WeightBlock !== null && c.fp8WeightBlock[0] === 128 &&
+    c.fp8WeightBlock[1] === 128 && c.moeIntermediateSize % 128 === 0;
   const H = c.hiddenSize;
-  const embed = await read('model.embed_tokens.weight');
+
+  /** Routed experts [first, first + n) of layer p, stacked. */
+  const readExperts = async (p: string, first: number, n: number, fp8: boolean): Promise<Omit<ExpertPart, 'first' | 'total'>> => {
+    const I = c.moeIntermediateSize;
+    const ex = (e: number, w: string) => `${p}.mlp.experts.${e}.${w}_proj.weight`;
+    const ids = Array.from({ length: n }, (_, k) => first + k);
+    const guNames = ids.flatMap((e) => [ex(e, 'gate'), ex(e, 'up')]);
+    const dnNames = ids.map((e) => ex(e, 'down'));
+    if (!fp8) return { gateUp: await readStacked(guNames, [n, 2 * I, H], 'gu'), down: await readStacked(dnNames, [n, H, I], 'dn') };
+    for (const name of [...guNames, ...dnNames]) {
+      if (ck.entries.get(name)!.dtype !== 'fp8_e4m3') {
+        throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: ${name} is ${ck.entries.get(name)!.stDtype}, but expert 0's gate_proj is F8_E4M3 (the experts take one dtype)`);
+      }
+    }
+    const codes = async (names: string[], shape: number[], slot: string): Promise<Tensor> => {
+      const out = alloc(shape, 'fp8_e4m3', slot);
+      const all = bytesOf(out);
+      let o = 0;
+      for (const name of names) {
+        throwIfAborted(opts.signal, what);
+        await readInto(name, all.subarray(o, o + size(name)));
+        progress(name);
+        o += size(name);
+      }
+      return out;
+    };
+    const scales = async (names: string[], shape: number[], slot: string): Promise<Tensor> => {
+      const out = alloc(shape, 'f32', slot);
+      const all = out.data as Float32Array;
+      let o = 0;
+      for (const name of names) {
+        const s = (await readScale(name)).data as Float32Array;
+        all.set(s, o);
+        o += s.length;
+      }
+      return out;
+    };
+    return {
+      gateUp: await codes(guNames, [n, 2 * I, H], 'gu'),
+      down: await codes(dnNames, [n, H, I], 'dn'),
+      gateUpScale: await scales(guNames, [n, (2 * I) / 128, Math.ceil(H / 128)], 'gus'),
+      downScale: await scales(dnNames, [n, Math.ceil(H / 128), Math.ceil(I / 128)], 'dns'),
+    };
+  };
+
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.numLayers; i++) {
     const p = `model.layers.${i}`;
     const a = `${p}.self_attn`;
     const kvB = await read(`${a}.kv_b_proj.weight`);
-    const { wUkT, wUv } = splitKvB(kvB, c.numHeads, c.qkNopeHeadDim, c.vHeadDim, c.kvLoraRank);
+    const { wUkT, wUv } = (opts.splitKvB ?? true) ? await splitKvB(kvB, c.numHeads, c.qkNopeHeadDim, c.vHeadDim, c.kvLoraRank)
+      : { wUkT: EMPTY, wUv: EMPTY };
     let mlp: DenseMlp | MoeMlp;
     if (isMoeLayer(c, i)) {
       const E = c.nRoutedExperts as number;
       const I = c.moeIntermediateSize;
-      const gu: Tensor[] = [];
-      const dn: Tensor[] = [];
-      const guScale: Tensor[] = [];
-      const dnScale: Tensor[] = [];
-      const ex = (e: number, w: string) => `${p}.mlp.experts.${e}.${w}_proj.weight`;
-      const fp8Experts = keepFp8 && ck.entries.get(ex(0, 'gate'))?.dtype === 'fp8_e4m3';
-      for (let e = 0; e < E; e++) {
-        if (fp8Experts) {
-          for (const w of ['gate', 'up', 'down']) {
-            const r = await readRaw(ex(e, w));
-            if (!r.scale) throw new Dsv2Error('E_CHECKPOINT', `${ck.dir}: ${ex(e, w)} is ${r.codes.dtype}, but expert 0's gate_proj is F8_E4M3 (the experts take one dtype)`);
-            (w === 'down' ? dn : gu).push(r.codes);
-            (w === 'down' ? dnScale : guScale).push(r.scale);
-          }
-        } else {
-          gu.push(await read(ex(e, 'gate')), await read(ex(e, 'up')));
-          dn.push(await read(ex(e, 'down')));
+      const fp8Experts = keepFp8 && ck.entries.get(`${p}.mlp.experts.0.gate_proj.weight`)?.dtype === 'fp8_e4m3';
+      let experts: MoeMlp['experts'];
+      if (opts.onLayer && opts.onExperts) {
+        const perExpert = 3 * I * H * (fp8Experts ? 1 : 2);
+        const step = Math.max(1, Math.floor(EXPERT_PART_BYTES / perExpert));
+        for (let first = 0; first < E; first += step) {
+          const part = await readExperts(p, first, Math.min(step, E - first), fp8Experts);
+          await opts.onExperts(i, { first, total: E, ...part });
         }
+        experts = { gateUp: EMPTY, down: EMPTY, streamed: true };
+      } else {
+        experts = await readExperts(p, 0, E, fp8Experts);
       }
       let shared: MoeMlp['shared'] = null;
       if (c.nSharedExperts > 0) {
         const Is = I * c.nSharedExperts;
-        const sg = await read(`${p}.mlp.shared_experts.gate_proj.weight`);
-        const su = await read(`${p}.mlp.shared_experts.up_proj.weight`);
-        shared = { gateUp: concat([sg, su], [2 * Is, H]), down: await read(`${p}.mlp.shared_experts.down_proj.weight`) };
+        shared = {
+          gateUp: await readStacked([`${p}.mlp.shared_experts.gate_proj.weight`, `${p}.mlp.shared_experts.up_proj.weight`], [2 * Is, H]),
+          down: await read(`${p}.mlp.shared_experts.down_proj.weight`),
+        };
       }
       const bias = c.topkMethod === 'noaux_tc' ? await ops.cast(await read(`${p}.mlp.gate.e_score_correction_bias`), 'f32') : null;
-      mlp = {
-        kind: 'moe',
-        gate: await read(`${p}.mlp.gate.weight`),
-        bias,
-        experts: fp8Experts
-          ? {
-            gateUp: concat(gu, [E, 2 * I, H]), down: concat(dn, [E, H, I]),
-            gateUpScale: concat(guScale, [E, (2 * I) / 128, Math.ceil(H / 128)]),
-            downScale: concat(dnScale, [E, Math.ceil(H / 128), Math.ceil(I / 128)]),
-          }
-          : { gateUp: concat(gu, [E, 2 * I, H]), down: concat(dn, [E, H, I]) },
-        shared,
-      };
+      mlp = { kind: 'moe', gate: await read(`${p}.mlp.gate.weight`), bias, experts, shared };
     } else {
-      const g = await read(`${p}.mlp.gate_proj.weight`);
-      const u = await read(`${p}.mlp.up_proj.weight`);
-      mlp = { kind: 'dense', gateUp: concat([g, u], [2 * c.intermediateSize, H]), down: await read(`${p}.mlp.down_proj.weight`) };
+      mlp = {
+        kind: 'dense',
+        gateUp: await readStacked([`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`], [2 * c.intermediateSize, H]),
+        down: await read(`${p}.mlp.down_proj.weight`),
+      };
     }
     const q = c.qLoraRank === null;
     const layer: LayerWeights = {
@@ -320,10 +429,25 @@ export async function loadWeights(ck: Checkpoint, opts: LoadOptions = {}): Promi
     if (opts.onLayer) await opts.onLayer(i, layer);
     else layers.push(layer);
   }
+  // The globals last: when streaming, the embedding and lm_head are not held through the layers.
+  if (opts.onLayer && opts.onGlobal) {
+    pool.clear(); // the layers' buffers are done with
+    const embed = await read('model.embed_tokens.weight');
+    await opts.onGlobal('embed', embed);
+    if (c.tieWordEmbeddings) await opts.onGlobal('lm_head', embed);
+    await opts.onGlobal('norm', await read('model.norm.weight'));
+    // Into the embedding's buffer (the same [vocab, hidden] shape and slot).
+    if (!c.tieWordEmbeddings) await opts.onGlobal('lm_head', await read('lm_head.weight'));
+    return { embed: EMPTY, layers, norm: EMPTY, lmHead: EMPTY };
+  }
+  const embed = await read('model.embed_tokens.weight');
   const norm = await read('model.norm.weight');
   const lmHead = c.tieWordEmbeddings ? embed : await read('lm_head.weight');
   return { embed, layers, norm, lmHead };
 }
+
+/** Placeholder of streamed routed experts (the engine holds them). */
+const EMPTY = Tensor.zeros([0], 'bf16');
 
 /** DeepSeek-V3 FP8 weights: w = fp8 · scale_inv[row / br, col / bc], stored as bf16. */
 async function dequantFp8Block(w: Tensor, s: Tensor, block: [number, number]): Promise<Tensor> {

@@ -138,7 +138,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return engine_;
   }
 
-  // setWeight(layer, name, tensor) -> Promise<void>: layer -1 for embed, norm, lm_head.
+  // setWeight(layer, name, tensor[, first, rows]) -> Promise<void>: layer -1 for embed, norm,
+  // lm_head. With first/rows: `tensor` is rows [first, first + tensor.shape[0]) of a weight
+  // whose dim 0 is `rows` (Engine::set_weight's parts).
   Napi::Value SetWeight(const Napi::CallbackInfo& info) {
     return run_op(info, [&](Call& c) -> Napi::Value {
       auto e = engine("setWeight");
@@ -146,7 +148,16 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       DSV2_CHECK(layer == static_cast<int64_t>(layer), kRange, "layer = " << layer << " must be an integer");
       const std::string name = c.string(1, "name");
       TensorView t = c.tensor(2, name.c_str());
-      return c.start([e, layer, name, t] { e->set_weight(static_cast<int64_t>(layer), name, t.dtype, t.shape, t.data, t.nbytes); },
+      int64_t first = -1;
+      std::vector<int64_t> shape = t.shape;
+      if (info.Length() > 3 && !info[3].IsUndefined()) {
+        const double f = c.number(3, "first"), rows = c.number(4, "rows");
+        DSV2_CHECK(f == static_cast<int64_t>(f) && f >= 0 && rows == static_cast<int64_t>(rows) && rows >= 1 && !shape.empty(), kRange,
+                   "setWeight part: first = " << f << ", rows = " << rows << " must be integers >= 0 and >= 1 (and the tensor not a scalar)");
+        first = static_cast<int64_t>(f);
+        shape[0] = static_cast<int64_t>(rows);
+      }
+      return c.start([e, layer, name, t, shape, first] { e->set_weight(static_cast<int64_t>(layer), name, t.dtype, shape, t.data, t.nbytes, first); },
                      /*resolve_undefined=*/true);
     });
   }

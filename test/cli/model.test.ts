@@ -16,9 +16,9 @@ import { BOS, randomPrompt, rmDir, tmpDir } from '../model/util';
 
 const ROOT = path.resolve(__dirname, '../..');
 const BIN = path.join(ROOT, 'dist/lib/cli/main.js');
-// The published configs in ../shared/configs (beside the checkout, as in CI).
-const V2_CONFIG = path.resolve(ROOT, '..', 'shared', 'configs', 'deepseek-v2.json');
-const V2_LITE_CONFIG = path.resolve(ROOT, '..', 'shared', 'configs', 'deepseek-v2-lite.json');
+// The published configs (copies of ../shared/configs in test/fixtures: npm test needs nothing beside the repo).
+const V2_CONFIG = path.join(ROOT, 'test', 'fixtures', 'configs', 'deepseek-v2.json');
+const V2_LITE_CONFIG = path.join(ROOT, 'test', 'fixtures', 'configs', 'deepseek-v2-lite.json');
 
 
 /** A successful --json run: exit 0 and exactly one JSON document on stdout. */
@@ -167,7 +167,7 @@ describe('dsv2 logits --json = Model.logits, exactly', () => {
   });
 });
 
-(fs.existsSync(V2_CONFIG) ? describe : describe.skip)('dsv2 kv-table (DeepSeek-V2 paper, Table 1)', () => {
+describe('dsv2 kv-table (DeepSeek-V2 paper, Table 1)', () => {
   // V2: n_h = 128 heads, d_h = 128, d_c = kv_lora_rank = 512, d_R = qk_rope_head_dim = 64, 60 layers.
   const L = 60;
   const expected: Record<string, [number, number]> = {
@@ -211,7 +211,7 @@ describe('dsv2 logits --json = Model.logits, exactly', () => {
     expect(a.context).toBe(4096);
   });
 
-  (fs.existsSync(V2_LITE_CONFIG) ? test : test.skip)('V2-Lite: 16 heads, the same 576-element latent', async () => {
+  test('V2-Lite: 16 heads, the same 576-element latent', async () => {
     const j = await runJson(['kv-table', '--model', V2_LITE_CONFIG, '--json']);
     const rows = new Map<string, any>((j.rows as any[]).map((r) => [r.mechanism, r]));
     expect(rows.get('MHA (16 heads)').bytesPerTokenPerLayer).toBe(2 * 2 * 16 * 128);
@@ -271,7 +271,7 @@ describe('errors: exit 1, `dsv2: E_CODE` on stderr, nothing on stdout', () => {
 });
 
 // The built bin (dist/): real exit codes and streams of a child process.
-(fs.existsSync(BIN) ? describe : describe.skip)('the dsv2 bin (dist/)', () => {
+describe('the dsv2 bin (dist/)', () => {
   test('generate --json: exit 0, one JSON line; a bad checkpoint: exit 1, E_CHECKPOINT on stderr only', () => {
     const ok = spawnSync(process.execPath, [BIN, 'generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '4', '--json'], { encoding: 'utf8' });
     expect(ok.status).toBe(0);

@@ -197,6 +197,8 @@ describe('bad checkpoints → E_CHECKPOINT naming the file, tensor and values', 
     const name = 'model.layers.0.self_attn.kv_a_layernorm.weight'; // [32]
     const dir = editSt((st) => {
       const e = entry(st, name);
+      // its old bytes stay held (by a tensor the config does not use): the data section has no gap
+      st.header['unused.filler'] = { dtype: e.dtype, shape: e.shape, data_offsets: e.data_offsets };
       e.dtype = 'I32';
       e.data_offsets = [st.data.length, st.data.length + 32 * 4];
       st.data = Buffer.concat([st.data, Buffer.alloc(32 * 4)]);
@@ -225,6 +227,8 @@ describe('bad checkpoints → E_CHECKPOINT naming the file, tensor and values', 
   test('a missing tensor', async () => {
     const name = 'model.layers.1.mlp.experts.5.up_proj.weight';
     const dir = editSt((st) => {
+      // renamed, not deleted: its bytes stay held, so the file itself is valid
+      st.header[`${name}.renamed`] = st.header[name];
       delete st.header[name];
     });
     await expectRejects(load(dir), 'E_CHECKPOINT', [name, 'missing']);
@@ -495,7 +499,7 @@ describe('generation edge cases: nothing generated is not an error', () => {
 
   test('EOS as the very first generated token (eos_token_id a list): no tokens, empty text, finishReason eos', async () => {
     const first = (await model.generate({ tokens: prompt, maxNewTokens: 1, temperature: 0 }).result).tokens[0];
-    await withEos([9999, first], async (m) => {
+    await withEos([319, first], async (m) => {
       const r = await m.generate({ tokens: prompt, maxNewTokens: 6, temperature: 0 }).result;
       expect(r).toEqual({ tokens: [], text: '', finishReason: 'eos', promptTokens: prompt.length });
       expect(m.cache.pagesUsed).toBe(0);

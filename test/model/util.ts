@@ -130,3 +130,51 @@ export function referenceGreedy(ref: RefModel, prompt: readonly number[], n: num
   }
   return { tokens: out, minGap, eos: false };
 }
+
+/**
+ * Writes a large checkpoint fast (for load-time tests, not numerics): every tensor `raw`
+ * implies, in bf16, filled by repeating one block of small random values (std 0.02; norms 1),
+ * streamed to disk so the writer holds only that block. Returns the weight bytes.
+ */
+export async function writeBigCheckpoint(dir: string, raw: Record<string, unknown>): Promise<number> {
+  const { parseConfig } = await import('../../lib/model/config');
+  const { expectedTensors } = await import('../../lib/model/weights');
+  fs.mkdirSync(dir, { recursive: true });
+  const cfg = parseConfig(raw);
+  const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
+  let off = 0;
+  const list = [...expectedTensors(cfg)];
+  for (const [name, shape] of list) {
+    const n = shape.reduce((a, b) => a * b, 1) * 2;
+    header[name] = { dtype: 'BF16', shape, data_offsets: [off, off + n] };
+    off += n;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const BLOCK = 1 << 20;
+  const rng = new Rng('big-checkpoint');
+  const bf16 = (x: number) => (new Uint32Array(new Float32Array([x]).buffer)[0] >>> 16);
+  const block = new Uint16Array(BLOCK / 2);
+  for (let i = 0; i < block.length; i++) block[i] = bf16(0.02 * rng.normal());
+  const ones = new Uint16Array(BLOCK / 2).fill(bf16(1));
+  const fh = await fs.promises.open(path.join(dir, 'model.safetensors'), 'w');
+  try {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+    await fh.write(len);
+    await fh.write(Buffer.from(json));
+    for (const [name, shape] of list) {
+      let left = shape.reduce((a, b) => a * b, 1) * 2;
+      const src = name.endsWith('norm.weight') ? ones : block;
+      while (left > 0) {
+        const k = Math.min(left, BLOCK);
+        await fh.write(new Uint8Array(src.buffer, 0, k));
+        left -= k;
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(raw, null, 2));
+  return off;
+}

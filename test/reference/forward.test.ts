@@ -29,7 +29,7 @@ describe('pieces', () => {
   });
 
   test('softmax scale of the published V2 config: 192^-0.5 · (0.1·0.707·ln 40 + 1)²', () => {
-    const c = refConfig(JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../shared/configs/deepseek-v2.json'), 'utf8')));
+    const c = refConfig(JSON.parse(fs.readFileSync(path.resolve(__dirname, '../fixtures/configs/deepseek-v2.json'), 'utf8')));
     // mscale = 1.26080378, squared 1.58962617; 192^-0.5 = 0.07216878 → 0.11472139
     expect(softmaxScale(c)).toBeCloseTo(0.11472139, 8);
     // the layer rule: layer 0 dense (first_k_dense_replace = 1), every later layer MoE

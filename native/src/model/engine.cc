@@ -158,8 +158,30 @@ KvCacheView Engine::cache_layer(int64_t l) const {
 }
 
 void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                        const void* host, size_t bytes) {
+                        const void* host, size_t bytes, int64_t first) {
   std::lock_guard<std::mutex> lock(mu_);
+  set_weight_locked(layer, name, dtype, shape, host, bytes, first);
+  if (layer >= 0 && name == "kv_b" && first < 0) {
+    // Absorbed decode's per-head halves of kv_b, made here (on the worker thread, not the JS
+    // thread): rows [h·(dNope+dV), h·(dNope+dV)+dNope) transposed → W_UKᵀ [h, dC, dNope];
+    // the next dV rows → W_UV [h, dV, dC]. Same bytes as lib/model/weights.ts' splitKvB.
+    const int64_t nh = d_.heads, dn = d_.d_nope, dv = d_.d_v, dc = d_.d_c, row = dn + dv;
+    const size_t es = dtype_size(dtype);
+    const auto* src = static_cast<const uint8_t*>(host);
+    std::vector<uint8_t> uk(static_cast<size_t>(nh * dc * dn) * es), uv(static_cast<size_t>(nh * dv * dc) * es);
+    for (int64_t h = 0; h < nh; ++h) {
+      for (int64_t r = 0; r < dn; ++r)
+        for (int64_t c = 0; c < dc; ++c)
+          std::memcpy(&uk[static_cast<size_t>((h * dc + c) * dn + r) * es], &src[static_cast<size_t>((h * row + r) * dc + c) * es], es);
+      std::memcpy(&uv[static_cast<size_t>(h * dv * dc) * es], &src[static_cast<size_t>((h * row + dn) * dc) * es], static_cast<size_t>(dv * dc) * es);
+    }
+    set_weight_locked(layer, "w_uk_t", dtype, {nh, dc, dn}, uk.data(), uk.size(), -1);
+    set_weight_locked(layer, "w_uv", dtype, {nh, dv, dc}, uv.data(), uv.size(), -1);
+  }
+}
+
+void Engine::set_weight_locked(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                               const void* host, size_t bytes, int64_t first) {
   const int64_t H = d_.hidden, nh = d_.heads;
   Weight* w = nullptr;
   std::vector<int64_t> want;
@@ -220,18 +242,39 @@ void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, con
   }
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
-  DSV2_CHECK(bytes == static_cast<size_t>(n) * dtype_size(dtype), kShape,
-             "weight '" << name << "': " << bytes << " bytes for " << n << " elements of " << dtype_name(dtype));
+  const size_t total = static_cast<size_t>(n) * dtype_size(dtype);
+  if (first >= 0) {
+    // A part: whole rows along dim 0, inside the weight, after a first part that allocated it.
+    DSV2_CHECK(!shape.empty() && shape[0] > 0, kShape, "weight '" << name << "': a part needs a non-empty dim 0");
+    const size_t row = total / static_cast<size_t>(shape[0]);
+    DSV2_CHECK(row > 0 && bytes % row == 0 && bytes > 0, kShape,
+               "weight '" << name << "' (layer " << layer << "): a part of " << bytes << " bytes is not whole rows of " << row << " bytes");
+    const int64_t rows = static_cast<int64_t>(bytes / row);
+    DSV2_CHECK(first + rows <= shape[0], kRange,
+               "weight '" << name << "' (layer " << layer << "): rows [" << first << ", " << first + rows << ") exceed dim 0 = " << shape[0]);
+    if (first > 0) {
+      DSV2_CHECK(w->data != nullptr && w->dtype == dtype && w->shape == shape, kArg,
+                 "weight '" << name << "' (layer " << layer << "): part at row " << first
+                            << " before a first part (row 0) of the same dtype and shape");
+      be_->drop_captured();
+      be_->upload(static_cast<char*>(w->data) + static_cast<size_t>(first) * row, host, bytes);
+      be_->sync();  // the host data may go away when this returns
+      return;
+    }
+  } else {
+    DSV2_CHECK(bytes == total, kShape,
+               "weight '" << name << "': " << bytes << " bytes for " << n << " elements of " << dtype_name(dtype));
+  }
   if (w->data) {
     weight_bytes_ -= w->bytes;
     be_->release(w->data);
     w->data = nullptr;
   }
-  w->data = be_->alloc(bytes);
+  w->data = be_->alloc(total);
   w->dtype = dtype;
   w->shape = shape;
-  w->bytes = bytes;
-  weight_bytes_ += bytes;
+  w->bytes = total;
+  weight_bytes_ += total;
   be_->drop_captured();  // captured steps hold the old weight pointers
   be_->upload(w->data, host, bytes);
   be_->sync();  // the host data may go away when this returns

@@ -107,8 +107,14 @@ class Engine {
   // lib/model/weights.ts (input_norm, post_norm, q_proj | q_a, q_a_norm, q_b, kv_a,
   // kv_a_norm, kv_b, w_uk_t, w_uv, o_proj, and gate_up, down (dense) or gate, bias,
   // experts_gate_up, experts_down, shared_gate_up, shared_down (MoE)).
+  // `first` >= 0 uploads a part: `host` holds rows [first, first + bytes / row bytes) along dim 0
+  // of the weight whose full shape is `shape` (row bytes = the product of the other dims ×
+  // dtype size). first == 0 (re)allocates the weight; later parts must follow in the same
+  // dtype and shape. Loading streams big stacked weights (a layer's routed experts) this way,
+  // so the host never holds more than one part of them. Setting kv_b (whole) also sets w_uk_t
+  // and w_uv, split from it here.
   void set_weight(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                  const void* host, size_t bytes);
+                  const void* host, size_t bytes, int64_t first = -1);
   // Every weight the config implies, random (seeded; the same values on every backend), in
   // `dtype` (bf16 or f32; the noaux_tc bias f32), made in the backend's memory — nothing is
   // read from files: the benchmarks' random-weight models.
@@ -129,6 +135,8 @@ class Engine {
   const Limits& limits() const { return limits_; }
 
  private:
+  void set_weight_locked(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                         const void* host, size_t bytes, int64_t first);
   struct Layer;
   struct ScratchDims {
     MlaDecodeParams decode;

@@ -1,0 +1,92 @@
+/**
+ * Model.load and generate on a checkpoint of DeepSeek-V2-Lite's widths (hidden 2048, 16 heads,
+ * kv_lora 512, dense layer 10,944 wide, 64 routed experts of 1,408 + 2 shared; the vocabulary cut
+ * to 32,000 and the depth to 2 layers — one dense, one MoE — so that the file is 1.5 GB, not
+ * 31 GB) never stall the event loop for more than 50 ms, and the load's peak host memory stays
+ * within 1.3× the weights loaded.
+ *
+ * The stall is measured twice: perf_hooks.monitorEventLoopDelay's max and a 5 ms interval's
+ * largest gap. The limit is the goal, 50 ms, when DSV2_STRICT_STALLS=1 (CI runs this file alone
+ * that way: on a quiet machine the max is ~30–40 ms); within the whole suite it is 100 ms,
+ * because both measures also count time the OS did not run an idle JS thread — with 2 cores
+ * shared by the engine's worker, libuv's file reads and another jest worker, CPU profiles show
+ * 35–55 ms gaps with the JS thread idle, not running JS. A JS-side block (the expert stacking
+ * this test was written against held it for 6.9 s) fails either limit.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Model, info } from '../../lib';
+import { rmDir, tmpDir, writeBigCheckpoint } from './util';
+
+jest.setTimeout(300_000);
+const LIMIT_MS = process.env.DSV2_STRICT_STALLS === '1' ? 50 : 100;
+
+const LITE = JSON.parse(fs.readFileSync(path.join(__dirname, '../fixtures/configs/deepseek-v2-lite.json'), 'utf8'));
+const raw = { ...LITE, num_hidden_layers: 2, vocab_size: 32000, bos_token_id: 0, eos_token_id: 1 };
+
+const root = tmpDir('eventloop');
+const dir = path.join(root, 'lite-2l');
+let weightBytes = 0;
+afterAll(() => rmDir(root));
+
+/** Runs fn while watching the event loop and the RSS. */
+async function watch<T>(fn: () => Promise<T>): Promise<{ value: T; maxDelayMs: number; p99Ms: number; maxGapMs: number; peakRss: number; rss0: number }> {
+  const h = monitorEventLoopDelay({ resolution: 5 });
+  const rss0 = process.memoryUsage.rss();
+  let peakRss = rss0;
+  let last = performance.now();
+  let maxGapMs = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    maxGapMs = Math.max(maxGapMs, now - last - 5);
+    last = now;
+    peakRss = Math.max(peakRss, process.memoryUsage.rss());
+  }, 5);
+  h.enable();
+  try {
+    const value = await fn();
+    return { value, maxDelayMs: h.max / 1e6, p99Ms: h.percentile(99) / 1e6, maxGapMs, peakRss: Math.max(peakRss, process.memoryUsage.rss()), rss0 };
+  } finally {
+    h.disable();
+    clearInterval(timer);
+  }
+}
+
+beforeAll(async () => {
+  weightBytes = await writeBigCheckpoint(dir, raw);
+  await info(); // the addon loaded (dlopen, once per process) before the watch
+  expect(weightBytes).toBeGreaterThan(1.4e9);
+});
+
+test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host memory ≤ 1.3× the weights`, async () => {
+  global.gc?.();
+  const progress: number[] = [];
+  const r = await watch(() => Model.load(dir, { device: 'cpu', maxTokens: 256, onProgress: (d, t) => progress.push(d / t) }));
+  const model = r.value;
+  try {
+    const mem = model.memory()!;
+    const loaded = mem.weights;
+    // eslint-disable-next-line no-console
+    console.log(`load: max delay ${r.maxDelayMs.toFixed(1)} ms (p99 ${r.p99Ms.toFixed(1)}), max gap ${r.maxGapMs.toFixed(1)} ms, ` +
+      `RSS +${((r.peakRss - r.rss0) / 2 ** 20).toFixed(0)} MiB for ${(loaded / 2 ** 20).toFixed(0)} MiB of weights, ${progress.length} progress calls`);
+    expect(r.maxDelayMs).toBeLessThan(LIMIT_MS);
+    expect(r.maxGapMs).toBeLessThan(LIMIT_MS);
+    // Peak host memory: the engine's copy of the weights plus what loading holds on the way.
+    expect(r.peakRss - r.rss0).toBeLessThan(1.3 * loaded);
+    // Progress moves evenly: no step of more than 5% of the bytes.
+    expect(progress.length).toBeGreaterThan(50);
+    const steps = progress.slice(1).map((p, i) => p - progress[i]);
+    expect(Math.max(...steps)).toBeLessThan(0.05);
+    expect(progress[progress.length - 1]).toBe(1);
+
+    const g = await watch(() => model.generate({ tokens: [0, 5, 6, 7, 8, 9, 10, 11], maxNewTokens: 8 }).result);
+    // eslint-disable-next-line no-console
+    console.log(`generate: max delay ${g.maxDelayMs.toFixed(1)} ms (p99 ${g.p99Ms.toFixed(1)}), max gap ${g.maxGapMs.toFixed(1)} ms`);
+    expect(g.value.tokens).toHaveLength(8);
+    expect(g.maxDelayMs).toBeLessThan(LIMIT_MS);
+    expect(g.maxGapMs).toBeLessThan(LIMIT_MS);
+  } finally {
+    await model.dispose();
+  }
+});
