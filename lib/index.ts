@@ -16,5 +16,6 @@ export { NativeEngine, type EngineLimits, type EngineMemory, type EngineSampling
 export { Tokenizer, type ChatMessage } from './model/tokenizer';
 export { Checkpoint } from './model/checkpoint';
 export { parseConfig, type DeepSeekConfig } from './model/config';
+export { defaultModelDir, cacheDir } from './model/default';
 export { makeTiny, TINY_KINDS, type TinyKind, type MakeTinyOptions } from './model/tiny';
 export { SafetensorsFile, writeSafetensors } from './model/safetensors';

@@ -1,13 +1,10 @@
 /** Shared pieces of the model commands: option parsers, model loading with progress, the default model. */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { CommanderError, InvalidArgumentError } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { Dsv2Error } from '../errors';
 import type { KvCacheDtype } from '../kv-cache';
 import { Model, type DeviceChoice } from '../model/model';
-import { makeTiny } from '../model/tiny';
+import { defaultModelDir } from '../model/default';
 
 export function intOpt(name: string, min = 0) {
   return (v: string): number => {
@@ -60,29 +57,7 @@ export function log(msg: string): void {
   process.stderr.write(`dsv2: ${msg}\n`);
 }
 
-/** Where the built-in default model lives: $DSV2_CACHE_DIR, else $XDG_CACHE_HOME/dsv2, else ~/.cache/dsv2. */
-export function cacheDir(): string {
-  return process.env.DSV2_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'dsv2');
-}
-
-/** The built-in default: a small V2-shaped model with random weights, made once and cached. */
-export async function defaultModelDir(): Promise<string> {
-  const dir = path.join(cacheDir(), 'default-v2-tiny');
-  if (!fs.existsSync(path.join(dir, 'config.json'))) {
-    log(`no --model given: creating the built-in default model (a tiny DeepSeek-V2-shaped model with RANDOM weights) in ${dir}`);
-    const tmp = `${dir}.tmp-${process.pid}`;
-    await makeTiny(tmp, { kind: 'v2', seed: 0 });
-    fs.mkdirSync(path.dirname(dir), { recursive: true });
-    try {
-      fs.renameSync(tmp, dir);
-    } catch {
-      fs.rmSync(tmp, { recursive: true, force: true }); // another process made it first
-    }
-  } else {
-    log(`no --model given: using the built-in default model (tiny, RANDOM weights) in ${dir}`);
-  }
-  return dir;
-}
+export { cacheDir, defaultModelDir } from '../model/default';
 
 export interface ModelOpts {
   model?: string;
