@@ -284,6 +284,30 @@ describe('the dsv2 bin (dist/)', () => {
     expect(bad.stderr).toMatch(/^dsv2: E_CHECKPOINT: /m);
   });
 
+  test('logits --json past V8\'s string limit (300 positions × 102,400 vocab ≈ 600 MB of JSON): streamed, complete', async () => {
+    // One JSON.stringify of the whole answer throws RangeError: Invalid string length above
+    // ~2^29 characters; row by row it streams. Counted by a streaming reader, not held.
+    const big = path.join(root, 'big-vocab');
+    const { tinyConfig, writeRandomCheckpoint } = await import('../../lib/model/tiny');
+    await writeRandomCheckpoint(big, { ...tinyConfig('v2'), vocab_size: 102400 }, { seed: 1 });
+    const ids = randomPrompt('big', 300).join(',');
+    const counter = path.join(root, 'count.js');
+    fs.writeFileSync(counter, `let n = 0, rows = 1, head = '', tail = '';
+      process.stdin.setEncoding('latin1').on('data', (s) => {
+        n += s.length;
+        if (head.length < 12) head += s.slice(0, 12);
+        const t = tail + s; // a "],[" may straddle two chunks
+        for (let i = t.indexOf('],['); i >= 0; i = t.indexOf('],[', i + 1)) if (i + 3 > tail.length) rows++;
+        tail = t.slice(-20);
+      }).on('end', () => console.log(JSON.stringify({ n, rows, head: head.slice(0, 12), tail: tail.slice(-4) })));`);
+    const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${BIN}" logits --model '${big}' --tokens ${ids} --json 2>"${root}/big-err.txt" | "${process.execPath}" "${counter}"`],
+      { encoding: 'utf8', maxBuffer: 1 << 20 });
+    expect([r.status, fs.readFileSync(path.join(root, 'big-err.txt'), 'utf8').match(/E_\w+|Error.*/)?.[0] ?? null]).toEqual([0, null]);
+    const got = JSON.parse(r.stdout);
+    expect(got.n).toBeGreaterThan(2 ** 29); // past the limit the old code died on
+    expect(got).toMatchObject({ rows: 300, head: '{"logits":[[', tail: ']]}\n' });
+  }, 300_000);
+
   test('a reader that goes away (| head -c 5, | head -n 1): exit 0, no stack trace', () => {
     for (const [args, reader] of [
       [['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '200'], 'head -c 5'],
