@@ -63,6 +63,8 @@ export interface ModelOpts {
   model?: string;
   kvCache: KvCacheDtype;
   device: DeviceChoice;
+  engine?: 'js' | 'native';
+  maxTokens?: number;
 }
 
 /** Loads --model (or the default), with a progress bar on a terminal; Ctrl-C aborts the load. */
@@ -76,7 +78,7 @@ export async function loadModel(o: ModelOpts): Promise<Model> {
   try {
     const t0 = Date.now();
     const m = await Model.load(dir, {
-      device: o.device, kvCache: o.kvCache, signal: ac.signal,
+      device: o.device, kvCache: o.kvCache, signal: ac.signal, engine: o.engine, maxTokens: o.maxTokens,
       onProgress: (done, total) => {
         if (!bar) return;
         if (!started) {

@@ -11,6 +11,7 @@ import type { DeepSeekConfig } from '../model/config';
 import { makeTiny, TINY_KINDS, type TinyKind } from '../model/tiny';
 import { choiceOpt, collect, defaultModelDir, floatOpt, intOpt, loadModel, log, out, tokensOpt, usage } from './common';
 import { Tokenizer } from '../model/tokenizer';
+import { perplexity } from '../model/perplexity';
 
 const KV = ['bf16', 'fp8', 'f32'] as const;
 const DEVICES = ['auto', 'cpu', 'cuda'] as const;
@@ -99,6 +100,48 @@ export function modelCommands(program: Command): void {
             const top = row(i).map((v, id) => [v, id]).sort((a, b) => b[0] - a[0]).slice(0, 5);
             await out(`${i}\t${o.tokens[i]}\t${top.map(([v, id]) => `${id}:${v.toFixed(3)}`).join(' ')}\n`);
           }
+        }
+      } finally {
+        await model.dispose();
+      }
+    });
+
+  modelOptions(program.command('perplexity'))
+    .description('perplexity of a text file over non-overlapping windows (llama-perplexity\'s measure): {"tokens", "nll", "perplexity", "vocabSize", "kvCache", ...}')
+    .requiredOption('--file <path>', 'UTF-8 text to score')
+    .option('--context <n>', 'tokens per window (each window scores its tokens after the first)', intOpt('--context', 2), 512)
+    .option('--bos', 'start every window with BOS (then every text token is scored)')
+    .option('--mode <mode>', 'prefill: each window in one pass; decode: token by token through the KV cache',
+      choiceOpt('--mode', ['prefill', 'decode'] as const), 'prefill')
+    .option('--engine <engine>', 'CPU forward: native (default) or js', choiceOpt('--engine', ['native', 'js'] as const))
+    .option('--json', 'print one JSON object')
+    .action(async (o) => {
+      let text: string;
+      try {
+        text = fs.readFileSync(o.file, 'utf8');
+      } catch (e) {
+        throw new Dsv2Error('E_IO', `cannot read --file ${o.file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { cause: e });
+      }
+      const model = await loadModel({ ...o, maxTokens: Math.max(4096, o.context) });
+      try {
+        const ac = new AbortController();
+        const onSig = () => ac.abort();
+        process.once('SIGINT', onSig);
+        try {
+          const t0 = Date.now();
+          const r = await perplexity(model, text, {
+            context: o.context, bos: Boolean(o.bos), mode: o.mode, signal: ac.signal,
+            onProgress: o.json ? undefined : (d, n) => log(`window ${d}/${n}`),
+          });
+          const s = (Date.now() - t0) / 1000;
+          if (o.json) await out(`${JSON.stringify(r)}\n`);
+          else {
+            await out(`perplexity ${r.perplexity.toFixed(4)} (nll ${r.nll.toFixed(5)} nats/token) over ${r.tokens} tokens in ${r.windows} windows of ${r.context}; ` +
+              `KV cache ${r.kvCache} (${r.kvBytesPerToken} bytes/token)\n`);
+          }
+          log(`${r.tokens} tokens scored in ${s.toFixed(2)} s (${(r.tokens / Math.max(s, 1e-9)).toFixed(1)} tokens/s)`);
+        } finally {
+          process.removeListener('SIGINT', onSig);
         }
       } finally {
         await model.dispose();
