@@ -36,11 +36,24 @@ export function modelCommands(program: Command): void {
     .option('--top-p <p>', 'keep the smallest set with probability >= p', (v: string) => { const n = Number(v); if (!(n > 0 && n <= 1)) throw new InvalidArgumentError('--top-p must be a number in (0, 1]'); return n; }, 1)
     .option('--seed <s>', 'seed of the sampling draws', intOpt('--seed'), 0)
     .option('--stop <text>', 'stop when the text contains this (repeatable; the stop text is not printed)', collect)
+    .option('--stop-token-id <id>', 'stop at this token id (repeatable)', (v: string, prev: number[] = []) => [...prev, intOpt('--stop-token-id')(v)])
+    .option('--ignore-eos', 'keep generating past EOS')
+    .option('--repetition-penalty <p>', 'HF repetition penalty (1: off)', floatOpt('--repetition-penalty', Number.MIN_VALUE, 1e6))
+    .option('--presence-penalty <p>', 'OpenAI presence penalty in [-2, 2]', floatOpt('--presence-penalty', -2, 2))
+    .option('--frequency-penalty <p>', 'OpenAI frequency penalty in [-2, 2]', floatOpt('--frequency-penalty', -2, 2))
+    .option('--min-p <p>', 'min-p in [0, 1]', floatOpt('--min-p', 0, 1))
+    .option('--logit-bias <id=bias>', 'add bias (in [-100, 100]) to a token\'s logit (repeatable)', (v: string, prev: Record<number, number> = {}) => {
+      const m = /^(\d+)=(-?[\d.]+(?:e-?\d+)?)$/.exec(v);
+      if (!m || !(Math.abs(Number(m[2])) <= 100)) throw new InvalidArgumentError('--logit-bias takes id=bias with bias in [-100, 100], e.g. 42=-5');
+      return { ...prev, [Number(m[1])]: Number(m[2]) };
+    })
+    .option('--logprobs <k>', 'with --json: each token\'s log-probability and the k most likely (0..20)', intOpt('--logprobs'))
     .option('--json', 'print one JSON object instead of streaming text')
     .action(async (o) => {
       const given = [o.prompt !== undefined, o.chat !== undefined, o.tokens !== undefined].filter(Boolean).length;
       if (given !== 1) usage('generate needs exactly one of --prompt, --chat or --tokens');
       if (o.system !== undefined && o.chat === undefined) usage('--system goes with --chat');
+      if (o.logprobs !== undefined && !o.json) usage('--logprobs goes with --json');
       const model = await loadModel(o);
       try {
         const ac = new AbortController();
@@ -50,15 +63,22 @@ export function modelCommands(program: Command): void {
           const messages = o.chat === undefined ? undefined
             : [...(o.system !== undefined ? [{ role: 'system' as const, content: o.system as string }] : []), { role: 'user' as const, content: o.chat as string }];
           const gen = model.generate({
-            prompt: o.prompt, messages, tokens: o.tokens, stop: o.stop,
+            prompt: o.prompt, messages, tokens: o.tokens, stop: o.stop, stopTokenIds: o.stopTokenId, ignoreEos: o.ignoreEos,
+            repetitionPenalty: o.repetitionPenalty, presencePenalty: o.presencePenalty, frequencyPenalty: o.frequencyPenalty,
+            minP: o.minP, logitBias: o.logitBias, logprobs: o.logprobs,
             maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: ac.signal,
           });
           const t0 = Date.now();
           let n = 0;
           if (o.json) {
+            const logprobs: { token: number; logprob: number; top?: { token: number; logprob: number }[] }[] = [];
+            for await (const c of gen) {
+              if (c.token !== null && c.logprob !== undefined) logprobs.push({ token: c.token, logprob: c.logprob, ...(c.topLogprobs ? { top: c.topLogprobs } : {}) });
+            }
             const r = await gen.result;
             n = r.tokens.length;
-            await out(`${JSON.stringify({ tokens: r.tokens, text: r.text, finishReason: r.finishReason, promptTokens: r.promptTokens })}\n`);
+            await out(`${JSON.stringify({ tokens: r.tokens, text: r.text, finishReason: r.finishReason, promptTokens: r.promptTokens,
+              ...(o.logprobs !== undefined ? { logprobs } : {}) })}\n`);
           } else {
             for await (const c of gen) {
               if (c.text) await out(c.text);

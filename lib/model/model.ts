@@ -59,6 +59,29 @@ export interface GenerateOptions {
   seed?: number | bigint;
   /** Stop when the text contains one of these (the stop string is not returned). */
   stop?: string[];
+  /** Stop (finishReason 'stop') when one of these tokens is sampled (it is not returned, like EOS). */
+  stopTokenIds?: number[];
+  /** Keep generating past EOS (the EOS token is then an ordinary token of the output). */
+  ignoreEos?: boolean;
+  /**
+   * Repetition penalty (HF / vLLM): a token already in the prompt or the output has its logit
+   * divided by it when positive, multiplied when negative; 1 (default) is off; > 0.
+   */
+  repetitionPenalty?: number;
+  /** OpenAI's presence penalty in [-2, 2]: subtracted once from the logit of every token the output holds. */
+  presencePenalty?: number;
+  /** OpenAI's frequency penalty in [-2, 2]: subtracted from a token's logit once per time the output holds it. */
+  frequencyPenalty?: number;
+  /** Min-p in [0, 1]: drop tokens whose probability (at the temperature) is below minP × the top one's; 0 is off. */
+  minP?: number;
+  /** Added to the logits of these token ids, each in [-100, 100] (OpenAI's logit_bias). */
+  logitBias?: Record<number, number>;
+  /**
+   * Log-probabilities: each chunk carries the chosen token's `logprob` and, when > 0, the
+   * `topLogprobs` of that many most likely tokens (at most 20) — of the model's distribution
+   * (log-softmax of the raw logits, before penalties, bias and temperature).
+   */
+  logprobs?: number;
   signal?: AbortSignal;
 }
 
@@ -70,6 +93,10 @@ export interface GenerateChunk {
   token: number | null;
   /** Text this token completes (may be empty while a multi-byte character is incomplete). The chunks' texts join to the result's text. */
   text: string;
+  /** With the `logprobs` option: log p(token) under the model (null only for a text-only chunk). */
+  logprob?: number;
+  /** With `logprobs: k > 0`: the k most likely tokens and their log-probabilities, best first. */
+  topLogprobs?: { token: number; logprob: number }[];
 }
 
 export interface GenerateResult {
@@ -104,6 +131,52 @@ function stopPrefixTail(text: string, stops: readonly string[]): number {
   return best;
 }
 
+/**
+ * The logits a generation samples from when it has bias or penalties (vLLM's order): + logit
+ * bias; the repetition penalty over prompt + output tokens (÷ p when > 0, × p when < 0);
+ * − presence · [count > 0] − frequency · count over the output; then min-p at the temperature:
+ * tokens with p < minP · p_max (l < l_max + T·ln minP) get −∞. A fresh f32 copy.
+ */
+function processLogits(row: Float32Array, g: CheckedOptions, seen: ReadonlySet<number>, counts: ReadonlyMap<number, number>): Float32Array {
+  const out = Float32Array.from(row);
+  for (const [id, b] of g.logitBias) out[id] += b;
+  if (g.repetitionPenalty !== 1) {
+    for (const id of seen) out[id] = out[id] > 0 ? out[id] / g.repetitionPenalty : out[id] * g.repetitionPenalty;
+  }
+  if (g.presencePenalty !== 0 || g.frequencyPenalty !== 0) {
+    for (const [id, c] of counts) out[id] -= g.presencePenalty + g.frequencyPenalty * c;
+  }
+  if (g.minP > 0 && g.temperature > 0) {
+    let max = -Infinity;
+    for (let i = 0; i < out.length; i++) if (out[i] > max) max = out[i];
+    const cut = max + g.temperature * Math.log(g.minP);
+    for (let i = 0; i < out.length; i++) if (out[i] < cut) out[i] = -Infinity;
+  }
+  return out;
+}
+
+/** log-softmax(row)[token] and the k best (log-probability, then lower id first), in float64. */
+function logprobsOf(row: Float32Array, token: number, k: number): { logprob: number; topLogprobs?: { token: number; logprob: number }[] } {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i] > max) max = row[i];
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i] - max);
+  const lse = max + Math.log(sum);
+  if (k === 0) return { logprob: row[token] - lse };
+  const best: number[] = [];
+  for (let i = 0; i < row.length; i++) {
+    if (best.length === k && row[i] <= row[best[k - 1]]) continue;
+    let j = best.length === k ? k - 1 : best.length;
+    if (best.length < k) best.push(i);
+    while (j > 0 && row[best[j - 1]] < row[i]) {
+      best[j] = best[j - 1];
+      j--;
+    }
+    best[j] = i;
+  }
+  return { logprob: row[token] - lse, topLogprobs: best.map((id) => ({ token: id, logprob: row[id] - lse })) };
+}
+
 interface CheckedOptions {
   prompt?: string;
   messages?: ChatMessage[];
@@ -114,11 +187,19 @@ interface CheckedOptions {
   topP: number;
   seed: bigint;
   stop: string[];
+  stopTokenIds: number[];
+  ignoreEos: boolean;
+  repetitionPenalty: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  minP: number;
+  logitBias: [number, number][];
+  logprobs: number | null;
   signal?: AbortSignal;
 }
 
 /** generate()'s options, checked (E_ARG for a wrong type, E_RANGE for a value out of range), with defaults. */
-function checkGenerateOptions(opts: unknown): CheckedOptions {
+function checkGenerateOptions(opts: unknown, vocab: number): CheckedOptions {
   if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) {
     throw new Dsv2Error('E_ARG', `generate needs an options object {prompt | messages | tokens, ...}, got ${describe(opts)}`);
   }
@@ -158,7 +239,35 @@ function checkGenerateOptions(opts: unknown): CheckedOptions {
   }
   const signal = o.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw new Dsv2Error('E_ARG', `signal must be an AbortSignal, got ${describe(signal)}`);
+  const stopTokenIds = o.stopTokenIds ?? [];
+  if (!Array.isArray(stopTokenIds) || !stopTokenIds.every((t) => Number.isSafeInteger(t) && t >= 0 && t < vocab)) {
+    throw new Dsv2Error('E_ARG', `stopTokenIds must be an array of token ids in [0, ${vocab}), got ${describe(stopTokenIds)}`);
+  }
+  if (o.ignoreEos !== undefined && typeof o.ignoreEos !== 'boolean') throw new Dsv2Error('E_ARG', `ignoreEos must be true or false, got ${describe(o.ignoreEos)}`);
+  const bias: [number, number][] = [];
+  if (o.logitBias !== undefined) {
+    if (typeof o.logitBias !== 'object' || o.logitBias === null || Array.isArray(o.logitBias)) {
+      throw new Dsv2Error('E_ARG', `logitBias must be an object {tokenId: bias}, got ${describe(o.logitBias)}`);
+    }
+    for (const [k, v] of Object.entries(o.logitBias as Record<string, unknown>)) {
+      const id = Number(k);
+      if (!/^\d+$/.test(k) || id >= vocab) throw new Dsv2Error('E_RANGE', `logitBias key ${JSON.stringify(k)} must be a token id in [0, ${vocab})`);
+      if (typeof v !== 'number' || !(v >= -100 && v <= 100)) throw new Dsv2Error('E_RANGE', `logitBias[${k}] = ${describe(v)} must be a number in [-100, 100]`);
+      bias.push([id, v]);
+    }
+  }
+  let logprobs: number | null = null;
+  if (o.logprobs !== undefined) logprobs = int('logprobs', 0, 0);
+  if (logprobs !== null && logprobs > 20) throw new Dsv2Error('E_RANGE', `logprobs = ${logprobs} must be at most 20`);
   return {
+    stopTokenIds,
+    ignoreEos: o.ignoreEos === true,
+    repetitionPenalty: real('repetitionPenalty', 1, (x) => Number.isFinite(x) && x > 0, 'finite and > 0'),
+    presencePenalty: real('presencePenalty', 0, (x) => x >= -2 && x <= 2, 'in [-2, 2]'),
+    frequencyPenalty: real('frequencyPenalty', 0, (x) => x >= -2 && x <= 2, 'in [-2, 2]'),
+    minP: real('minP', 0, (x) => x >= 0 && x <= 1, 'in [0, 1]'),
+    logitBias: bias,
+    logprobs,
     prompt: o.prompt as string | undefined,
     messages: o.messages as ChatMessage[] | undefined,
     tokens: o.tokens as readonly number[] | undefined,
@@ -376,7 +485,7 @@ export class Model {
   async *#run(opts: GenerateOptions): AsyncGenerator<GenerateChunk, GenerateResult> {
     const ctx = this.#context();
     const tok = this.tokenizer;
-    const g = checkGenerateOptions(opts);
+    const g = checkGenerateOptions(opts, this.config.vocabSize);
     let prompt: readonly number[];
     if (g.tokens) prompt = g.tokens;
     else if (g.messages) {
@@ -429,38 +538,65 @@ export class Model {
       throwIfAborted(g.signal, what);
       reserve(ctx, seq, ids.length);
       const sampling = { temperature: g.temperature, topK: g.topK, topP: g.topP };
+      // Penalties, bias, min-p and logprobs need the logits row on the host: such a generation
+      // runs its steps alone (not in the batcher) and samples with ops.sample — the same draw
+      // for the same seed as the engine's sampler.
+      const hostLogits = g.logprobs !== null || g.repetitionPenalty !== 1 || g.presencePenalty !== 0 ||
+        g.frequencyPenalty !== 0 || g.minP > 0 || g.logitBias.length > 0;
+      const seen = new Set<number>(ids); // prompt + output: the repetition penalty's set
+      const counts = new Map<number, number>(); // output only: presence / frequency
+      const stopIds = new Set(g.stopTokenIds);
+      type Next = { token: number; logprob?: number; topLogprobs?: { token: number; logprob: number }[] };
       // The next token: on the engine's device (only the token comes back), or from the last
       // row's logits with ops.sample — the same draw for the same seed.
-      const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<number> => {
+      const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<Next> => {
+        if (hostLogits) {
+          const row = ctx.engine
+            ? (await engineForward(ctx.engine, ctx.config, seq, input, mode, 'last', g.signal)).logits!.data as Float32Array
+            : (await forward(ctx, seq, input, mode, g.signal, 'last')).data as Float32Array;
+          const proc = processLogits(row, g, seen, counts);
+          const token = (await ops.sample(Tensor.from(proc, [1, row.length]), { ...sampling, seed: stepSeed })).data[0] as number;
+          return g.logprobs === null ? { token } : { token, ...logprobsOf(row, token, g.logprobs) };
+        }
         if (this.#batcher && mode === 'decode' && input.length === 1) {
-          return this.#batcher.next({ seq, token: input[0], sampling, seed: stepSeed });
+          return { token: await this.#batcher.next({ seq, token: input[0], sampling, seed: stepSeed }) };
         }
         if (ctx.engine) {
           const r = await engineForward(ctx.engine, ctx.config, seq, input, mode, 'none', g.signal, { ...sampling, seeds: [stepSeed] });
-          return r.token!;
+          return { token: r.token! };
         }
         const last = await forward(ctx, seq, input, mode, g.signal, 'last');
-        return (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number;
+        return { token: (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number };
       };
       const seedOf = (step: number) => (g.seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
-      let next = await nextToken(ids, 'prefill', seedOf(0));
+      let n = await nextToken(ids, 'prefill', seedOf(0));
       for (let step = 0; step < g.maxNewTokens; step++) {
         throwIfAborted(g.signal, what);
-        if (eos.has(next)) {
+        const next = n.token;
+        if (eos.has(next) && !g.ignoreEos) {
           finish = 'eos';
           break;
         }
+        if (stopIds.has(next)) {
+          finish = 'stop'; // text held back is flushed below, as at EOS
+          break;
+        }
         out.push(next);
+        seen.add(next);
+        counts.set(next, (counts.get(next) ?? 0) + 1);
         const final = step + 1 === g.maxNewTokens || seq.length + 1 > maxSequenceTokens(ctx);
         const piece = stream ? stream.push(next) + (final ? stream.flush() : '') : '';
-        yield { token: next, text: feed(piece, final) };
+        const chunk: GenerateChunk = { token: next, text: feed(piece, final) };
+        if (n.logprob !== undefined) chunk.logprob = n.logprob;
+        if (n.topLogprobs) chunk.topLogprobs = n.topLogprobs;
+        yield chunk;
         if (stopHit) {
           finish = 'stop';
           break;
         }
         if (final) break; // maxNewTokens reached, or the context is full: finish with 'length'
         reserve(ctx, seq, 1);
-        next = await nextToken(Int32Array.of(next), 'decode', seedOf(step + 1));
+        n = await nextToken(Int32Array.of(next), 'decode', seedOf(step + 1));
       }
       if (!stopHit && stream) {
         // Text held back at EOS (an incomplete character, a possible stop-string start).

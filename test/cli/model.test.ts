@@ -110,6 +110,20 @@ describe('dsv2 generate --json = Model.generate', () => {
     expect(r.text).toBe(free.text.slice(0, Math.min(free.text.indexOf(a), free.text.indexOf(b))));
   });
 
+  test('sampling flags = the API\'s options (penalties, min-p, bias, stop ids, ignore-eos, logprobs)', async () => {
+    const j = await runJson(['generate', '--model', dir, '--tokens', tokens.join(','), '--max-new-tokens', '8', '--temperature', '0.9', '--seed', '4',
+      '--presence-penalty', '0.5', '--frequency-penalty', '1', '--repetition-penalty', '1.2', '--min-p', '0.05', '--logit-bias', '7=3',
+      '--logit-bias', '9=-2.5', '--stop-token-id', '3', '--ignore-eos', '--logprobs', '2', '--json']);
+    const opts = { tokens, maxNewTokens: 8, temperature: 0.9, seed: 4, presencePenalty: 0.5, frequencyPenalty: 1, repetitionPenalty: 1.2, minP: 0.05,
+      logitBias: { 7: 3, 9: -2.5 }, stopTokenIds: [3], ignoreEos: true, logprobs: 2 };
+    const chunks = [];
+    for await (const c of model.generate(opts)) if (c.token !== null) chunks.push({ token: c.token, logprob: c.logprob, top: c.topLogprobs });
+    expect(j.tokens).toEqual(chunks.map((c) => c.token));
+    expect(j.logprobs).toEqual(chunks);
+    const bad = await run(['generate', '--model', dir, '--tokens', '1', '--logit-bias', '7=500']);
+    expect(bad.code).toBe(2);
+  });
+
   test('--system goes before --chat as a system message', async () => {
     const j = await runJson(['generate', '--model', dir, '--system', 'be brief', '--chat', 'hi', '--max-new-tokens', '6', '--json']);
     const messages = [{ role: 'system' as const, content: 'be brief' }, { role: 'user' as const, content: 'hi' }];
