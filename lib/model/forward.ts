@@ -15,6 +15,7 @@ import { qHeadDim, type DeepSeekConfig } from './config';
 import { add, concatLast, reshape, sliceLast } from './tensor-ops';
 import type { EngineSampling, NativeEngine } from './engine';
 import type { LayerWeights, ModelWeights } from './weights';
+import type { PrefixCache } from './prefix-cache';
 
 export type AttentionMode = 'prefill' | 'decode';
 
@@ -33,6 +34,8 @@ export interface ForwardContext {
   rope: ops.RopeTable;
   /** When set, the forward runs in the native engine (CUDA, or the CPU with engine: 'native'). */
   engine?: NativeEngine;
+  /** Cached prefix pages, evicted (LRU) when reserve() finds too few free pages. */
+  prefix?: PrefixCache;
 }
 
 /** Makes room for `n` more tokens, allocating pages as needed (E_OOM when the cache is full). */
@@ -47,7 +50,9 @@ export function reserve(ctx: ForwardContext, seq: SeqState, n: number): void {
     throw new Dsv2Error('E_RANGE', `a sequence of ${seq.length + n} tokens exceeds this model's ${limit}-token limit (maxTokens / max_position_embeddings)`);
   }
   const need = Math.ceil((seq.length + n) / ctx.cache.pageSize) - seq.pages.length;
-  if (need > 0) seq.pages.push(...ctx.cache.allocPages(need));
+  if (need <= 0) return;
+  if (ctx.prefix && ctx.cache.pagesFree < need) ctx.prefix.evict(need - ctx.cache.pagesFree);
+  seq.pages.push(...ctx.cache.allocPages(need));
 }
 
 /**

@@ -13,6 +13,7 @@ import { DecodeBatcher, type BatchStats } from './batcher';
 import { NativeEngine, type EngineMemory } from './engine';
 import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { checkMessages, describe, Tokenizer, type ChatMessage } from './tokenizer';
+import { PrefixCache, type PrefixCacheStats } from './prefix-cache';
 import { checkTensors, loadWeights, type ModelWeights } from './weights';
 
 export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
@@ -35,6 +36,12 @@ export interface ModelLoadOptions {
   maxBatch?: number;
   /** KV cache storage; default bf16. */
   kvCache?: KvCacheDtype;
+  /**
+   * Automatic prefix caching (default true): generate() keeps the full KV pages of finished
+   * sequences, keyed by their tokens, and a later prompt that starts with the same tokens
+   * prefills only what is new (bit-identical results); pages are evicted LRU when needed.
+   */
+  prefixCache?: boolean;
   /** Cache capacity in tokens, over all sequences at once; default 4096 (at most max_position_embeddings per sequence). */
   maxTokens?: number;
   signal?: AbortSignal;
@@ -368,6 +375,7 @@ export class Model {
       }
     })();
     const ctx: ForwardContext = { config: c, weights, cache, rope, engine: engine ?? undefined };
+    if (opts.prefixCache ?? true) ctx.prefix = new PrefixCache(cache);
     return new Model(dir, ctx, tokenizer, extras);
   }
 
@@ -375,6 +383,16 @@ export class Model {
   batchStats(): BatchStats {
     this.#context();
     return { ...(this.#batcher?.stats ?? { steps: 0, tokens: 0 }) };
+  }
+
+  /** The prefix cache's pages and hit rate (null when loaded with prefixCache: false). */
+  prefixCacheStats(): PrefixCacheStats | null {
+    return this.#context().prefix?.stats() ?? null;
+  }
+
+  /** Frees every cached prefix page no running generation uses. */
+  clearPrefixCache(): void {
+    this.#context().prefix?.clear();
   }
 
   /** Bytes the loaded model holds where it runs (the native engine's accounting; null for the js CPU forward). */
@@ -534,9 +552,15 @@ export class Model {
     };
     let finish: GenerateResult['finishReason'] = 'length';
     const what = 'the generation';
+    // The longest cached prefix (whole pages, at least one prompt token left to compute).
+    const match = ctx.prefix?.match(ids, ids.length - 1) ?? null;
+    if (match) {
+      seq.pages.push(...match.pages);
+      seq.length = match.tokens;
+    }
     try {
       throwIfAborted(g.signal, what);
-      reserve(ctx, seq, ids.length);
+      reserve(ctx, seq, ids.length - seq.length);
       const sampling = { temperature: g.temperature, topK: g.topK, topP: g.topP };
       // Penalties, bias, min-p and logprobs need the logits row on the host: such a generation
       // runs its steps alone (not in the batcher) and samples with ops.sample — the same draw
@@ -569,7 +593,7 @@ export class Model {
         return { token: (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number };
       };
       const seedOf = (step: number) => (g.seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
-      let n = await nextToken(ids, 'prefill', seedOf(0));
+      let n = await nextToken(ids.subarray(seq.length), 'prefill', seedOf(0));
       for (let step = 0; step < g.maxNewTokens; step++) {
         throwIfAborted(g.signal, what);
         const next = n.token;
@@ -605,7 +629,15 @@ export class Model {
       }
       return { tokens: out, text, finishReason: finish, promptTokens: ids.length };
     } finally {
-      if (seq.pages.length && this.#ctx) ctx.cache.freePages(seq.pages);
+      if (this.#ctx) {
+        // Full pages of the prompt go to the prefix cache. Only the prompt's: a token's latent
+        // written by a decode step (M = 1 GEMMs) can differ in the last bits from the same
+        // token prefilled, and a later prompt that reused it would not be bit-identical to a
+        // model without the cache. (A chat's next turn still reuses the earlier turns: its
+        // prompt, answers included, was prefilled.)
+        const free = ctx.prefix ? ctx.prefix.finish(ids, seq.pages, Math.min(seq.length, ids.length), match) : seq.pages;
+        if (free.length) ctx.cache.freePages(free);
+      }
     }
   }
 

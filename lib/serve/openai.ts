@@ -91,6 +91,13 @@ export function plan(kind: 'chat' | 'completion', body: Body, tok: Tokenizer | n
   let echo = '';
   try {
     if (kind === 'chat') {
+      (body.messages as { content: unknown }[]).forEach((m, i) => {
+        if (Array.isArray(m.content)) {
+          m.content.forEach((part: { text?: unknown }, j) => {
+            if (typeof part.text !== 'string') throw new ApiError(400, `messages[${i}].content[${j}].text must be a string`, { param: `messages[${i}].content[${j}].text`, code: 'invalid_type' });
+          });
+        }
+      });
       const messages: ChatMessage[] = (body.messages as { role: string; content: unknown }[]).map((m) => ({
         role: (m.role === 'developer' ? 'system' : m.role) as ChatMessage['role'],
         content: contentText(m.content),

@@ -56,9 +56,11 @@ const sampling = {
   },
 } as const;
 
+// `text` is checked in openai.ts: with it required here, ajv would report a missing text
+// before a wrong type (an image part), which is the more useful error.
 const textPart = {
   type: 'object',
-  required: ['type', 'text'],
+  required: ['type'],
   properties: { type: { const: 'text' }, text: { type: 'string' } },
 };
 

@@ -62,7 +62,7 @@ beforeAll(async () => {
 test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host memory ≤ 1.3× the weights`, async () => {
   global.gc?.();
   const progress: number[] = [];
-  const r = await watch(() => Model.load(dir, { device: 'cpu', maxTokens: 256, onProgress: (d, t) => progress.push(d / t) }));
+  const r = await watch(() => Model.load(dir, { device: 'cpu', maxTokens: 2048, onProgress: (d, t) => progress.push(d / t) }));
   const model = r.value;
   try {
     const mem = model.memory()!;
@@ -86,6 +86,31 @@ test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host m
     expect(g.value.tokens).toHaveLength(8);
     expect(g.maxDelayMs).toBeLessThan(LIMIT_MS);
     expect(g.maxGapMs).toBeLessThan(LIMIT_MS);
+
+    // Prefix caching at these widths: the same 1,500-token prompt again, then extended by a
+    // few tokens — time to the first token ≤ 20% / 25% of the first request's, same logprobs.
+    const prompt = Array.from({ length: 1500 }, (_, i) => 2 + ((i * 7919) % 31000));
+    const ttft = async (tokens: number[]) => {
+      const t0 = performance.now();
+      const gen = model.generate({ tokens, maxNewTokens: 3, logprobs: 0 });
+      let first = 0;
+      const lp: number[] = [];
+      for await (const c of gen) {
+        if (!first) first = performance.now() - t0;
+        lp.push(c.logprob!);
+      }
+      return { ms: first, lp, tokens: (await gen.result).tokens };
+    };
+    const cold = await ttft(prompt);
+    const warm = await ttft(prompt);
+    const ext = await ttft([...prompt, 11, 12, 13, 14, 15]);
+    // eslint-disable-next-line no-console
+    console.log(`TTFT, 1500-token prompt: ${cold.ms.toFixed(0)} ms cold, ${warm.ms.toFixed(0)} ms repeated (${(100 * warm.ms / cold.ms).toFixed(1)}%), ` +
+      `${ext.ms.toFixed(0)} ms extended by 5 (${(100 * ext.ms / cold.ms).toFixed(1)}%); prefix cache ${JSON.stringify(model.prefixCacheStats())}`);
+    expect(warm.ms).toBeLessThan(0.2 * cold.ms);
+    expect(ext.ms).toBeLessThan(0.25 * cold.ms);
+    expect(warm.tokens).toEqual(cold.tokens);
+    expect(warm.lp).toEqual(cold.lp); // bit-identical logits (a 28-token suffix prefilled over 1,472 cached)
   } finally {
     await model.dispose();
   }
