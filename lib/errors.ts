@@ -19,11 +19,12 @@ export type Dsv2ErrorCode =
   | 'E_LOAD' // the native addon could not be loaded
   | 'E_TEMPLATE' // a chat template failed to render the given messages
   | 'E_IO' // a file or directory could not be read or written (the message names the path)
+  | 'E_OVERLOADED' // too many requests wait for resources (retry later; HTTP 429 in the server)
   | 'E_INTERNAL'; // a bug in dsv2: please report it
 
 export const ERROR_CODES: readonly Dsv2ErrorCode[] = [
   'E_SHAPE', 'E_DTYPE', 'E_RANGE', 'E_ARG', 'E_CHECKPOINT', 'E_CUDA', 'E_OOM',
-  'E_ABORTED', 'E_DISPOSED', 'E_UNSUPPORTED', 'E_DEVICE', 'E_LOAD', 'E_TEMPLATE', 'E_IO', 'E_INTERNAL',
+  'E_ABORTED', 'E_DISPOSED', 'E_UNSUPPORTED', 'E_DEVICE', 'E_LOAD', 'E_TEMPLATE', 'E_IO', 'E_OVERLOADED', 'E_INTERNAL',
 ];
 
 export class Dsv2Error extends Error {

@@ -10,6 +10,7 @@ import { VERSION } from '../paths';
 import { benchCommands } from './bench';
 import { infoCommand } from './info';
 import { modelCommands } from './model-commands';
+import { serveCommand } from './serve';
 
 export function program(): Command {
   const cmd = new Command('dsv2')
@@ -23,6 +24,7 @@ export function program(): Command {
   infoCommand(cmd);
   modelCommands(cmd);
   benchCommands(cmd);
+  serveCommand(cmd);
   return cmd;
 }
 

@@ -3,7 +3,7 @@
  * forward pass — `logits()` and streaming `generate()`. All async; dispose() frees it all.
  */
 import { info } from '../info';
-import { Dsv2Error, throwIfAborted } from '../errors';
+import { abortError, Dsv2Error, throwIfAborted } from '../errors';
 import { KvCache, type KvCacheDtype } from '../kv-cache';
 import * as ops from '../ops';
 import { Tensor } from '../tensor';
@@ -13,7 +13,7 @@ import { DecodeBatcher, type BatchStats } from './batcher';
 import { NativeEngine, type EngineMemory } from './engine';
 import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { checkMessages, describe, Tokenizer, type ChatMessage } from './tokenizer';
-import { PrefixCache, type PrefixCacheStats } from './prefix-cache';
+import { PrefixCache, type PrefixCacheStats, type PrefixMatch } from './prefix-cache';
 import { checkTensors, loadWeights, type ModelWeights } from './weights';
 
 export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
@@ -34,6 +34,14 @@ export interface ModelLoadOptions {
    * batching); default 16. 1 runs every generation's steps alone.
    */
   maxBatch?: number;
+  /**
+   * Generations that may wait for KV pages at once (default 1024): past it, generate() rejects
+   * with E_OVERLOADED. A generation waits (before its first token) until its prompt's pages
+   * can be had, so none fails mid-stream for lack of pages; when running generations need
+   * pages that are not there, the newest is preempted — its pages freed, its cache recomputed
+   * from its tokens when pages return — and its output stays what it would be alone.
+   */
+  maxQueue?: number;
   /** KV cache storage; default bf16. */
   kvCache?: KvCacheDtype;
   /**
@@ -184,6 +192,15 @@ function logprobsOf(row: Float32Array, token: number, k: number): { logprob: num
   return { logprob: row[token] - lse, topLogprobs: best.map((id) => ({ token: id, logprob: row[id] - lse })) };
 }
 
+/** A generation holding (or waiting for) KV pages. */
+interface RunState {
+  seq: SeqState;
+  /** Its pinned prefix-cache pages. */
+  match: PrefixMatch | null;
+  /** Asked to yield its pages (preempted) at its next step. */
+  preempt: boolean;
+}
+
 interface CheckedOptions {
   prompt?: string;
   messages?: ChatMessage[];
@@ -297,8 +314,20 @@ export class Model {
   readonly extraTensors: readonly string[];
   #ctx: ForwardContext | null;
   #batcher: DecodeBatcher | null;
+  /** Generations holding pages, oldest first (the newest is preempted first). */
+  readonly #running: RunState[] = [];
+  /** Wake-ups of generations waiting for pages (admission, or a page to grow into). */
+  #waiters: (() => void)[] = [];
+  /** Running generations waiting for pages a preempted one frees. */
+  #starved = 0;
+  /** New generations waiting to be admitted (bounded by maxQueue). */
+  #queued = 0;
+  readonly #maxQueue: number;
+  #admissions = 0;
+  readonly #sched = { preemptions: 0, queuedPeak: 0 };
 
-  private constructor(dir: string, ctx: ForwardContext, tokenizer: Tokenizer | null, extras: string[]) {
+  private constructor(dir: string, ctx: ForwardContext, tokenizer: Tokenizer | null, extras: string[], maxQueue: number) {
+    this.#maxQueue = maxQueue;
     this.dir = dir;
     this.config = ctx.config;
     this.tokenizer = tokenizer;
@@ -324,6 +353,8 @@ export class Model {
     if (opts.maxStepTokens !== undefined && (!Number.isSafeInteger(opts.maxStepTokens) || opts.maxStepTokens < 1)) {
       throw new Dsv2Error('E_RANGE', `maxStepTokens = ${opts.maxStepTokens} must be a positive integer`);
     }
+    const maxQueue = opts.maxQueue ?? 1024;
+    if (!Number.isSafeInteger(maxQueue) || maxQueue < 0) throw new Dsv2Error('E_RANGE', `maxQueue = ${maxQueue} must be a non-negative integer`);
     const maxBatch = opts.maxBatch ?? 16;
     if (!Number.isSafeInteger(maxBatch) || maxBatch < 1 || maxBatch > 4096) throw new Dsv2Error('E_RANGE', `maxBatch = ${maxBatch} must be an integer in [1, 4096]`);
     const ck = await Checkpoint.open(dir);
@@ -376,7 +407,7 @@ export class Model {
     })();
     const ctx: ForwardContext = { config: c, weights, cache, rope, engine: engine ?? undefined };
     if (opts.prefixCache ?? true) ctx.prefix = new PrefixCache(cache);
-    return new Model(dir, ctx, tokenizer, extras);
+    return new Model(dir, ctx, tokenizer, extras, maxQueue);
   }
 
   /** Decode steps the engine ran for generate() and the tokens they produced (tokens / steps: the mean batch). */
@@ -522,7 +553,7 @@ export class Model {
     if (tok?.eosId !== null && tok?.eosId !== undefined) eos.add(tok.eosId);
     const stops = g.stop;
     const maxStop = stops.reduce((a, s) => Math.max(a, s.length), 0);
-    const seq: SeqState = { pages: [], length: 0 };
+    const st: RunState = { seq: { pages: [], length: 0 }, match: null, preempt: false };
     const out: number[] = [];
     // Text is decoded incrementally (O(1) per token): `text` is what the stream has completed,
     // text[0, emitted) what the chunks have carried.
@@ -552,15 +583,12 @@ export class Model {
     };
     let finish: GenerateResult['finishReason'] = 'length';
     const what = 'the generation';
-    // The longest cached prefix (whole pages, at least one prompt token left to compute).
-    const match = ctx.prefix?.match(ids, ids.length - 1) ?? null;
-    if (match) {
-      seq.pages.push(...match.pages);
-      seq.length = match.tokens;
-    }
+    let admitted = false;
     try {
       throwIfAborted(g.signal, what);
-      reserve(ctx, seq, ids.length - seq.length);
+      // Waits (bounded) until the prompt's pages can be had.
+      await this.#admit(st, ids, ids.length, g.signal, true);
+      admitted = true;
       const sampling = { temperature: g.temperature, topK: g.topK, topP: g.topP };
       // Penalties, bias, min-p and logprobs need the logits row on the host: such a generation
       // runs its steps alone (not in the batcher) and samples with ops.sample — the same draw
@@ -576,24 +604,36 @@ export class Model {
       const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<Next> => {
         if (hostLogits) {
           const row = ctx.engine
-            ? (await engineForward(ctx.engine, ctx.config, seq, input, mode, 'last', g.signal)).logits!.data as Float32Array
-            : (await forward(ctx, seq, input, mode, g.signal, 'last')).data as Float32Array;
+            ? (await engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'last', g.signal)).logits!.data as Float32Array
+            : (await forward(ctx, st.seq, input, mode, g.signal, 'last')).data as Float32Array;
           const proc = processLogits(row, g, seen, counts);
           const token = (await ops.sample(Tensor.from(proc, [1, row.length]), { ...sampling, seed: stepSeed })).data[0] as number;
           return g.logprobs === null ? { token } : { token, ...logprobsOf(row, token, g.logprobs) };
         }
         if (this.#batcher && mode === 'decode' && input.length === 1) {
-          return { token: await this.#batcher.next({ seq, token: input[0], sampling, seed: stepSeed }) };
+          return { token: await this.#batcher.next({ seq: st.seq, token: input[0], sampling, seed: stepSeed }) };
         }
         if (ctx.engine) {
-          const r = await engineForward(ctx.engine, ctx.config, seq, input, mode, 'none', g.signal, { ...sampling, seeds: [stepSeed] });
+          const r = await engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'none', g.signal, { ...sampling, seeds: [stepSeed] });
           return { token: r.token! };
         }
-        const last = await forward(ctx, seq, input, mode, g.signal, 'last');
+        const last = await forward(ctx, st.seq, input, mode, g.signal, 'last');
         return { token: (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number };
       };
       const seedOf = (step: number) => (g.seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
-      let n = await nextToken(ids.subarray(seq.length), 'prefill', seedOf(0));
+      let n = await nextToken(ids.subarray(st.seq.length), 'prefill', seedOf(0));
+      /**
+       * After a preemption: the cache rebuilt exactly as it was — the prompt prefilled (over any
+       * cached prefix), then every fed output token decoded one at a time, as they were
+       * (decode rows are computed alone, batched or not) — so the output continues unchanged.
+       */
+      const recompute = async (): Promise<void> => {
+        const feedOnly = (input: Int32Array, mode: AttentionMode) => (ctx.engine
+          ? engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'none', g.signal)
+          : forward(ctx, st.seq, input, mode, g.signal, 'last'));
+        await feedOnly(ids.subarray(st.seq.length), 'prefill');
+        for (let i = 0; i + 1 < out.length; i++) await feedOnly(Int32Array.of(out[i]), 'decode');
+      };
       for (let step = 0; step < g.maxNewTokens; step++) {
         throwIfAborted(g.signal, what);
         const next = n.token;
@@ -608,7 +648,7 @@ export class Model {
         out.push(next);
         seen.add(next);
         counts.set(next, (counts.get(next) ?? 0) + 1);
-        const final = step + 1 === g.maxNewTokens || seq.length + 1 > maxSequenceTokens(ctx);
+        const final = step + 1 === g.maxNewTokens || st.seq.length + 1 > maxSequenceTokens(ctx);
         const piece = stream ? stream.push(next) + (final ? stream.flush() : '') : '';
         const chunk: GenerateChunk = { token: next, text: feed(piece, final) };
         if (n.logprob !== undefined) chunk.logprob = n.logprob;
@@ -619,7 +659,7 @@ export class Model {
           break;
         }
         if (final) break; // maxNewTokens reached, or the context is full: finish with 'length'
-        reserve(ctx, seq, 1);
+        await this.#grow(st, ids, out, g.signal, recompute);
         n = await nextToken(Int32Array.of(next), 'decode', seedOf(step + 1));
       }
       if (!stopHit && stream) {
@@ -629,16 +669,152 @@ export class Model {
       }
       return { tokens: out, text, finishReason: finish, promptTokens: ids.length };
     } finally {
-      if (this.#ctx) {
-        // Full pages of the prompt go to the prefix cache. Only the prompt's: a token's latent
-        // written by a decode step (M = 1 GEMMs) can differ in the last bits from the same
-        // token prefilled, and a later prompt that reused it would not be bit-identical to a
-        // model without the cache. (A chat's next turn still reuses the earlier turns: its
-        // prompt, answers included, was prefilled.)
-        const free = ctx.prefix ? ctx.prefix.finish(ids, seq.pages, Math.min(seq.length, ids.length), match) : seq.pages;
-        if (free.length) ctx.cache.freePages(free);
-      }
+      if (admitted || st.seq.pages.length) this.#release(st, ids);
     }
+  }
+
+  /**
+   * Gives a generation's pages back: the full pages of its prompt to the prefix cache, the rest
+   * to the pool. Only the prompt's: a token's latent written by a decode step (M = 1 GEMMs) can
+   * differ in the last bits from the same token prefilled, and a later prompt that reused it
+   * would not be bit-identical to a model without the cache. (A chat's next turn still reuses
+   * the earlier turns: its prompt, answers included, was prefilled.)
+   */
+  #release(st: RunState, ids: Int32Array): void {
+    const at = this.#running.indexOf(st);
+    if (at >= 0) this.#running.splice(at, 1);
+    const ctx = this.#ctx;
+    if (ctx) {
+      const free = ctx.prefix ? ctx.prefix.finish(ids, st.seq.pages, Math.min(st.seq.length, ids.length), st.match) : st.seq.pages;
+      if (free.length) ctx.cache.freePages(free);
+    }
+    st.seq = { pages: [], length: 0 };
+    st.match = null;
+    this.#wake();
+  }
+
+  /** Wakes every waiting generation to try again (pages were freed, or a preemption was asked). */
+  #wake(): void {
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const f of w) f();
+  }
+
+  #wait(signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        this.#waiters = this.#waiters.filter((f) => f !== done);
+        reject(abortError(signal!, 'the generation (waiting for KV cache pages)'));
+      };
+      const done = () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.push(done);
+    });
+  }
+
+  /**
+   * Admits a generation: pages for its first `tokens` tokens of `ids` (the longest cached
+   * prefix reused, at least one token left to compute), waiting while they cannot be had. New
+   * generations (`fresh`) wait in a queue bounded by maxQueue (E_OVERLOADED past it); they
+   * never preempt running ones.
+   */
+  async #admit(st: RunState, ids: Int32Array, tokens: number, signal: AbortSignal | undefined, fresh: boolean): Promise<void> {
+    const ctx = this.#context();
+    let queued = false;
+    try {
+      for (;;) {
+        while (this.#starved > 0) await this.#wait(signal); // a running generation waits for freed pages: it goes first
+        const m = ctx.prefix?.match(ids, Math.min(tokens, ids.length) - 1) ?? null;
+        const seq: SeqState = { pages: m ? [...m.pages] : [], length: m?.tokens ?? 0 };
+        try {
+          reserve(ctx, seq, tokens - seq.length);
+          st.seq = seq;
+          st.match = m;
+          st.preempt = false;
+          this.#running.push(st);
+          this.#admissions++;
+          return;
+        } catch (e) {
+          if (m) ctx.prefix!.release(m);
+          if (seq.pages.length > (m?.pages.length ?? 0)) ctx.cache.freePages(seq.pages.slice(m?.pages.length ?? 0));
+          if (!(e instanceof Dsv2Error) || e.code !== 'E_OOM') throw e;
+        }
+        if (fresh && !queued) {
+          if (this.#queued >= this.#maxQueue) {
+            throw new Dsv2Error('E_OVERLOADED', `overloaded: ${this.#queued} generations already wait for KV cache pages (maxQueue ${this.#maxQueue})`);
+          }
+          queued = true;
+          this.#queued++;
+          this.#sched.queuedPeak = Math.max(this.#sched.queuedPeak, this.#queued);
+        }
+        await this.#wait(signal);
+      }
+    } finally {
+      if (queued) this.#queued--;
+    }
+  }
+
+  /**
+   * Room for the next token of a running generation. When the cache has no page for it, the
+   * newest running generation is asked to yield its pages (preempted) — this one itself when
+   * it is the newest — and this one waits; a preempted one frees its pages here, waits to be
+   * admitted again and rebuilds its cache (`recompute`).
+   */
+  async #grow(st: RunState, ids: Int32Array, out: readonly number[], signal: AbortSignal | undefined, recompute: () => Promise<void>): Promise<void> {
+    const ctx = this.#context();
+    // While this generation waits for a page a victim frees, admissions wait (#starved): the
+    // freed pages are its, not the next comer's (nor the victim's own re-admission's).
+    let starving = false;
+    const fed = () => {
+      if (starving) {
+        starving = false;
+        this.#starved--;
+        this.#wake();
+      }
+    };
+    try {
+      for (;;) {
+        if (st.preempt) {
+          fed();
+          this.#sched.preemptions++;
+          this.#release(st, ids);
+          // Pages for the prompt and every fed output token (all but the last, not yet fed);
+          // the prompt's may come from the prefix cache.
+          await this.#admit(st, ids, ids.length + out.length - 1, signal, false);
+          await recompute();
+          continue;
+        }
+        try {
+          reserve(ctx, st.seq, 1);
+          return;
+        } catch (e) {
+          if (!(e instanceof Dsv2Error) || e.code !== 'E_OOM') throw e;
+        }
+        const newer = this.#running.slice(this.#running.indexOf(st) + 1).filter((r) => !r.preempt);
+        if (newer.length === 0) {
+          st.preempt = true; // the newest: it yields itself
+          continue;
+        }
+        if (!starving) {
+          starving = true;
+          this.#starved++;
+        }
+        newer[newer.length - 1].preempt = true;
+        this.#wake(); // a victim waiting for pages sees its flag
+        await this.#wait(signal);
+      }
+    } finally {
+      fed();
+    }
+  }
+
+  /** Scheduler counters: generations admitted, waiting now (and the peak), preemptions, running now. */
+  schedulerStats(): { admitted: number; waiting: number; waitingPeak: number; preemptions: number; running: number } {
+    return { admitted: this.#admissions, waiting: this.#queued, waitingPeak: this.#sched.queuedPeak, preemptions: this.#sched.preemptions, running: this.#running.length };
   }
 
   /** Frees the weights' references, the engine and the KV cache. */

@@ -9,6 +9,12 @@ export interface MetricsSources {
   running(): number;
   pagesUsed(): number;
   pagesFree(): number;
+  /** Pages the prefix cache keeps for later prompts (part of pagesUsed), and its hit rate. */
+  prefixPages(): number;
+  prefixHitRate(): number;
+  /** The model's batched decode steps and the tokens they made (tokens / steps: the mean batch). */
+  decodeSteps(): number;
+  decodeTokens(): number;
 }
 
 export class ServerMetrics {
@@ -32,6 +38,10 @@ export class ServerMetrics {
     new Gauge({ name: 'dsv2_running_sequences', help: 'Generation requests running on the model', registers, collect() { this.set(src.running()); } });
     new Gauge({ name: 'dsv2_kv_pages_used', help: 'KV cache pages in use', registers, collect() { this.set(src.pagesUsed()); } });
     new Gauge({ name: 'dsv2_kv_pages_free', help: 'KV cache pages free', registers, collect() { this.set(src.pagesFree()); } });
+    new Gauge({ name: 'dsv2_prefix_cache_pages', help: 'KV pages the prefix cache keeps for later prompts (counted in dsv2_kv_pages_used)', registers, collect() { this.set(src.prefixPages()); } });
+    new Gauge({ name: 'dsv2_prefix_cache_hit_rate', help: 'Prompt tokens found in the prefix cache / prompt tokens looked up', registers, collect() { this.set(src.prefixHitRate()); } });
+    new Gauge({ name: 'dsv2_decode_steps', help: 'Batched decode steps the model ran (a count since load)', registers, collect() { this.set(src.decodeSteps()); } });
+    new Gauge({ name: 'dsv2_decode_step_tokens', help: 'Tokens those decode steps made (a count since load; / dsv2_decode_steps = the mean batch)', registers, collect() { this.set(src.decodeTokens()); } });
     this.timeToFirstToken = new Histogram({
       name: 'dsv2_time_to_first_token_seconds', help: 'From a generation request\'s arrival to its first token (queueing and prefill included)', registers,
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],

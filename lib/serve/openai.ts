@@ -39,6 +39,7 @@ export function toApiError(e: unknown): ApiError {
   if (e instanceof Dsv2Error) {
     if (BAD_INPUT.has(e.code)) return new ApiError(400, e.message, { code: e.code });
     if (e.code === 'E_ABORTED') return new ApiError(503, e.message, { code: e.code, type: 'server_error' });
+    if ((e.code as string) === 'E_OVERLOADED') return new ApiError(429, e.message, { code: e.code, type: 'overloaded', headers: { 'retry-after': '1' } });
     return new ApiError(500, e.message, { code: e.code });
   }
   const err = e as { statusCode?: unknown; message?: unknown; code?: unknown };
@@ -75,7 +76,24 @@ function contentText(c: unknown): string {
 }
 
 /** Turns a validated body (the schemas in schema.ts) into a Plan; ApiError 400 for what the schema cannot check. */
-export function plan(kind: 'chat' | 'completion', body: Body, tok: Tokenizer | null, vocabSize: number): Plan {
+/**
+ * Encodes `text`, refusing early a text far past the context: tokenizing is synchronous (about
+ * 3 µs a character), so a long text is first measured by a prefix of 16 characters per token
+ * of context — more tokens than the context there, and the whole cannot fit either.
+ */
+function encodeBounded(tok: Tokenizer, text: string, addBos: boolean, contextLength: number, param: string): number[] {
+  const probe = 16 * contextLength;
+  if (text.length > probe) {
+    const n = tok.encode(text.slice(0, probe), { addBos }).length;
+    if (n > contextLength + 1) {
+      throw new ApiError(400, `this model's maximum context length is ${contextLength} tokens, and the prompt has more than ${n - 1}`,
+        { param, code: 'context_length_exceeded' });
+    }
+  }
+  return tok.encode(text, { addBos });
+}
+
+export function plan(kind: 'chat' | 'completion', body: Body, tok: Tokenizer | null, vocabSize: number, contextLength: number): Plan {
   if (given(body.n) && body.n !== 1) throw new ApiError(400, `n = ${String(body.n)}: only n = 1 is supported`, { param: 'n', code: 'unsupported_value' });
   if (given(body.best_of) && body.best_of !== 1) throw new ApiError(400, `best_of = ${String(body.best_of)}: only best_of = 1 is supported`, { param: 'best_of', code: 'unsupported_value' });
   if (typeof body.suffix === 'string' && body.suffix.length > 0) throw new ApiError(400, 'suffix is not supported', { param: 'suffix', code: 'unsupported_value' });
@@ -102,9 +120,11 @@ export function plan(kind: 'chat' | 'completion', body: Body, tok: Tokenizer | n
         role: (m.role === 'developer' ? 'system' : m.role) as ChatMessage['role'],
         content: contentText(m.content),
       }));
-      tokens = needTok('messages').encodeChat(messages);
+      // = encodeChat: the template renders BOS itself when it wants one.
+      tokens = encodeBounded(needTok('messages'), needTok('messages').renderChat(messages), false, contextLength, 'messages');
     } else if (typeof body.prompt === 'string') {
-      tokens = needTok('a text prompt').encode(body.prompt);
+      const t = needTok('a text prompt');
+      tokens = encodeBounded(t, body.prompt, t.addBos, contextLength, 'prompt');
       if (body.echo === true) echo = body.prompt;
     } else {
       tokens = [...(body.prompt as number[])];

@@ -17,7 +17,7 @@
  * of Model.generate), which frees its pages. Nothing here blocks the event loop for long:
  * generation is async, tokenizing is bounded by the body limit.
  */
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -29,8 +29,11 @@ import { ServerMetrics } from './metrics';
 import { ApiError, finishReason, Logprobs, newId, plan, toApiError, usage, type Plan } from './openai';
 import { chatBodySchema, completionBodySchema } from './schema';
 
-/** What the server uses of a Model (a Model is one). */
-export type ServableModel = Pick<Model, 'generate' | 'cache' | 'config' | 'tokenizer' | 'dir'>;
+/** What the server uses of a Model (a Model is one); the stats methods feed /metrics when present. */
+export type ServableModel = Pick<Model, 'generate' | 'cache' | 'config' | 'tokenizer' | 'dir'> & {
+  prefixCacheStats?: () => { pages: number; hitRate: number } | null;
+  batchStats?: () => { steps: number; tokens: number };
+};
 
 export interface ServerOptions {
   /** The model's name in responses and /v1/models; default: the basename of the model directory. */
@@ -169,6 +172,10 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
   const metrics = new ServerMetrics({
     queued: () => admission.waiting, running: () => admission.running,
     pagesUsed: () => safe(() => model.cache.pagesUsed), pagesFree: () => safe(() => model.cache.pagesFree),
+    prefixPages: () => safe(() => model.prefixCacheStats?.()?.pages ?? 0),
+    prefixHitRate: () => safe(() => model.prefixCacheStats?.()?.hitRate ?? 0),
+    decodeSteps: () => safe(() => model.batchStats?.().steps ?? 0),
+    decodeTokens: () => safe(() => model.batchStats?.().tokens ?? 0),
   });
   const created = Math.floor(Date.now() / 1000);
   let closing = false;
@@ -193,8 +200,17 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allowUnionTypes: true, allErrors: false } },
   });
 
-  const dbgSockets = new Set<import('node:net').Socket>();
-  app.server.on('connection', (so) => { dbgSockets.add(so); so.on('close', () => dbgSockets.delete(so)); });
+  // Open connections and the requests in flight on each: at shutdown, those with none are
+  // closed (closeIdleConnections misses a connection that has not sent a request yet).
+  const sockets = new Map<Socket, number>();
+  app.server.on('connection', (so: Socket) => {
+    sockets.set(so, 0);
+    so.once('close', () => sockets.delete(so));
+  });
+  const closeIdle = () => {
+    app.server.closeIdleConnections();
+    for (const [so, n] of sockets) if (n === 0) so.destroy();
+  };
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     const api = err.validation ? validationError(err.validation as unknown as AjvError[])
       : err instanceof SyntaxError || (err.code?.startsWith('FST_ERR_CTP_') && err.statusCode === 400)
@@ -212,9 +228,13 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
   const key = opts.apiKey === undefined ? null : Buffer.from(`Bearer ${opts.apiKey}`);
   app.addHook('onRequest', async (req, reply) => {
     const endpoint = req.routeOptions.url ?? 'other';
-    if (process.env.DSV2_DEBUG_CLOSE) process.stderr.write(`request ${req.url} on port ${req.raw.socket.remotePort}\n`);
     const res = reply.raw;
-    res.once('close', () => metrics.requests.inc({ endpoint, status: res.writableFinished ? String(res.statusCode) : '499' }));
+    const so = req.raw.socket as Socket;
+    if (sockets.has(so)) sockets.set(so, sockets.get(so)! + 1);
+    res.once('close', () => {
+      if (sockets.has(so)) sockets.set(so, sockets.get(so)! - 1);
+      metrics.requests.inc({ endpoint, status: res.writableFinished ? String(res.statusCode) : '499' });
+    });
     if (key && (req.url === '/v1' || req.url.startsWith('/v1/'))) {
       const got = Buffer.from(req.headers.authorization ?? '');
       if (got.length !== key.length || !timingSafeEqual(got, key)) {
@@ -245,7 +265,7 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
     const t0 = performance.now();
     const endpoint = kind === 'chat' ? '/v1/chat/completions' : '/v1/completions';
     if (closing) throw new ApiError(503, 'the server is shutting down', { code: 'shutting_down' });
-    const p = plan(kind, req.body as Record<string, unknown>, model.tokenizer, model.config.vocabSize);
+    const p = plan(kind, req.body as Record<string, unknown>, model.tokenizer, model.config.vocabSize, contextLength);
     const promptParam = kind === 'chat' ? 'messages' : 'prompt';
     if (p.tokens.length > contextLength) {
       throw new ApiError(400, `this model's maximum context length is ${contextLength} tokens, and the prompt has ${p.tokens.length}`,
@@ -279,7 +299,7 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
         if (c.token === null) return;
         metrics.generatedTokens.inc();
         const now = performance.now();
-        if (last !== -1) metrics.interTokenLatency.observe((now - last) / 1000);
+        metrics.interTokenLatency.observe((now - last) / 1000);
         last = now;
       };
       if (!first.done) {
@@ -450,8 +470,7 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
         }
         // The answers are written; close the connections they leave open (kept alive, idle).
         for (let i = 0; i < 80 && !appClosed; i++) {
-          app.server.closeIdleConnections();
-          if (process.env.DSV2_DEBUG_CLOSE && i % 20 === 0) for (const so of dbgSockets) { const m = (so as any)._httpMessage; process.stderr.write(`close loop ${i}: port ${so.remotePort} read ${so.bytesRead} destroyed ${so.destroyed} msg ${m ? `${m.req?.url} finished ${m.finished} ended ${m.writableEnded}` : 'none'}\n`); }
+          closeIdle();
           await Promise.race([closing$, sleep(25)]);
         }
         if (!appClosed) app.server.closeAllConnections();
