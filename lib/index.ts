@@ -16,7 +16,7 @@ export { NativeEngine, type EngineLimits, type EngineMemory, type EngineSampling
 export { Tokenizer, type ChatMessage } from './model/tokenizer';
 export { Checkpoint } from './model/checkpoint';
 export { parseConfig, type DeepSeekConfig } from './model/config';
-export { defaultModelDir, cacheDir } from './model/default';
+export { defaultModelDir, tinyModelDir, cacheDir, DEMO_MODEL_DIR } from './model/default';
 export { PrefixCache, type PrefixCacheStats } from './model/prefix-cache';
 export { perplexity, type PerplexityOptions, type PerplexityResult } from './model/perplexity';
 export { makeTiny, TINY_KINDS, type TinyKind, type MakeTinyOptions } from './model/tiny';

@@ -60,10 +60,10 @@ cat > tsconfig.json <<'JSON'
   "outDir": "out", "types": ["node"], "lib": ["ES2022", "ESNext.Disposable"], "skipLibCheck": false }, "files": ["main.mts"] }
 JSON
 cat > main.mts <<'TS'
-import { Model, Tensor, ops, Dsv2Error, info, type GenerateOptions, type GenerateResult } from 'dsv2';
+import { Model, Tensor, ops, Dsv2Error, info, defaultModelDir, type GenerateOptions, type GenerateResult } from 'dsv2';
 const i = await info();
 const opts: GenerateOptions = { prompt: 'Hello', maxNewTokens: 4 };
-const dir: string = process.env.DSV2_CACHE_DIR + '/default-v2-tiny';
+const dir: string = await defaultModelDir();
 const m = await Model.load(dir, { device: 'cpu' });
 const r: GenerateResult = await m.generate(opts).result;
 await m.dispose();
