@@ -74,3 +74,14 @@ export function abortError(signal: AbortSignal, what: string): unknown {
 export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
   if (signal?.aborted) throw abortError(signal, what);
 }
+
+/** A value for an error message: JSON, cut short when long (a fuzzed config may hold megabytes). */
+export function showValue(v: unknown): string {
+  let s: string;
+  try {
+    s = typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v); // JSON writes Infinity and NaN as null
+  } catch {
+    s = String(v);
+  }
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}

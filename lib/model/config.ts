@@ -3,7 +3,7 @@
  * from here; nothing is hard-coded (V2's sizes are only defaults where the published
  * modeling code has them).
  */
-import { Dsv2Error } from '../errors';
+import { Dsv2Error, showValue as show } from '../errors';
 import { ropeFromConfig, softmaxScale, type RopeConfig } from '../ops/rope';
 import type { MoeMethod } from '../ops/moe';
 
@@ -52,16 +52,6 @@ function err(msg: string): never {
   throw new Dsv2Error('E_CHECKPOINT', `config.json: ${msg}`);
 }
 
-/** A value for a message: JSON, cut short when long (a fuzzed config may hold megabytes). */
-function show(v: unknown): string {
-  let s: string;
-  try {
-    s = typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v); // JSON writes Infinity and NaN as null
-  } catch {
-    s = String(v);
-  }
-  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
-}
 
 /**
  * Upper limits of the sizes in config.json. Each is far above every published model (so no

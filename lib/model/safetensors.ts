@@ -16,7 +16,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Dsv2Error } from '../errors';
+import { Dsv2Error, showValue as show } from '../errors';
 import { Tensor, type DType } from '../tensor';
 
 /** Safetensors dtypes dsv2 reads, and the dsv2 dtype each becomes. */
@@ -50,16 +50,6 @@ function fail(file: string, msg: string): never {
   throw new Dsv2Error('E_CHECKPOINT', `${path.basename(file)}: ${msg}`);
 }
 
-/** A value for a message: JSON, cut short when long. */
-function show(v: unknown): string {
-  let s: string;
-  try {
-    s = typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v); // JSON writes Infinity and NaN as null
-  } catch {
-    s = String(v);
-  }
-  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
-}
 
 /**
  * The keys of the top-level object of `text`, in order, duplicates included (JSON.parse keeps

@@ -2,7 +2,7 @@
  * RoPE/YaRN settings from a DeepSeek config.json, and the attention softmax scale that
  * YaRN implies (DeepseekV2Attention: `q_head_dim^-0.5 · mscale(factor, mscale_all_dim)²`).
  */
-import { Dsv2Error } from '../errors';
+import { Dsv2Error, showValue as show } from '../errors';
 import type { Tensor } from '../tensor';
 
 /** config.json `rope_scaling` of type "yarn", in camelCase. */
@@ -39,15 +39,6 @@ function bad(msg: string): never {
   throw new Dsv2Error('E_CHECKPOINT', `config.json: ${msg}`);
 }
 
-function show(v: unknown): string {
-  let s: string;
-  try {
-    s = typeof v === 'number' ? String(v) : JSON.stringify(v) ?? String(v); // JSON writes Infinity and NaN as null
-  } catch {
-    s = String(v);
-  }
-  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
-}
 
 /**
  * config[key] (named `prefix + key` in messages): a finite number in [lo, hi] (`open` makes
