@@ -1,8 +1,9 @@
 /**
  * Admission of generation requests: at most `maxQueue` waiting or running (past that the
  * caller answers 429), at most `maxRunning` running, and a request runs only when the KV
- * pages it can need at most (prompt + max new tokens) fit beside those already promised to
- * the running ones — so a running generation never meets a full cache (E_OOM) half-way.
+ * pages its caller asks for (the server: its prompt's) fit beside those already promised to
+ * the running ones. (Pages for the output are found by the model's own scheduler, which
+ * waits or preempts rather than fail a generation half-way.)
  * First come, first served: the head of the queue is never overtaken.
  */
 import { abortError } from '../errors';

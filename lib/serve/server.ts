@@ -12,8 +12,10 @@
  *
  * Generation requests pass an admission queue (admission.ts): at most maxQueue waiting or
  * running (429 past it), at most maxRunning running at once (their decode steps share
- * batched engine steps: Model.generate's continuous batching), and each runs only when the
- * KV pages it can need fit. A client that goes away aborts its generation (the AbortSignal
+ * batched engine steps: Model.generate's continuous batching), and each starts only when its
+ * prompt's KV pages fit beside the other running prompts'; pages for the output are the
+ * model's to find (Model's scheduler: it waits or preempts, and never fails a generation
+ * mid-stream for lack of pages). A client that goes away aborts its generation (the AbortSignal
  * of Model.generate), which frees its pages. Nothing here blocks the event loop for long:
  * generation is async, tokenizing is bounded by the body limit.
  */
@@ -273,7 +275,8 @@ export function createServer(model: ServableModel, opts: ServerOptions = {}): Ds
     }
     // The context bounds the output too: generation ends with "length" when it is full.
     const maxNew = Math.max(1, Math.min(p.maxTokens ?? defaultMaxTokens, contextLength - p.tokens.length));
-    const pages = Math.ceil(Math.min(p.tokens.length + maxNew, contextLength) / pageSize);
+    // The prompt's pages only: the output's are found by the model's scheduler as it grows.
+    const pages = Math.ceil(p.tokens.length / pageSize);
 
     const res = reply.raw;
     const ac = new AbortController();
