@@ -18,6 +18,7 @@ export { Checkpoint } from './model/checkpoint';
 export { parseConfig, type DeepSeekConfig } from './model/config';
 export { defaultModelDir, tinyModelDir, cacheDir, DEMO_MODEL_DIR } from './model/default';
 export { PrefixCache, type PrefixCacheStats } from './model/prefix-cache';
+export { ChatSession, type ChatSendOptions } from './model/chat';
 export { perplexity, type PerplexityOptions, type PerplexityResult } from './model/perplexity';
 export { makeTiny, TINY_KINDS, type TinyKind, type MakeTinyOptions } from './model/tiny';
 export { SafetensorsFile, writeSafetensors } from './model/safetensors';
