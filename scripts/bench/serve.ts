@@ -1,12 +1,15 @@
 /**
- * Load benchmark of `dsv2 serve`: C concurrent clients send R streamed chat requests in all
- * (each asks for exactly --max-tokens tokens: ignore_eos) and the run reports request and
- * token throughput, time to first token and inter-token latency (p50 / p90 / p99), as seen
- * by the clients, plus the server's mean decode batch. In-process (a server on 127.0.0.1,
- * port 0, over --model or the built-in tiny model), or against a running server with --url.
+ * Load benchmark of `dsv2 serve`: at each concurrency C (--clients 1,8,32), C clients send R
+ * streamed chat requests in all (default R = 4·C, at most 128; each asks for exactly
+ * --max-tokens tokens: ignore_eos) and the run reports request and token throughput, time to
+ * first token and inter-token latency (p50 / p90 / p99) as seen by the clients, the server's
+ * mean decode batch and the prefix-cache hit rate (every request shares a system prompt of
+ * about --prompt-tokens characters, as a deployment's requests do; the user turn differs).
+ * In-process (a server on 127.0.0.1, port 0, over --model or the built-in demo model), or
+ * against a running server with --url. Bounded: R requests per level, each with a timeout.
  *
- *   node dist/scripts/bench/serve.js [--model DIR] [--device cpu|cuda|auto] [--clients 32]
- *     [--requests 128] [--max-tokens 64] [--prompt-tokens 128] [--max-batch 16] [--url URL] [--json] [--save]
+ *   node dist/scripts/bench/serve.js [--model DIR] [--device cpu|cuda|auto] [--clients 1,8,32]
+ *     [--requests R] [--max-tokens 64] [--prompt-tokens 512] [--max-batch 32] [--url URL] [--json] [--save]
  *
  * --save writes bench/results/serve-<device>-<date>.json (in-process runs). Never asserts;
  * exits 1 when a request failed.
@@ -19,8 +22,8 @@ import { table, writeResults } from './common';
 interface Args {
   model?: string;
   device: 'auto' | 'cpu' | 'cuda';
-  clients: number;
-  requests: number;
+  clients: number[];
+  requests: number | null;
   maxTokens: number;
   promptTokens: number;
   maxBatch: number;
@@ -30,7 +33,7 @@ interface Args {
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { device: 'auto', clients: 32, requests: 128, maxTokens: 64, promptTokens: 128, maxBatch: 16, json: false, save: false };
+  const a: Args = { device: 'auto', clients: [1, 8, 32], requests: null, maxTokens: 64, promptTokens: 512, maxBatch: 32, json: false, save: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = () => {
@@ -46,7 +49,11 @@ function parse(argv: string[]): Args {
     switch (k) {
       case '--model': a.model = v(); break;
       case '--device': a.device = v() as Args['device']; break;
-      case '--clients': a.clients = n(k); break;
+      case '--clients': {
+        a.clients = v().split(',').map(Number);
+        if (!a.clients.every((c) => Number.isSafeInteger(c) && c >= 1 && c <= 1024)) throw new Error('--clients must be a comma-separated list of integers in [1, 1024]');
+        break;
+      }
       case '--requests': a.requests = n(k); break;
       case '--max-tokens': a.maxTokens = n(k); break;
       case '--prompt-tokens': a.promptTokens = n(k); break;
@@ -70,12 +77,12 @@ interface One { ttft: number; itl: number[]; tokens: number; seconds: number; er
 
 /** One streamed request; times measured at the client as SSE events arrive. */
 async function one(url: string, i: number, a: Args): Promise<One> {
-  // A prompt of about promptTokens tokens (≈ one per character in byte-level vocabularies; more or less elsewhere).
-  const text = `request ${i}: ${'lorem ipsum dolor sit amet '.repeat(Math.ceil(a.promptTokens / 27))}`.slice(0, a.promptTokens);
+  // A shared system prompt of about promptTokens characters, and a user turn of its own.
+  const system = 'You are a helpful assistant. Answer in the words of the King James Bible. '.repeat(Math.ceil(a.promptTokens / 74)).slice(0, a.promptTokens);
   const t0 = performance.now();
   const res = await fetch(`${url}/v1/chat/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(600_000),
-    body: JSON.stringify({ messages: [{ role: 'user', content: text }], max_tokens: a.maxTokens, temperature: 0, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ messages: [{ role: 'system', content: system }, { role: 'user', content: `request ${i}: and what did they say?` }], max_tokens: a.maxTokens, temperature: 0, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
   });
   if (!res.ok || !res.body) return { ttft: NaN, itl: [], tokens: 0, seconds: (performance.now() - t0) / 1000, error: `HTTP ${res.status}: ${await res.text()}` };
   const dec = new TextDecoder();
@@ -113,42 +120,52 @@ export async function benchServe(argv: string[]): Promise<number> {
   if (!url) {
     const dir = a.model ?? (await defaultModelDir());
     model = await Model.load(dir, { device: a.device, maxBatch: a.maxBatch, maxTokens: Math.max(4096, a.maxBatch * (a.promptTokens + a.maxTokens + 64)) });
-    server = createServer(model, { maxRunning: a.maxBatch, maxQueue: Math.max(256, a.requests) });
+    server = createServer(model, { maxRunning: a.maxBatch, maxQueue: 256 });
     url = (await server.listen('127.0.0.1', 0)).url;
   }
   try {
-    let next = 0;
-    const results: One[] = [];
-    const t0 = performance.now();
-    await Promise.all(Array.from({ length: Math.min(a.clients, a.requests) }, async () => {
-      while (next < a.requests) results.push(await one(url!, next++, a));
-    }));
-    const wall = (performance.now() - t0) / 1000;
-    const ok = results.filter((r) => !r.error);
-    const tokens = ok.reduce((s, r) => s + r.tokens, 0);
-    const ttft = ok.map((r) => r.ttft).filter((x) => !Number.isNaN(x));
-    const itl = ok.flatMap((r) => r.itl);
-    const stats = model?.batchStats();
+    const levels = [];
+    for (const clients of a.clients) {
+      const requests = a.requests ?? Math.min(128, 4 * clients);
+      const b0 = model?.batchStats();
+      const p0 = model?.prefixCacheStats();
+      let next = 0;
+      const results: One[] = [];
+      const t0 = performance.now();
+      await Promise.all(Array.from({ length: Math.min(clients, requests) }, async () => {
+        while (next < requests) results.push(await one(url!, next++, a));
+      }));
+      const wall = (performance.now() - t0) / 1000;
+      const ok = results.filter((r) => !r.error);
+      const tokens = ok.reduce((s, r) => s + r.tokens, 0);
+      const ttft = ok.map((r) => r.ttft).filter((x) => !Number.isNaN(x));
+      const itl = ok.flatMap((r) => r.itl);
+      const b1 = model?.batchStats();
+      const p1 = model?.prefixCacheStats();
+      levels.push({
+        clients, requests, ok: ok.length, errors: results.length - ok.length, seconds: wall,
+        requestsPerS: ok.length / wall, tokensPerS: tokens / wall,
+        ttftP50: pct(ttft, 50), ttftP90: pct(ttft, 90), ttftP99: pct(ttft, 99),
+        itlP50: pct(itl, 50), itlP90: pct(itl, 90), itlP99: pct(itl, 99),
+        meanDecodeBatch: b0 && b1 && b1.steps > b0.steps ? (b1.tokens - b0.tokens) / (b1.steps - b0.steps) : null,
+        prefixCacheHitRate: p0 && p1 && p1.queriedTokens > p0.queriedTokens ? (p1.hitTokens - p0.hitTokens) / (p1.queriedTokens - p0.queriedTokens) : null,
+        firstError: results.find((r) => r.error)?.error ?? null,
+      });
+    }
     const summary = {
-      device: model?.device ?? 'remote', clients: a.clients, requests: a.requests, ok: ok.length, errors: results.length - ok.length,
-      maxTokens: a.maxTokens, promptTokens: a.promptTokens, maxBatch: a.maxBatch, seconds: wall,
-      requestsPerS: ok.length / wall, tokensPerS: tokens / wall,
-      ttftP50: pct(ttft, 50), ttftP90: pct(ttft, 90), ttftP99: pct(ttft, 99),
-      itlP50: pct(itl, 50), itlP90: pct(itl, 90), itlP99: pct(itl, 99),
-      meanDecodeBatch: stats && stats.steps ? stats.tokens / stats.steps : null,
-      firstError: results.find((r) => r.error)?.error ?? null,
+      device: model?.device ?? 'remote', model: model?.dir ?? a.url, maxTokens: a.maxTokens, promptTokens: a.promptTokens, maxBatch: a.maxBatch, levels,
     };
     if (a.json) console.log(JSON.stringify(summary));
     else {
-      table([{
-        device: summary.device, clients: a.clients, requests: `${ok.length}/${a.requests}`, 'req/s': summary.requestsPerS, 'tok/s': summary.tokensPerS,
-        'ttft p50 ms': summary.ttftP50 * 1000, 'ttft p99 ms': summary.ttftP99 * 1000, 'itl p50 ms': summary.itlP50 * 1000, 'itl p99 ms': summary.itlP99 * 1000,
-        batch: summary.meanDecodeBatch ?? NaN,
-      }]);
-      if (summary.firstError) console.log(`first error: ${summary.firstError}`);
+      table(levels.map((l) => ({
+        device: summary.device, clients: l.clients, requests: `${l.ok}/${l.requests}`, 'req/s': l.requestsPerS, 'tok/s': l.tokensPerS,
+        'ttft p50 ms': l.ttftP50 * 1000, 'ttft p99 ms': l.ttftP99 * 1000, 'itl p50 ms': l.itlP50 * 1000, 'itl p99 ms': l.itlP99 * 1000,
+        batch: l.meanDecodeBatch ?? NaN, 'prefix hit': l.prefixCacheHitRate ?? NaN,
+      })));
+      for (const l of levels) if (l.firstError) console.log(`clients ${l.clients}: first error: ${l.firstError}`);
     }
     if (model && a.save) console.error(`wrote ${writeResults('serve', model.device, summary)}`);
-    return summary.errors ? 1 : 0;
+    return levels.some((l) => l.errors) ? 1 : 0;
   } finally {
     await server?.close();
     await model?.dispose();
