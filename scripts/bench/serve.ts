@@ -123,6 +123,7 @@ export async function benchServe(argv: string[]): Promise<number> {
     server = createServer(model, { maxRunning: a.maxBatch, maxQueue: 256 });
     url = (await server.listen('127.0.0.1', 0)).url;
   }
+  const rss0 = process.memoryUsage.rss();
   try {
     const levels = [];
     for (const clients of a.clients) {
@@ -152,8 +153,13 @@ export async function benchServe(argv: string[]): Promise<number> {
         firstError: results.find((r) => r.error)?.error ?? null,
       });
     }
+    // A soak's figures (in-process): RSS growth over the run, and pages no one owns afterwards
+    // (every generation has ended: the cache should hold only the prefix cache's pages).
+    global.gc?.();
+    const leakedPages = model ? model.cache.pagesUsed - (model.prefixCacheStats()?.pages ?? 0) : null;
     const summary = {
       device: model?.device ?? 'remote', model: model?.dir ?? a.url, maxTokens: a.maxTokens, promptTokens: a.promptTokens, maxBatch: a.maxBatch, levels,
+      rssStartMiB: rss0 / 2 ** 20, rssEndMiB: process.memoryUsage.rss() / 2 ** 20, leakedPages,
     };
     if (a.json) console.log(JSON.stringify(summary));
     else {
@@ -163,9 +169,10 @@ export async function benchServe(argv: string[]): Promise<number> {
         batch: l.meanDecodeBatch ?? NaN, 'prefix hit': l.prefixCacheHitRate ?? NaN,
       })));
       for (const l of levels) if (l.firstError) console.log(`clients ${l.clients}: first error: ${l.firstError}`);
+      console.log(`RSS ${summary.rssStartMiB.toFixed(0)} → ${summary.rssEndMiB.toFixed(0)} MiB; pages owned by no one afterwards: ${leakedPages ?? 'n/a (remote)'}`);
     }
     if (model && a.save) console.error(`wrote ${writeResults('serve', model.device, summary)}`);
-    return levels.some((l) => l.errors) ? 1 : 0;
+    return levels.some((l) => l.errors) || (leakedPages ?? 0) > 0 ? 1 : 0;
   } finally {
     await server?.close();
     await model?.dispose();
