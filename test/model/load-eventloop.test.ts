@@ -6,13 +6,17 @@
  * within 1.3× the weights loaded.
  *
  * The stall is measured twice: perf_hooks.monitorEventLoopDelay's max and a 5 ms interval's
- * largest gap. The limit is the goal, 50 ms, when DSV2_STRICT_STALLS=1 (CI runs this file alone
- * that way: on a quiet machine the max is ~30–45 ms); within the whole suite it is 500 ms,
- * because both measures also count time the OS did not run an idle JS thread — with 2 cores
- * shared by the engine's worker, libuv's file reads and another jest worker, CPU profiles show
- * gaps of 35–160 ms with the JS thread idle, not running JS. A JS-side block (the expert
- * stacking this test was written against held it for 6.9 s) fails either limit.
+ * largest gap, in two places:
+ * - in a plain Node process (the built dist/, as an application runs it): the limit is the
+ *   goal, 50 ms, when DSV2_STRICT_STALLS=1 — CI runs this file alone that way; on a quiet
+ *   machine the max is ~20 ms;
+ * - inside jest (the API, with the memory and progress checks): 500 ms. jest's own heap
+ *   (ts-jest, the TypeScript compiler) makes each V8 major GC 30–40 ms, and within the whole
+ *   suite both measures also count time the OS did not run an idle JS thread (CPU profiles
+ *   show 35–160 ms gaps with the JS thread idle). A JS-side block (the expert stacking this
+ *   test was written against held the thread for 6.9 s) fails either limit.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -21,6 +25,7 @@ import { rmDir, tmpDir, writeBigCheckpoint } from './util';
 
 jest.setTimeout(300_000);
 const LIMIT_MS = process.env.DSV2_STRICT_STALLS === '1' ? 50 : 500;
+const JEST_LIMIT_MS = 500;
 
 const LITE = JSON.parse(fs.readFileSync(path.join(__dirname, '../fixtures/configs/deepseek-v2-lite.json'), 'utf8'));
 const raw = { ...LITE, num_hidden_layers: 2, vocab_size: 32000, bos_token_id: 0, eos_token_id: 1 };
@@ -59,7 +64,7 @@ beforeAll(async () => {
   expect(weightBytes).toBeGreaterThan(1.4e9);
 });
 
-test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host memory ≤ 1.3× the weights`, async () => {
+test(`load (in jest): no event-loop stall over ${JEST_LIMIT_MS} ms, progress moves, peak host memory ≤ 1.3× the weights`, async () => {
   global.gc?.();
   const progress: number[] = [];
   const r = await watch(() => Model.load(dir, { device: 'cpu', maxTokens: 2048, onProgress: (d, t) => progress.push(d / t) }));
@@ -70,8 +75,8 @@ test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host m
     // eslint-disable-next-line no-console
     console.log(`load: max delay ${r.maxDelayMs.toFixed(1)} ms (p99 ${r.p99Ms.toFixed(1)}), max gap ${r.maxGapMs.toFixed(1)} ms, ` +
       `RSS +${((r.peakRss - r.rss0) / 2 ** 20).toFixed(0)} MiB for ${(loaded / 2 ** 20).toFixed(0)} MiB of weights, ${progress.length} progress calls`);
-    expect(r.maxDelayMs).toBeLessThan(LIMIT_MS);
-    expect(r.maxGapMs).toBeLessThan(LIMIT_MS);
+    expect(r.maxDelayMs).toBeLessThan(JEST_LIMIT_MS);
+    expect(r.maxGapMs).toBeLessThan(JEST_LIMIT_MS);
     // Peak host memory: the engine's copy of the weights plus what loading holds on the way.
     expect(r.peakRss - r.rss0).toBeLessThan(1.3 * loaded);
     // Progress moves evenly: no step of more than 5% of the bytes.
@@ -84,8 +89,8 @@ test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host m
     // eslint-disable-next-line no-console
     console.log(`generate: max delay ${g.maxDelayMs.toFixed(1)} ms (p99 ${g.p99Ms.toFixed(1)}), max gap ${g.maxGapMs.toFixed(1)} ms`);
     expect(g.value.tokens).toHaveLength(8);
-    expect(g.maxDelayMs).toBeLessThan(LIMIT_MS);
-    expect(g.maxGapMs).toBeLessThan(LIMIT_MS);
+    expect(g.maxDelayMs).toBeLessThan(JEST_LIMIT_MS);
+    expect(g.maxGapMs).toBeLessThan(JEST_LIMIT_MS);
 
     // Prefix caching at these widths: the same 1,500-token prompt again, then extended by a
     // few tokens — time to the first token ≤ 20% / 25% of the first request's, same logprobs.
@@ -113,5 +118,35 @@ test(`load: no event-loop stall over ${LIMIT_MS} ms, progress moves, peak host m
     expect(warm.lp).toEqual(cold.lp); // bit-identical logits (a 28-token suffix prefilled over 1,472 cached)
   } finally {
     await model.dispose();
+  }
+});
+
+test(`load and generate in a plain Node process: no event-loop stall over ${LIMIT_MS} ms`, () => {
+  const lib = path.resolve(__dirname, '../../dist/lib');
+  const script = `
+    const { Model } = require(${JSON.stringify(lib)});
+    const { monitorEventLoopDelay } = require('node:perf_hooks');
+    async function watch(fn) {
+      const h = monitorEventLoopDelay({ resolution: 5 });
+      let last = performance.now(), gap = 0;
+      const t = setInterval(() => { const n = performance.now(); gap = Math.max(gap, n - last - 5); last = n; }, 5);
+      h.enable();
+      try { const v = await fn(); return { v, delay: h.max / 1e6, gap }; } finally { h.disable(); clearInterval(t); }
+    }
+    (async () => {
+      await require(${JSON.stringify(lib)}).info(); // the addon loaded (once per process)
+      const l = await watch(() => Model.load(${JSON.stringify(dir)}, { device: 'cpu', maxTokens: 256 }));
+      const g = await watch(() => l.v.generate({ tokens: [0, 5, 6, 7, 8, 9, 10, 11], maxNewTokens: 16 }).result);
+      await l.v.dispose();
+      console.log(JSON.stringify({ load: { delay: l.delay, gap: l.gap }, generate: { delay: g.delay, gap: g.gap, tokens: g.v.tokens.length } }));
+    })();`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 240_000 });
+  if (r.status !== 0) throw new Error(r.stderr);
+  const m = JSON.parse(r.stdout);
+  // eslint-disable-next-line no-console
+  console.log(`plain Node: load max delay ${m.load.delay.toFixed(1)} ms (gap ${m.load.gap.toFixed(1)}), generate ${m.generate.delay.toFixed(1)} ms (gap ${m.generate.gap.toFixed(1)})`);
+  expect(m.generate.tokens).toBe(16);
+  for (const k of ['load', 'generate'] as const) {
+    expect([k, m[k].delay < LIMIT_MS, m[k].gap < LIMIT_MS]).toEqual([k, true, true]);
   }
 });
