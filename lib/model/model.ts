@@ -727,7 +727,8 @@ export class Model {
     let queued = false;
     try {
       for (;;) {
-        while (this.#starved > 0) await this.#wait(signal); // a running generation waits for freed pages: it goes first
+        while (this.#starved > 0 && this.#ctx) await this.#wait(signal); // a running generation waits for freed pages: it goes first
+        this.#context(); // E_DISPOSED once the model is gone
         const m = ctx.prefix?.match(ids, Math.min(tokens, ids.length) - 1) ?? null;
         const seq: SeqState = { pages: m ? [...m.pages] : [], length: m?.tokens ?? 0 };
         try {
@@ -822,6 +823,7 @@ export class Model {
     this.#ctx?.engine?.dispose();
     this.#ctx?.cache.dispose();
     this.#ctx = null;
+    this.#wake(); // generations waiting for pages now fail with E_DISPOSED
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -84,3 +84,15 @@ test('the waiting queue is bounded (E_OVERLOADED); a waiting generation can be a
     await m.dispose();
   }
 });
+
+test('dispose() while generations wait for pages: they fail with E_DISPOSED, nothing hangs', async () => {
+  const m = await Model.load(dir, { device: 'cpu', maxTokens: 128, prefixCache: false });
+  const long = m.generate({ tokens: randomPrompt('d0', 100), maxNewTokens: 20, ignoreEos: true });
+  const it = long[Symbol.asyncIterator]();
+  await it.next();
+  const waiting = m.generate({ tokens: randomPrompt('d1', 100), maxNewTokens: 2 }).result;
+  await new Promise((r) => setTimeout(r, 20));
+  await m.dispose();
+  await expect(waiting).rejects.toMatchObject({ code: 'E_DISPOSED' });
+  await expect(it.next()).rejects.toMatchObject({ code: 'E_DISPOSED' });
+});
