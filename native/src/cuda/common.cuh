@@ -6,6 +6,7 @@
 #include "dsv2/status.h"
 #include "dsv2/tensor.h"
 #include "../core/dtype.h"
+#include "launch.cuh"
 
 namespace dsv2 {
 

@@ -18,7 +18,7 @@ std::string smoke_test() {
   int* d = nullptr;
   cudaError_t err = cudaMalloc(&d, n * sizeof(int));
   if (err != cudaSuccess) return std::string("cudaMalloc: ") + cudaGetErrorName(err);
-  iota_kernel<<<ceil_div(n, 256), 256>>>(d, n);
+  DSV2_LAUNCH(iota_kernel, ceil_div(n, 256), 256, 0, nullptr)(d, n);
   err = cudaGetLastError();
   int host[n];
   if (err == cudaSuccess) err = cudaMemcpy(host, d, sizeof(host), cudaMemcpyDeviceToHost);

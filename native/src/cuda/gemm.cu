@@ -161,7 +161,7 @@ template <int BM, bool kSplitX>
 __global__ void __launch_bounds__(kTcThreads, BM >= 128 ? 1 : 2) tc_kernel(GemmParams p, int64_t k_split, float* part) {
   using C = TcCfg<BM>;
   constexpr int kBK = C::kBK, kXStride = C::kXStride, kWStride = C::kWStride;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DSV2_DYNAMIC_SMEM(unsigned char, smem, 16);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
   const int g = lane / 4, t = lane % 4;
@@ -384,7 +384,7 @@ Plan make_plan(const GemmParams& p) {
 template <int BM, bool kSplitX>
 void launch_tc(const GemmParams& p, const Plan& pl, float* part, cudaStream_t s) {
   const dim3 grid(ceil_div(p.n, kBN), ceil_div(p.m, BM), static_cast<unsigned>(pl.splits));
-  tc_kernel<BM, kSplitX><<<grid, kTcThreads, TcCfg<BM>::kSmem, s>>>(p, pl.k_split, part);
+  DSV2_LAUNCH((tc_kernel<BM, kSplitX>), grid, kTcThreads, TcCfg<BM>::kSmem, s)(p, pl.k_split, part);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -401,14 +401,14 @@ void gemm(const GemmParams& p, void* stream) {
   }
   Plan pl = make_plan(p);
   if (pl.kind == Kind::kGemv) {
-    gemv_kernel<<<ceil_div(p.n, kGemvWarps), kGemvWarps * 32, 0, s>>>(p);
+    DSV2_LAUNCH(gemv_kernel, ceil_div(p.n, kGemvWarps), kGemvWarps * 32, 0, s)(p);
     DSV2_CUDA_LAUNCH_CHECK();
     return;
   }
   if (pl.kind == Kind::kTiled) {
     DSV2_CHECK(ceil_div(p.m, kTile) <= 65535, kUnsupported, "CUDA gemm: m = " << p.m << " rows exceed the tiled kernel's grid");
     const dim3 grid(ceil_div(p.n, kTile), ceil_div(p.m, kTile));
-    gemm_tiled_kernel<<<grid, 256, 0, s>>>(p);
+    DSV2_LAUNCH(gemm_tiled_kernel, grid, 256, 0, s)(p);
     DSV2_CUDA_LAUNCH_CHECK();
     return;
   }
@@ -433,7 +433,7 @@ void gemm(const GemmParams& p, void* stream) {
     }
     if (part) {
       const int64_t blocks = std::min<int64_t>((mn + 255) / 256, 8 * static_cast<int64_t>(device_info().sms));
-      splitk_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(part, pl.splits, mn, p.y);
+      DSV2_LAUNCH(splitk_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, s)(part, pl.splits, mn, p.y);
       DSV2_CUDA_LAUNCH_CHECK();
     }
   } catch (...) {

@@ -91,20 +91,20 @@ __global__ void kv_poison_kernel(KvCacheView c) {
 
 void kv_append(const KvAppendParams& p, void* stream) {
   if (p.n_tokens == 0) return;
-  kv_append_kernel<<<static_cast<unsigned>(p.n_tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(kv_append_kernel, static_cast<unsigned>(p.n_tokens), kThreads, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void kv_read(const KvReadParams& p, void* stream) {
   if (p.n_tokens == 0) return;
-  kv_read_kernel<<<static_cast<unsigned>(p.n_tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(kv_read_kernel, static_cast<unsigned>(p.n_tokens), kThreads, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void kv_poison(const KvCacheView& c, void* stream) {
   const int64_t tokens = c.pages * c.layout.page_size;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(tokens, 65535));
-  kv_poison_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(c);
+  DSV2_LAUNCH(kv_poison_kernel, grid, kThreads, 0, static_cast<cudaStream_t>(stream))(c);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -147,7 +147,7 @@ constexpr int kMaxPerLane = static_cast<int>(kDecodeGenericMaxDc / 32);
 
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
 mla_decode_generic_kernel(MlaDecodeParams p, Plan plan) {
-  extern __shared__ float smem[];
+  DSV2_DYNAMIC_SMEM(float, smem, 16);
   const int64_t item = blockIdx.x;
   if (item >= plan.counts[0]) return;  // grid = capacity ≥ n_items
   const int64_t d = p.d_c + p.d_r;
@@ -372,7 +372,7 @@ void mla_decode(const MlaDecodeParams& p, int64_t n_parts, void* workspace, size
              kUnsupported, "CUDA mla_decode: s_q · h_q = " << rows << " query rows per sequence exceed the kernels' grid");
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Plan plan = plan_view(workspace, p.b, rows, p.d_c, n_parts);
-  mla_decode_plan_kernel<<<1, kPlanThreads, 0, s>>>(p.seqlens, static_cast<int>(p.b), static_cast<int>(n_parts), plan);
+  DSV2_LAUNCH(mla_decode_plan_kernel, 1, kPlanThreads, 0, s)(p.seqlens, static_cast<int>(p.b), static_cast<int>(n_parts), plan);
   DSV2_CUDA_LAUNCH_CHECK();
   if (k == Kernel::kGeneric) {
     const size_t smem = sizeof(float) * (kTileKeys + kRowsPerBlock) * (p.d_c + p.d_r);
@@ -382,13 +382,13 @@ void mla_decode(const MlaDecodeParams& p, int64_t n_parts, void* workspace, size
       DSV2_CUDA_CHECK(cudaFuncSetAttribute(mla_decode_generic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(plan.capacity), ceil_div(rows, kRowsPerBlock));
-    mla_decode_generic_kernel<<<grid, kRowsPerBlock * 32, smem, s>>>(p, plan);
+    DSV2_LAUNCH(mla_decode_generic_kernel, grid, kRowsPerBlock * 32, smem, s)(p, plan);
     DSV2_CUDA_LAUNCH_CHECK();
   } else {
     mla::launch_mma(p, plan, k == Kernel::kMma64 ? 64 : 32, stream);
   }
   const dim3 cgrid(static_cast<unsigned>(n_parts), ceil_div(rows, kCombineRows));
-  mla_decode_combine_kernel<<<cgrid, kCombineRows * 32, 0, s>>>(p, plan);
+  DSV2_LAUNCH(mla_decode_combine_kernel, cgrid, kCombineRows * 32, 0, s)(p, plan);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -89,10 +89,9 @@ __device__ __forceinline__ uint32_t p_off(int row, int kc) {
 // tokens) decodes to 480 there instead of NaN.
 __device__ __forceinline__ void e4m3x4_to_bf16(uint32_t w, float scale, uint32_t& lo, uint32_t& hi) {
   uint32_t h01, h23;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm("{\n .reg .b16 a, b;\n mov.b32 {a, b}, %2;\n cvt.rn.f16x2.e4m3x2 %0, a;\n cvt.rn.f16x2.e4m3x2 %1, b;\n}\n"
-      : "=r"(h01), "=r"(h23)
-      : "r"(w));
+#if defined(DSV2_CUDA_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890)  // the emulated device is sm_90
+  h01 = ptx::cvt_f16x2_e4m3x2(static_cast<uint16_t>(w));
+  h23 = ptx::cvt_f16x2_e4m3x2(static_cast<uint16_t>(w >> 16));
 #else
   const uint32_t x01 = __byte_perm(w, 0, 0x4140), x23 = __byte_perm(w, 0, 0x4342);  // [c0, 0, c1, 0]
   h01 = ((x01 & 0x007F007Fu) << 7) | ((x01 & 0x00800080u) << 8);
@@ -310,7 +309,7 @@ template <int BK, bool FP8>
 __global__ void __launch_bounds__(kThreads, 1)
 mla_decode_mma_kernel(MlaDecodeParams p, Plan plan, int row_blocks) {
   using C = Cfg<BK, FP8>;
-  extern __shared__ __align__(128) uint8_t smem[];
+  DSV2_DYNAMIC_SMEM(uint8_t, smem, 128);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int rg = warp >> 2, kg = warp & 3;
   const int g = lane >> 2, tig = lane & 3;
@@ -457,7 +456,7 @@ void launch(const MlaDecodeParams& p, const Plan& plan, cudaStream_t s) {
   const int64_t rb = (p.s_q * p.h_q + kRows - 1) / kRows;
   const int64_t grid = plan.n_parts * rb;
   DSV2_CHECK(grid <= 0x7fffffff, kUnsupported, "CUDA mla_decode: " << plan.n_parts << " parts × " << rb << " row blocks exceed the grid");
-  kernel<<<static_cast<unsigned>(grid), kThreads, C::kSmem, s>>>(p, plan, static_cast<int>(rb));
+  DSV2_LAUNCH(kernel, static_cast<unsigned>(grid), kThreads, C::kSmem, s)(p, plan, static_cast<int>(rb));
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -188,7 +188,7 @@ void mla_prefill_expand(const KvCacheView& cache, const int32_t* block_row, cons
   const bool flash = choose(s) == Path::kFlash;
   float* c = at<float>(scratch, l.c);
   float* kvx = at<float>(scratch, l.kvx);
-  gather_kernel<<<static_cast<unsigned>(s.s_k), 128, 0, st>>>(cache, block_row, s.s_k, c, at<void>(scratch, l.pe), flash);
+  DSV2_LAUNCH(gather_kernel, static_cast<unsigned>(s.s_k), 128, 0, st)(cache, block_row, s.s_k, c, at<void>(scratch, l.pe), flash);
   DSV2_CUDA_LAUNCH_CHECK();
   const int64_t row = s.d_nope + s.d_v;
   for (int64_t t0 = 0; t0 < s.s_k; t0 += l.chunk) {
@@ -205,7 +205,7 @@ void mla_prefill_expand(const KvCacheView& cache, const int32_t* block_row, cons
     else gemm(g, stream);
     if (flash) {
       const dim3 grid(ceil_div(s.h * row / 4, 256), static_cast<unsigned>(kc));
-      repack_kernel<<<grid, 256, 0, st>>>(kvx, static_cast<int>(s.h), static_cast<int>(s.d_nope), static_cast<int>(s.d_v), t0,
+      DSV2_LAUNCH(repack_kernel, grid, 256, 0, st)(kvx, static_cast<int>(s.h), static_cast<int>(s.d_nope), static_cast<int>(s.d_v), t0,
                                           s.s_k, at<bf16>(scratch, l.kn), at<bf16>(scratch, l.v));
       DSV2_CUDA_LAUNCH_CHECK();
     }
@@ -235,7 +235,7 @@ void mla_prefill_attend(const PrefillSeq& s, const float* q, void* scratch, size
     prefill::flash_attend(a, s.d_nope, s.d_r, s.d_v, st);
   } else {
     const dim3 grid(ceil_div(s.n_q, kWarps), static_cast<unsigned>(s.h));
-    attend_kernel<<<grid, kWarps * 32, 0, st>>>(s, q, at<const float>(scratch, l.kvx), at<const float>(scratch, l.pe), out);
+    DSV2_LAUNCH(attend_kernel, grid, kWarps * 32, 0, st)(s, q, at<const float>(scratch, l.kvx), at<const float>(scratch, l.pe), out);
     DSV2_CUDA_LAUNCH_CHECK();
   }
 }

@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_kernel(FlashArgs a) {
   constexpr int kQk = C::kQk;
   constexpr int kKSteps = kQk / 16;  // mma k-steps of S = Q·Kᵀ
   constexpr int kVTiles = D_V / 8;   // n-tiles of O
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  DSV2_DYNAMIC_SMEM(unsigned char, smem_raw, 16);
   bf16* const s_k_buf = reinterpret_cast<bf16*>(smem_raw);  // [2][kN][kKPitch]
   bf16* const s_v_buf = s_k_buf + 2 * C::kKTile;             // [2][kN][kVPitch]
 
@@ -256,7 +256,7 @@ void launch(const FlashArgs& a, cudaStream_t stream) {
   // Above the 48 KiB default: opt in (cheap; per device, so done on every launch).
   DSV2_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::kSmem)));
   const dim3 grid(ceil_div(a.n_q, kM), static_cast<unsigned>(a.h));
-  kernel<<<grid, kThreads, C::kSmem, stream>>>(a);
+  DSV2_LAUNCH(kernel, grid, kThreads, C::kSmem, stream)(a);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -515,14 +515,14 @@ void copy_cols(const model::CopyColsParams& p, void* stream) {
   const int64_t n = p.rows * p.width;
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
-  copy_cols_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(copy_cols_kernel, blocks, 256, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void add_rms_norm(const model::AddRmsNormParams& p, void* stream) {
   if (p.rows == 0) return;
   DSV2_CHECK(p.rows <= 2147483647, kUnsupported, "CUDA add_rms_norm: " << p.rows << " rows exceed the grid");
-  add_rms_norm_kernel<<<static_cast<unsigned>(p.rows), kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(add_rms_norm_kernel, static_cast<unsigned>(p.rows), kNormThreads, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -530,14 +530,14 @@ void heads_gemm(const HeadsGemmParams& p, void* stream) {
   if (p.t == 0 || p.h == 0 || p.n == 0) return;
   DSV2_CHECK(p.h <= 65535, kUnsupported, "CUDA heads_gemm: " << p.h << " heads exceed the grid");
   const dim3 grid(ceil_div(p.n, kHeadsWarps), static_cast<unsigned>(p.h));
-  heads_gemm_kernel<<<grid, kHeadsWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(heads_gemm_kernel, grid, kHeadsWarps * 32, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void fill_random(const model::FillRandomParams& p, void* stream) {
   if (p.n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p.n + 255) / 256, 8192));
-  fill_random_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(fill_random_kernel, blocks, 256, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -573,7 +573,7 @@ void graph_destroy(void* exec) noexcept {
 
 void provoke_launch_error(void* stream) {
   model::CopyColsParams p;  // nothing to copy: only the launch configuration is wrong
-  copy_cols_kernel<<<1, 4096, 0, static_cast<cudaStream_t>(stream)>>>(p);  // > 1024 threads per block
+  DSV2_LAUNCH(copy_cols_kernel, 1, 4096, 0, static_cast<cudaStream_t>(stream))(p);  // > 1024 threads per block
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -582,7 +582,7 @@ void sample(const model::SampleBatchParams& p, void* stream) {
   DSV2_CUDA_CHECK(cudaMemsetAsync(p.bad, 0, sizeof(int32_t), s));
   if (p.rows == 0) return;
   DSV2_CHECK(p.vocab >= 1 && p.vocab <= 2147483647, kUnsupported, "CUDA sample: vocab " << p.vocab);
-  sample_kernel<<<static_cast<unsigned>(p.rows), kSampleThreads, 0, s>>>(p);
+  DSV2_LAUNCH(sample_kernel, static_cast<unsigned>(p.rows), kSampleThreads, 0, s)(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -309,20 +309,20 @@ void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, bool fp8, cudaS
   const int64_t pairs = p.t * p.top_k;
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.counts, 0, p.n_experts * sizeof(int32_t), st));
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
-  count_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.counts);
+  DSV2_LAUNCH(count_kernel, ceil_div(pairs, 256), 256, 0, st)(p.ids, pairs, s.counts);
   DSV2_CUDA_LAUNCH_CHECK();
-  scan_kernel<<<1, 32, 0, st>>>(s.counts, p.n_experts, s.offsets, s.cursor);
+  DSV2_LAUNCH(scan_kernel, 1, 32, 0, st)(s.counts, p.n_experts, s.offsets, s.cursor);
   DSV2_CUDA_LAUNCH_CHECK();
-  scatter_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(p.ids, pairs, s.cursor, s.rows);
+  DSV2_LAUNCH(scatter_kernel, ceil_div(pairs, 256), 256, 0, st)(p.ids, pairs, s.cursor, s.rows);
   DSV2_CUDA_LAUNCH_CHECK();
   // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
   const dim3 gu_grid(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps));
   const dim3 dn_grid(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps));
-  if (fp8) gate_up_kernel<true><<<gu_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
-  else gate_up_kernel<false><<<gu_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h);
+  if (fp8) DSV2_LAUNCH((gate_up_kernel<true>), gu_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h);
+  else DSV2_LAUNCH((gate_up_kernel<false>), gu_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h);
   DSV2_CUDA_LAUNCH_CHECK();
-  if (fp8) down_kernel<true><<<dn_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
-  else down_kernel<false><<<dn_grid, kWarps * 32, 0, st>>>(p, s.offsets, s.rows, s.h, s.slot_out);
+  if (fp8) DSV2_LAUNCH((down_kernel<true>), dn_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h, s.slot_out);
+  else DSV2_LAUNCH((down_kernel<false>), dn_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h, s.slot_out);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -337,7 +337,7 @@ void simt_shared(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   g.w_dtype = p.shared_dtype;
   g.y = s.shared_gu;
   gemm(g, stream);
-  silu_mul_kernel<<<ceil_div(p.t * p.inter_shared, 256), 256, 0, st>>>(s.shared_gu, p.t, p.inter_shared, s.shared_h);
+  DSV2_LAUNCH(silu_mul_kernel, ceil_div(p.t * p.inter_shared, 256), 256, 0, st)(s.shared_gu, p.t, p.inter_shared, s.shared_h);
   DSV2_CUDA_LAUNCH_CHECK();
   g.n = p.hidden;
   g.k = p.inter_shared;
@@ -384,7 +384,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     a.xb = s.xb;
     a.n_x = p.t * p.hidden;  // hidden % 8 == 0 on this path
     const int64_t conv_blocks = std::min<int64_t>(ceil_div(a.n_x / 4, kPrepThreads), 1024);
-    prep_kernel<<<static_cast<unsigned>((rtc ? 1 : 0) + std::max<int64_t>(conv_blocks, 1)), kPrepThreads, 0, st>>>(a);
+    DSV2_LAUNCH(prep_kernel, static_cast<unsigned>((rtc ? 1 : 0) + std::max<int64_t>(conv_blocks, 1)), kPrepThreads, 0, st)(a);
     DSV2_CUDA_LAUNCH_CHECK();
   }
   if (simt(rp)) simt_routed(p, s, rp == Path::kSimtFp8, st);
@@ -470,7 +470,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   if (!routed && pairs > 0) {  // nothing computed per slot (inter or hidden 0, or no experts): zeros
     DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
   }
-  combine_kernel<<<ceil_div(p.t * p.hidden, 256), 256, 0, st>>>(p, s.slot_out, sp == Path::kNone ? nullptr : s.shared_out,
+  DSV2_LAUNCH(combine_kernel, ceil_div(p.t * p.hidden, 256), 256, 0, st)(p, s.slot_out, sp == Path::kNone ? nullptr : s.shared_out,
                                                                 simt(rp) || !routed);
   DSV2_CUDA_LAUNCH_CHECK();
 }
@@ -495,7 +495,7 @@ void moe_bench_fill(void* p, DType t, int64_t n, uint64_t seed, float scale, voi
   DSV2_CHECK(t == DType::kF32 || t == DType::kBF16 || t == DType::kFP8E4M3, kUnsupported,
              "moe_bench_fill: f32, bf16 or fp8_e4m3 only");
   if (n == 0) return;
-  fill_kernel<<<std::min<unsigned>(ceil_div(n, 256), 8192), 256, 0, static_cast<cudaStream_t>(stream)>>>(p, t, n, seed, scale);
+  DSV2_LAUNCH(fill_kernel, std::min<unsigned>(ceil_div(n, 256), 8192), 256, 0, static_cast<cudaStream_t>(stream))(p, t, n, seed, scale);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

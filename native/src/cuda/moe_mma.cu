@@ -31,11 +31,7 @@ namespace {
 
 // 16 bytes from global memory that is read once (weights): no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
+  return ptx::ld_nc_na_v4(p);
 }
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
@@ -212,17 +208,13 @@ __global__ void __launch_bounds__(kSkWarps * 32) skinny_kernel(Launch l) {
 
 // 8 bytes read once (weight codes): no L1 allocation.
 __device__ __forceinline__ uint2 ld_stream8(const void* p) {
-  uint2 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(r.x), "=r"(r.y) : "l"(p));
-  return r;
+  return ptx::ld_nc_na_v2(p);
 }
 
 // f32 multiply that keeps subnormal inputs whatever the compiler's -ftz setting (PTX mul
 // without .ftz): an exact power-of-two rescale of a subnormal stays exact.
 __device__ __forceinline__ float mul_keep_subnormal(float a, float b) {
-  float d;
-  asm("mul.rn.f32 %0, %1, %2;\n" : "=f"(d) : "f"(a), "f"(b));
-  return d;
+  return ptx::mul_rn_f32(a, b);
 }
 
 // Two e4m3 codes (byte 0 → low half, byte 1 → high half of `w2`, the other bytes ignored) →
@@ -380,7 +372,7 @@ __global__ void __launch_bounds__(kTiledThreads, 2) tiled_kernel(Launch l) {
   if (!tile_segment(P, tile, kBM, &sg)) return;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * (kSwiGLU ? kBN / 2 : kBN);  // first output column
   if (c0 >= P.n) return;
-  extern __shared__ __align__(16) uint16_t smem[];
+  DSV2_DYNAMIC_SMEM(uint16_t, smem, 16);
   uint16_t* As = smem;                          // [kStages][kBM][kLd]
   uint16_t* Bs = smem + kStages * kBM * kLd;    // [kStages][kBN][kLd]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -530,16 +522,16 @@ Launch normalized(const Launch& l) {
 void grouped_skinny(const Launch& l, bool swiglu, cudaStream_t s) {
   const Launch ln = normalized(l);
   const dim3 grid = grid_of(ln, swiglu ? 16 : 32);
-  if (swiglu) skinny_kernel<true><<<grid, kSkWarps * 32, 0, s>>>(ln);
-  else skinny_kernel<false><<<grid, kSkWarps * 32, 0, s>>>(ln);
+  if (swiglu) DSV2_LAUNCH((skinny_kernel<true>), grid, kSkWarps * 32, 0, s)(ln);
+  else DSV2_LAUNCH((skinny_kernel<false>), grid, kSkWarps * 32, 0, s)(ln);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void grouped_skinny_fp8(const Launch& l, bool swiglu, cudaStream_t s) {
   const Launch ln = normalized(l);
   const dim3 grid = grid_of(ln, swiglu ? 16 : 32);
-  if (swiglu) skinny_fp8_kernel<true><<<grid, kSkWarps * 32, 0, s>>>(ln);
-  else skinny_fp8_kernel<false><<<grid, kSkWarps * 32, 0, s>>>(ln);
+  if (swiglu) DSV2_LAUNCH((skinny_fp8_kernel<true>), grid, kSkWarps * 32, 0, s)(ln);
+  else DSV2_LAUNCH((skinny_fp8_kernel<false>), grid, kSkWarps * 32, 0, s)(ln);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
@@ -558,8 +550,8 @@ void grouped_tiled(const Launch& l, bool swiglu, cudaStream_t s) {
   }
   const Launch ln = normalized(l);
   const dim3 grid = grid_of(ln, swiglu ? kBN / 2 : kBN);
-  if (swiglu) tiled_kernel<true><<<grid, kTiledThreads, kTiledSmem, s>>>(ln);
-  else tiled_kernel<false><<<grid, kTiledThreads, kTiledSmem, s>>>(ln);
+  if (swiglu) DSV2_LAUNCH((tiled_kernel<true>), grid, kTiledThreads, kTiledSmem, s)(ln);
+  else DSV2_LAUNCH((tiled_kernel<false>), grid, kTiledThreads, kTiledSmem, s)(ln);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

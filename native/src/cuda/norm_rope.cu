@@ -100,31 +100,31 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(SoftmaxParams p) {
 
 void embedding(const EmbeddingParams& p, void* stream) {
   if (p.n_tokens == 0) return;
-  embedding_kernel<<<static_cast<unsigned>(p.n_tokens), 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(embedding_kernel, static_cast<unsigned>(p.n_tokens), 128, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void rms_norm(const RmsNormParams& p, void* stream) {
   if (p.rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(rms_norm_kernel, static_cast<unsigned>(p.rows), kThreads, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void rope(const RopeParams& p, void* stream) {
   if (p.n_tokens == 0) return;
-  rope_kernel<<<static_cast<unsigned>(p.n_tokens), 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(rope_kernel, static_cast<unsigned>(p.n_tokens), 128, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void silu_mul(const SiluMulParams& p, void* stream) {
   if (p.rows * p.inter == 0) return;
-  silu_mul_kernel<<<ceil_div(p.rows * p.inter, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(silu_mul_kernel, ceil_div(p.rows * p.inter, 256), 256, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
 void softmax(const SoftmaxParams& p, void* stream) {
   if (p.rows == 0 || p.n == 0) return;
-  softmax_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  DSV2_LAUNCH(softmax_kernel, static_cast<unsigned>(p.rows), kThreads, 0, static_cast<cudaStream_t>(stream))(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

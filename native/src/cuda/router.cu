@@ -205,13 +205,13 @@ void moe_route(const MoeRouteParams& p, void* stream) {
                                 << " exceeds the fused kernel's " << kRouteMaxExperts << " experts / 32 groups / top 32");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (p.t <= kOneBlockMaxT) {  // one launch: the block zeroes and writes the counts itself (also for t = 0)
-    route_kernel<true><<<1, kOneBlockWarps * 32, 0, s>>>(p);
+    DSV2_LAUNCH((route_kernel<true>), 1, kOneBlockWarps * 32, 0, s)(p);
     DSV2_CUDA_LAUNCH_CHECK();
     return;
   }
   DSV2_CUDA_CHECK(cudaMemsetAsync(p.tokens_per_expert, 0, p.e * sizeof(int32_t), s));
   DSV2_CUDA_CHECK(cudaMemsetAsync(p.tokens_per_group, 0, p.n_group * sizeof(int32_t), s));
-  route_kernel<false><<<ceil_div(p.t, kGridWarps), kGridWarps * 32, 0, s>>>(p);
+  DSV2_LAUNCH((route_kernel<false>), ceil_div(p.t, kGridWarps), kGridWarps * 32, 0, s)(p);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -184,47 +184,47 @@ void moe_route_unfused(const MoeRouteParams& p, void* scratch, void* stream) {
   DSV2_CUDA_CHECK(cudaMemsetAsync(p.tokens_per_group, 0, p.n_group * sizeof(int32_t), s));
   if (p.t == 0) return;
   const int64_t te = p.t * E;
-  scores_kernel<<<ceil_div(p.t, kWarps), kWarps * 32, 0, s>>>(p.logits, p.t, E, p.scoring == MoeScoring::kSoftmax, scores);
+  DSV2_LAUNCH(scores_kernel, ceil_div(p.t, kWarps), kWarps * 32, 0, s)(p.logits, p.t, E, p.scoring == MoeScoring::kSoftmax, scores);
   DSV2_CUDA_LAUNCH_CHECK();
   const float* choice = scores;
   if (p.bias) {
-    add_bias_kernel<<<ceil_div(te, 256), 256, 0, s>>>(scores, p.bias, p.t, E, choice_buf);
+    DSV2_LAUNCH(add_bias_kernel, ceil_div(te, 256), 256, 0, s)(scores, p.bias, p.t, E, choice_buf);
     DSV2_CUDA_LAUNCH_CHECK();
     choice = choice_buf;
   }
   const float* sel = choice;
   if (p.method != MoeMethod::kGreedy) {
-    group_score_kernel<<<ceil_div(p.t * G, 256), 256, 0, s>>>(choice, p.t, E, G, p.method == MoeMethod::kNoauxTc, gs);
+    DSV2_LAUNCH(group_score_kernel, ceil_div(p.t * G, 256), 256, 0, s)(choice, p.t, E, G, p.method == MoeMethod::kNoauxTc, gs);
     DSV2_CUDA_LAUNCH_CHECK();
-    topk_kernel<<<ceil_div(p.t, kWarps), kWarps * 32, 0, s>>>(gs, p.t, G, KG, gidx, nullptr);
+    DSV2_LAUNCH(topk_kernel, ceil_div(p.t, kWarps), kWarps * 32, 0, s)(gs, p.t, G, KG, gidx, nullptr);
     DSV2_CUDA_LAUNCH_CHECK();
     DSV2_CUDA_CHECK(cudaMemsetAsync(mask, 0, p.t * G, s));
-    scatter_mask_kernel<<<ceil_div(p.t * KG, 256), 256, 0, s>>>(gidx, p.t, KG, G, mask);
+    DSV2_LAUNCH(scatter_mask_kernel, ceil_div(p.t * KG, 256), 256, 0, s)(gidx, p.t, KG, G, mask);
     DSV2_CUDA_LAUNCH_CHECK();
-    mask_fill_kernel<<<ceil_div(te, 256), 256, 0, s>>>(choice, mask, p.t, E, G, masked);
+    DSV2_LAUNCH(mask_fill_kernel, ceil_div(te, 256), 256, 0, s)(choice, mask, p.t, E, G, masked);
     DSV2_CUDA_LAUNCH_CHECK();
     sel = masked;
   }
   // top-k values: the unbiased scores come from the gather below when a bias was added
-  topk_kernel<<<ceil_div(p.t, kWarps), kWarps * 32, 0, s>>>(sel, p.t, E, K, p.ids, p.bias ? nullptr : p.weights);
+  DSV2_LAUNCH(topk_kernel, ceil_div(p.t, kWarps), kWarps * 32, 0, s)(sel, p.t, E, K, p.ids, p.bias ? nullptr : p.weights);
   DSV2_CUDA_LAUNCH_CHECK();
   const int64_t pairs = p.t * K;
   if (p.bias) {
-    gather_kernel<<<ceil_div(pairs, 256), 256, 0, s>>>(scores, p.ids, p.t, E, K, p.weights);
+    DSV2_LAUNCH(gather_kernel, ceil_div(pairs, 256), 256, 0, s)(scores, p.ids, p.t, E, K, p.weights);
     DSV2_CUDA_LAUNCH_CHECK();
   }
   const bool norm = p.norm_topk_prob && p.top_k > 1;
   if (norm) {
-    norm_kernel<<<ceil_div(p.t, 128), 128, 0, s>>>(p.weights, p.ids, p.t, K);
+    DSV2_LAUNCH(norm_kernel, ceil_div(p.t, 128), 128, 0, s)(p.weights, p.ids, p.t, K);
     DSV2_CUDA_LAUNCH_CHECK();
   }
   if (p.method == MoeMethod::kNoauxTc || !norm) {
-    scale_kernel<<<ceil_div(pairs, 256), 256, 0, s>>>(p.weights, p.ids, pairs, p.routed_scaling_factor);
+    DSV2_LAUNCH(scale_kernel, ceil_div(pairs, 256), 256, 0, s)(p.weights, p.ids, pairs, p.routed_scaling_factor);
     DSV2_CUDA_LAUNCH_CHECK();
   }
-  bincount_kernel<<<ceil_div(pairs, 256), 256, 0, s>>>(p.ids, pairs, 1, p.tokens_per_expert);
+  DSV2_LAUNCH(bincount_kernel, ceil_div(pairs, 256), 256, 0, s)(p.ids, pairs, 1, p.tokens_per_expert);
   DSV2_CUDA_LAUNCH_CHECK();
-  bincount_kernel<<<ceil_div(pairs, 256), 256, 0, s>>>(p.ids, pairs, E / G, p.tokens_per_group);
+  DSV2_LAUNCH(bincount_kernel, ceil_div(pairs, 256), 256, 0, s)(p.ids, pairs, E / G, p.tokens_per_group);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
