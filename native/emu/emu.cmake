@@ -18,7 +18,7 @@ set(DSV2_EMU_SOURCES
 set_source_files_properties(${DSV2_CUDA_SOURCES} PROPERTIES LANGUAGE CXX)
 # Misaligned typed accesses (vector loads above all) in kernel code become emulator faults
 # (native/emu/ubsan.cc handles them; the UBSan runtime is not linked).
-set(DSV2_EMU_CU_FLAGS -x c++ -fsanitize=alignment -fno-sanitize-recover=alignment -Wno-unused-variable -Wno-unused-function)
+set(DSV2_EMU_CU_FLAGS -x c++ -fsanitize=alignment -fno-sanitize-recover=alignment -Wno-unused-variable -Wno-unused-function -Wno-unknown-pragmas)
 if(DSV2_EMU_COVERAGE)
   list(APPEND DSV2_EMU_CU_FLAGS --coverage -O0)
 endif()

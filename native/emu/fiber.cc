@@ -1,6 +1,7 @@
 // dsv2 CUDA emulator: fibers, the block scheduler, barriers and warp-wide operations (see emu.h).
 #include "emu.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -28,7 +29,7 @@ extern "C" __attribute__((weak)) char __stop_dsv2emu_smem[];
 
 namespace dsv2emu {
 
-thread_local ThreadVars* t_vars = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local ThreadVars* t_vars = nullptr;
 
 namespace {
 
@@ -57,8 +58,8 @@ struct Block {
 #endif
 };
 
-thread_local Block* t_block = nullptr;
-thread_local Fiber* t_fiber = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local Block* t_block = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local Fiber* t_fiber = nullptr;
 
 uint64_t next_rand(uint64_t& s) {  // splitmix64
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -125,8 +126,9 @@ StackPool& stack_pool() {
 
 // ---- context switch --------------------------------------------------------------------------
 #if defined(__x86_64__)
-// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
-// the stack pointer in *save, and continues on stack `to` (which was saved the same way).
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save, and
+// continues on stack `to` (which was saved the same way). MXCSR and the x87 control word are
+// not switched: nothing in a kernel changes them.
 asm(R"(
   .text
   .p2align 4
@@ -138,14 +140,8 @@ dsv2emu_ctx_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -175,30 +171,76 @@ void asan_finish(void* fake, const void** bottom, size_t* size) {
 std::vector<ucontext_t> g_ctx;  // per fiber (the ucontext fallback of non-x86-64 hosts)
 #endif
 
-// From the scheduler into fiber f, until it blocks or exits.
-void resume(Block& b, Fiber* f) {
-  t_fiber = f;
-  t_vars = &f->vars;
-  asan_start(&b.sched_fake, f->stack + 4096, f->stack_size - 4096);
-#if defined(__x86_64__)
-  dsv2emu_ctx_switch(&b.sched_sp, f->sp);
-#else
-  swapcontext(&b.sched_ctx, &g_ctx[f->index]);
-#endif
-  asan_finish(b.sched_fake, nullptr, nullptr);
-  t_fiber = nullptr;
-  t_vars = nullptr;
+std::string describe_stall(const Block& b);
+
+// What runs next after a fiber blocks or exits: a runnable fiber picked at random (releasing a
+// completed barrier first), or nullptr when the block is finished, faulted or stuck (then
+// b.error says why, unless every thread is done).
+Fiber* pick(Block& b) {
+  for (;;) {
+    if (!b.error.empty()) return nullptr;
+    if (!b.ready.empty()) {
+      const size_t i = next_rand(b.rng) % b.ready.size();
+      Fiber* f = b.ready[i];
+      b.ready[i] = b.ready.back();
+      b.ready.pop_back();
+      return f;
+    }
+    if (b.done == b.n) return nullptr;
+    std::vector<Fiber>& fs = *b.fibers;
+    auto block = [&] {
+      return "block (" + std::to_string(fs[0].vars.bid.x) + "," + std::to_string(fs[0].vars.bid.y) + "," +
+             std::to_string(fs[0].vars.bid.z) + ")";
+    };
+    if (b.bar_arrived > 0 && b.bar_arrived + b.done == b.n) {
+      bool warp_waiting = false;
+      for (auto& w : b.warps) warp_waiting = warp_waiting || !w.empty();
+      if (b.done > 0 || warp_waiting) {
+        b.error = "__syncthreads() not reached by every thread of the block: " + describe_stall(b) + " (" +
+                  where(b, nullptr) + ", " + block() + ")";
+        return nullptr;
+      }
+      b.bar_arrived = 0;
+      for (Fiber& f : fs)
+        if (f.state == FiberState::kBarrier) {
+          f.state = FiberState::kReady;
+          b.ready.push_back(&f);
+        }
+      continue;
+    }
+    b.error = "deadlock: " + describe_stall(b) + " (" + where(b, nullptr) + ", " + block() + ")";
+    return nullptr;
+  }
 }
 
-// From fiber f back to the scheduler (for good when f is done).
-void suspend(Block& b, Fiber* f) {
-  asan_start(f->state == FiberState::kDone ? nullptr : &f->asan_fake, b.sched_bottom, b.sched_size);
+// Leaves `from` (a fiber, or the scheduler when nullptr) for `to` (a fiber, or the scheduler).
+void switch_to(Block& b, Fiber* from, Fiber* to) {
+  void** save = from ? &from->sp : &b.sched_sp;
+  void* target = to ? to->sp : b.sched_sp;
+  t_fiber = to;
+  t_vars = to ? &to->vars : nullptr;
+  void** fake = from ? (from->state == FiberState::kDone ? nullptr : &from->asan_fake) : &b.sched_fake;
+  if (to) asan_start(fake, to->stack + 4096, to->stack_size - 4096);
+  else asan_start(fake, b.sched_bottom, b.sched_size);
 #if defined(__x86_64__)
-  dsv2emu_ctx_switch(&f->sp, b.sched_sp);
+  dsv2emu_ctx_switch(save, target);
 #else
-  swapcontext(&g_ctx[f->index], &b.sched_ctx);
+  swapcontext(from ? &g_ctx[from->index] : &b.sched_ctx, to ? &g_ctx[to->index] : &b.sched_ctx);
+  (void)save;
+  (void)target;
 #endif
-  asan_finish(f->asan_fake, &b.sched_bottom, &b.sched_size);
+  asan_finish(from ? from->asan_fake : b.sched_fake, nullptr, nullptr);
+}
+
+// Fiber f stops here (blocked, or done for good) and the next one runs; returns when f is resumed.
+void suspend(Block& b, Fiber* f) {
+  Fiber* next = pick(b);
+  if (next == f) {  // runnable again at once (a barrier it completed)
+    t_fiber = f;
+    t_vars = &f->vars;
+    return;
+  }
+  switch_to(b, f, next);
 }
 
 void init_fiber_stack(Fiber& f) {
@@ -206,12 +248,14 @@ void init_fiber_stack(Fiber& f) {
   ASAN_UNPOISON_MEMORY_REGION(f.stack + 4096, f.stack_size - 4096);
 #endif
 #if defined(__x86_64__)
-  uint64_t* top = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(f.stack + f.stack_size)) & ~uintptr_t{15});
+  // Stacks are stack_size apart; shifting each top by a few cache lines keeps the fibers' hot
+  // frames out of one cache set.
+  uint64_t* top = reinterpret_cast<uint64_t*>(
+      (reinterpret_cast<uintptr_t>(f.stack + f.stack_size - 64 * (f.index % 61))) & ~uintptr_t{15});
   top[-1] = 0;                                            // no return from fiber_entry
   top[-2] = reinterpret_cast<uint64_t>(&fiber_entry);     // where `ret` goes
   for (int i = 3; i <= 8; ++i) top[-i] = 0;               // rbp, rbx, r12..r15
-  top[-9] = 0x1f80ull | (0x037full << 32);                // MXCSR, x87 control word: defaults
-  f.sp = top - 9;
+  f.sp = top - 8;
 #else
   ucontext_t& c = g_ctx[f.index];
   getcontext(&c);
@@ -251,7 +295,7 @@ void finish_copies(Fiber* f) {
 void fiber_entry() {
   Block& b = *t_block;
   Fiber* f = t_fiber;
-  asan_finish(nullptr, &b.sched_bottom, &b.sched_size);
+  asan_finish(nullptr, nullptr, nullptr);
   try {
     (*b.grid->body)();
     finish_copies(f);  // copies never waited for still land
@@ -299,33 +343,9 @@ void run_block(Block& b) {
   std::vector<Fiber>& fs = *b.fibers;
   b.ready.clear();
   for (Fiber& f : fs) b.ready.push_back(&f);
-  while (b.error.empty()) {
-    if (b.ready.empty()) {
-      if (b.done == b.n) break;
-      if (b.bar_arrived > 0 && b.bar_arrived + b.done == b.n) {
-        bool warp_waiting = false;
-        for (auto& w : b.warps) warp_waiting = warp_waiting || !w.empty();
-        if (b.done > 0 || warp_waiting) {
-          b.error = "__syncthreads() not reached by every thread of the block: " + describe_stall(b) + " (" +
-                    where(b, nullptr) + ", block " + std::to_string(fs[0].vars.bid.x) + ")";
-          break;
-        }
-        b.bar_arrived = 0;
-        for (Fiber& f : fs)
-          if (f.state == FiberState::kBarrier) release(b, &f);
-        continue;
-      }
-      b.error = "deadlock: " + describe_stall(b) + " (" + where(b, nullptr) + ", block (" +
-                std::to_string(fs[0].vars.bid.x) + "," + std::to_string(fs[0].vars.bid.y) + "," +
-                std::to_string(fs[0].vars.bid.z) + "))";
-      break;
-    }
-    const size_t i = next_rand(b.rng) % b.ready.size();
-    Fiber* f = b.ready[i];
-    b.ready[i] = b.ready.back();
-    b.ready.pop_back();
-    resume(b, f);
-  }
+  // The fibers pass control among themselves (suspend); the scheduler gets it back when the
+  // block is finished, faulted or stuck.
+  if (Fiber* f = pick(b)) switch_to(b, nullptr, f);
 }
 
 }  // namespace
@@ -375,6 +395,19 @@ std::string run_grid(const GridRun& g) {
   } dyn_free{dyn.release()};
   char* s0 = __start_dsv2emu_smem;
   const size_t s_bytes = s0 ? static_cast<size_t>(__stop_dsv2emu_smem - s0) : 0;
+#if defined(DSV2EMU_ASAN)
+  {
+    pthread_attr_t attr;
+    void* addr = nullptr;
+    size_t size = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      pthread_attr_getstack(&attr, &addr, &size);
+      pthread_attr_destroy(&attr);
+    }
+    b.sched_bottom = addr;
+    b.sched_size = size;
+  }
+#endif
   Block* saved = t_block;
   t_block = &b;
   std::string err;
@@ -434,22 +467,24 @@ void warp_collective(unsigned mask, const char* op, void* arg, void (*fn)(unsign
   Fiber* f = t_fiber;
   if (!f) raise(std::string(op) + " outside a kernel");
   Block& b = *t_block;
-  char m[16];
-  snprintf(m, sizeof m, "%08x", mask);
-  if (!(mask >> f->lane & 1)) raise(std::string(op) + ": the calling lane is not in its mask 0x" + m);
-  if (mask & ~b.warp_exists[f->warp])
-    raise(std::string(op) + ": mask 0x" + m + " names lanes that do not exist in this block (lanes " +
-          lanes_str(mask & ~b.warp_exists[f->warp]) + ")");
-  if (mask & b.warp_done[f->warp])
+  if (!(mask >> f->lane & 1) || (mask & ~b.warp_exists[f->warp]) || (mask & b.warp_done[f->warp])) {
+    char m[16];
+    snprintf(m, sizeof m, "%08x", mask);
+    if (!(mask >> f->lane & 1)) raise(std::string(op) + ": the calling lane is not in its mask 0x" + m);
+    if (mask & ~b.warp_exists[f->warp])
+      raise(std::string(op) + ": mask 0x" + m + " names lanes that do not exist in this block (lanes " +
+            lanes_str(mask & ~b.warp_exists[f->warp]) + ")");
     raise(std::string(op) + ": mask 0x" + m + " names lanes that have exited (lanes " +
           lanes_str(mask & b.warp_done[f->warp]) + ")");
+  }
   std::vector<WarpGroup>& groups = b.warps[f->warp];
   WarpGroup* g = nullptr;
   for (WarpGroup& x : groups) {
     if (x.mask == mask) {
       g = &x;
     } else if (x.mask & mask) {
-      char m2[16];
+      char m[16], m2[16];
+      snprintf(m, sizeof m, "%08x", mask);
       snprintf(m2, sizeof m2, "%08x", x.mask);
       raise(std::string("divergent warp: this lane is in ") + op + " with mask 0x" + m + " while lanes " +
             lanes_str(x.arrived) + " wait in " + x.op + " with the overlapping mask 0x" + m2);
@@ -471,9 +506,8 @@ void warp_collective(unsigned mask, const char* op, void* arg, void (*fn)(unsign
     block_on(b, f, FiberState::kWarp, op);
     return;
   }
-  WarpGroup done = *g;
+  fn(mask, g->args);
   groups.erase(groups.begin() + (g - groups.data()));
-  fn(mask, done.args);
   std::vector<Fiber>& fs = *b.fibers;
   for (int l = 0; l < 32; ++l)
     if ((mask >> l & 1) && l != f->lane) release(b, &fs[f->warp * 32 + l]);

@@ -8,7 +8,8 @@ import * as path from 'node:path';
 const ROOT = path.resolve(__dirname, '../..');
 
 function probe(): { usable: boolean; reason: string; device: string } {
-  const code = `require('node-gyp-build')(${JSON.stringify(ROOT)}).cudaInfo().then((i) => console.log(JSON.stringify(i)))`;
+  // The addon lib/native.ts loads: DSV2_ADDON when set (e.g. the emulated device's build-emu addon).
+  const code = `(process.env.DSV2_ADDON ? require(process.env.DSV2_ADDON) : require('node-gyp-build')(${JSON.stringify(ROOT)})).cudaInfo().then((i) => console.log(JSON.stringify(i)))`;
   const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' });
   try {
     const i = JSON.parse(r.stdout) as { unavailable: string | null; devices: { name: string }[] };
