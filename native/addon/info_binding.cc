@@ -75,6 +75,7 @@ Napi::Value CudaInfoFn(const Napi::CallbackInfo& info) {
         const CudaInfo& c = cuda_info();
         Napi::Object o = Napi::Object::New(env);
         o.Set("compiled", c.compiled);
+        o.Set("emulated", c.emulated);
         o.Set("archs", c.archs);
         o.Set("runtimeVersion", c.runtime_version);
         o.Set("driverVersion", c.driver_version);

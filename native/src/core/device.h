@@ -20,6 +20,7 @@ struct CudaDeviceInfo {
 
 struct CudaInfo {
   bool compiled = false;        // this binary contains CUDA kernels
+  bool emulated = false;        // ... built for the emulated device of native/emu (tests only, no GPU)
   std::string archs;            // CMAKE_CUDA_ARCHITECTURES of the build
   int runtime_version = 0;      // e.g. 13000
   int driver_version = 0;       // 0 when no driver is installed

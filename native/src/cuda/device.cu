@@ -32,6 +32,9 @@ std::string smoke_test() {
 }  // namespace
 
 void cuda_probe(CudaInfo* info) {
+#if defined(DSV2_CUDA_EMU)
+  info->emulated = true;  // the DSV2_CUDA_EMULATOR build: every "device" below is native/emu
+#endif
   cudaRuntimeGetVersion(&info->runtime_version);
   if (cudaDriverGetVersion(&info->driver_version) != cudaSuccess) info->driver_version = 0;
   int count = 0;
