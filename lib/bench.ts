@@ -12,6 +12,15 @@ export async function copyBandwidth(bytes = 256 * 2 ** 20, iters = 5): Promise<n
   return (2 * bytes) / seconds;
 }
 
+/**
+ * This machine's read bandwidth in bytes/s: every thread sums its share of `bytes` (default
+ * 1 GiB), best of `iters` — the roofline of a decode step, which streams its weights once.
+ */
+export async function readBandwidth(bytes = 1024 * 2 ** 20, iters = 5): Promise<number> {
+  const seconds = await native(binding().copyBandwidth(bytes, iters, true));
+  return bytes / seconds;
+}
+
 /** The GPU's device-to-device copy bandwidth in bytes/s (read + write), the decode roofline. */
 export async function cudaCopyBandwidth(bytes = 1024 * 2 ** 20, iters = 20): Promise<number> {
   return native(binding().cudaCopyBandwidth(bytes, iters));

@@ -10,9 +10,9 @@ export * as ops from './ops';
 export { info, type Info } from './info';
 export { KvCache, type KvCacheOptions, type KvCacheDtype } from './kv-cache';
 export { copyBandwidth } from './bench';
-export { Model, type ModelLoadOptions, type GenerateOptions, type GenerateChunk, type GenerateResult, type Generation,
+export { Model, type ModelLoadOptions, type WeightFormat, type GenerateOptions, type GenerateChunk, type GenerateResult, type Generation,
   type DeviceChoice } from './model/model';
-export { NativeEngine, type EngineLimits, type EngineMemory, type EngineSampling, type EngineSeq } from './model/engine';
+export { NativeEngine, type EngineLimits, type EngineMemory, type EngineSampling, type EngineSeq, type OpTime } from './model/engine';
 export { Tokenizer, type ChatMessage } from './model/tokenizer';
 export { Checkpoint } from './model/checkpoint';
 export { parseConfig, type DeepSeekConfig } from './model/config';

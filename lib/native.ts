@@ -16,7 +16,7 @@ import { PACKAGE_ROOT } from './paths';
 export interface RawTensor {
   dtype: string;
   shape: number[];
-  data: Float32Array | Uint16Array | Uint8Array | Int32Array | BigInt64Array;
+  data: Float32Array | Uint16Array | Uint8Array | Int32Array | BigInt64Array | Int8Array;
   device?: 'cpu' | 'cuda';
 }
 
@@ -86,6 +86,8 @@ export interface RawEngineOptions {
   maxTokens: number;
   maxSeqs: number;
   maxSeqlen: number;
+  /** 8-bit linear weights (Engine::set_weight_quantization). */
+  weights?: 'i8' | 'fp8_e4m3';
 }
 
 export interface RawEngineStep {
@@ -108,6 +110,8 @@ export interface RawEngine {
   randomWeights(seed: number, dtype: 'bf16' | 'f32'): Promise<void>;
   step(input: RawEngineStep): Promise<{ logits: Float32Array | null; tokens: Int32Array | null }>;
   memory(): { weights: number; cache: number; workspace: number; device: string; graphs: { captured: number; failed: number; launches: number } };
+  setProfiling(on: boolean): void;
+  profile(reset: boolean): { op: string; calls: number; seconds: number }[];
   dispose(): void;
 }
 
@@ -129,12 +133,13 @@ export interface Binding {
   ropeTable(opts: { dim: number; maxPositions: number; theta: number; yarn?: RawYarn | null }): Promise<[RawTensor, RawTensor]>;
   rope(x: RawTensor, positions: RawTensor, cos: RawTensor, sin: RawTensor, interleaved: boolean, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   siluMul(gate: RawTensor, up: RawTensor | null, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
-  gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl, device?: 'cpu' | 'cuda'): Promise<RawTensor>;
+  gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl, device?: 'cpu' | 'cuda', scale?: RawTensor): Promise<RawTensor>;
+  quantizeWeight(weight: RawTensor, dtype: string): Promise<[RawTensor, RawTensor]>;
   benchGemmCuda(x: RawTensor, weight: RawTensor, iters: number): Promise<{ ms: number; kernel: string }>;
   softmax(x: RawTensor, scale: number, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint; device?: 'cpu' | 'cuda' }, impl?: RawImpl): Promise<RawTensor>;
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
-  copyBandwidth(bytes: number, iters: number): Promise<number>;
+  copyBandwidth(bytes: number, iters: number, read?: boolean): Promise<number>;
   KvCache: new (opts: RawKvCacheOptions) => RawKvCache;
   Engine: new (opts: RawEngineOptions) => RawEngine;
   planEngineMemory(opts: Omit<RawEngineOptions, 'cache'> & { cache: { dC: number; dR: number; pageSize: number; dtype: string } }): number;

@@ -9,6 +9,7 @@
  * | `fp8_e4m3` | `Uint8Array`       | OCP FP8 E4M3FN bits (max 448, no inf)        |
  * | `i32`      | `Int32Array`       | signed 32-bit integer                        |
  * | `i64`      | `BigInt64Array`    | signed 64-bit integer                        |
+ * | `i8`       | `Int8Array`        | signed 8-bit integer (8-bit weight codes)    |
  *
  * `device` is `'cpu'` for host tensors; `'cuda'` tensors (device memory) arrive with the
  * CUDA runtime.
@@ -20,14 +21,14 @@
 import { Dsv2Error } from './errors';
 import type { RawTensor } from './native';
 
-export type DType = 'f32' | 'bf16' | 'f16' | 'fp8_e4m3' | 'i32' | 'i64';
+export type DType = 'f32' | 'bf16' | 'f16' | 'fp8_e4m3' | 'i32' | 'i64' | 'i8';
 export type Device = 'cpu' | 'cuda';
-export type HostData = Float32Array | Uint16Array | Uint8Array | Int32Array | BigInt64Array;
+export type HostData = Float32Array | Uint16Array | Uint8Array | Int32Array | BigInt64Array | Int8Array;
 
-export const DTYPES: readonly DType[] = ['f32', 'bf16', 'f16', 'fp8_e4m3', 'i32', 'i64'];
+export const DTYPES: readonly DType[] = ['f32', 'bf16', 'f16', 'fp8_e4m3', 'i32', 'i64', 'i8'];
 
 /** Bytes per element of each dtype. */
-export const DTYPE_SIZE: Readonly<Record<DType, number>> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, i32: 4, i64: 8 };
+export const DTYPE_SIZE: Readonly<Record<DType, number>> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, i32: 4, i64: 8, i8: 1 };
 
 const ARRAY_OF: Record<DType, { new (n: number): HostData; name: string }> = {
   f32: Float32Array,
@@ -36,6 +37,7 @@ const ARRAY_OF: Record<DType, { new (n: number): HostData; name: string }> = {
   fp8_e4m3: Uint8Array,
   i32: Int32Array,
   i64: BigInt64Array,
+  i8: Int8Array,
 };
 
 /** 'Float32Array', 'Uint16Array', ... for typed arrays of any realm; 'Array' etc. otherwise. */

@@ -52,6 +52,16 @@ export interface EngineMemory {
   graphs: { captured: number; failed: number; launches: number };
 }
 
+/** Wall time of one kind of engine op over the profiled steps (see `Model.startProfile`). */
+export interface OpTime {
+  /** `step` (a whole step), `embed`, `norm`, `attn.q`, `attn.kv_a`, `attn.kv_norm_rope_append`, `attn.absorb_q`,
+   * `attn.mla_decode`, `attn.absorb_o`, `attn.mla_prefill`, `attn.o_proj`, `mlp.dense`, `moe.gate`, `moe.route`,
+   * `moe.experts`, `lm_head`, `sample`. */
+  op: string;
+  calls: number;
+  seconds: number;
+}
+
 const U64 = (1n << 64n) - 1n;
 
 export class NativeEngine {
@@ -74,9 +84,11 @@ export class NativeEngine {
    * setGlobals, or randomWeights; then setRope. The cache must live on the same device; the
    * engine keeps it alive.
    */
-  static open(c: DeepSeekConfig, cache: KvCache, device: 'cpu' | 'cuda', limits: EngineLimits): NativeEngine {
+  static open(c: DeepSeekConfig, cache: KvCache, device: 'cpu' | 'cuda', limits: EngineLimits,
+    opts: { weights?: 'bf16' | 'int8' | 'fp8' } = {}): NativeEngine {
     try {
-      const raw = new (binding().Engine)({ device, dims: engineDims(c), cache: cache.raw(), ...limits });
+      const weights = opts.weights === 'int8' ? 'i8' : opts.weights === 'fp8' ? 'fp8_e4m3' : undefined;
+      const raw = new (binding().Engine)({ device, dims: engineDims(c), cache: cache.raw(), ...limits, ...(weights ? { weights } : {}) });
       return new NativeEngine(raw, device, limits, cache.pageSize, c.vocabSize);
     } catch (e) {
       throw fromNative(e);
@@ -90,8 +102,8 @@ export class NativeEngine {
    */
   static async create(c: DeepSeekConfig, weights: ModelWeights | { random: number; dtype?: 'bf16' | 'f32' }, cache: KvCache,
     rope: RopeTable, device: 'cpu' | 'cuda', limits: EngineLimits,
-    opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<NativeEngine> {
-    const engine = NativeEngine.open(c, cache, device, limits);
+    opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; weights?: 'bf16' | 'int8' | 'fp8' } = {}): Promise<NativeEngine> {
+    const engine = NativeEngine.open(c, cache, device, limits, { weights: opts.weights });
     try {
       if ('random' in weights) await engine.randomWeights(weights.random, weights.dtype ?? 'bf16');
       else await engine.#upload(engineWeights(weights), opts);
@@ -214,6 +226,16 @@ export class NativeEngine {
 
   memory(): EngineMemory {
     return this.#engine().memory();
+  }
+
+  /** Times every op of the steps that follow (each between backend syncs: CUDA steps run uncaptured). */
+  setProfiling(on: boolean): void {
+    this.#engine().setProfiling(on);
+  }
+
+  /** Per-op totals since the last reset, in order of first use. */
+  profile(reset = false): OpTime[] {
+    return this.#engine().profile(reset);
   }
 
   get disposed(): boolean {

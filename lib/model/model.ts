@@ -10,7 +10,7 @@ import { Tensor } from '../tensor';
 import { Checkpoint } from './checkpoint';
 import type { DeepSeekConfig } from './config';
 import { DecodeBatcher, type BatchStats } from './batcher';
-import { NativeEngine, type EngineMemory } from './engine';
+import { NativeEngine, type EngineMemory, type OpTime } from './engine';
 import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { checkMessages, describe, Tokenizer, type ChatMessage } from './tokenizer';
 import { PrefixCache, type PrefixCacheStats, type PrefixMatch } from './prefix-cache';
@@ -45,6 +45,16 @@ export interface ModelLoadOptions {
   /** KV cache storage; default bf16. */
   kvCache?: KvCacheDtype;
   /**
+   * How the linear layers' weights are held: 'bf16' (default: as the checkpoint stores them),
+   * or quantised once at load to 8 bits — 'int8' or 'fp8' (e4m3) codes with one f32 scale per
+   * 128 × 128 block (half the bytes of bf16, so batch-1 decode streams half as much). Every
+   * linear layer is quantised (attention projections, dense MLP, routed and shared experts,
+   * lm_head) except kv_b and its absorbed halves and the router; the embedding stays too.
+   * Weights already stored in FP8 (DeepSeek-V3's routed experts) keep their own codes.
+   * Native CPU engine only for now (E_UNSUPPORTED on cuda and with engine: 'js').
+   */
+  weights?: WeightFormat;
+  /**
    * Automatic prefix caching (default true): generate() keeps the full KV pages of finished
    * sequences, keyed by their tokens, and a later prompt that starts with the same tokens
    * prefills only what is new (bit-identical results); pages are evicted LRU when needed.
@@ -56,6 +66,9 @@ export interface ModelLoadOptions {
   /** Progress of reading weights: bytes done, bytes total. */
   onProgress?: (done: number, total: number) => void;
 }
+
+/** `ModelLoadOptions.weights`. */
+export type WeightFormat = 'bf16' | 'int8' | 'fp8';
 
 export interface GenerateOptions {
   /** Plain text prompt (BOS added as the tokenizer config says). */
@@ -348,6 +361,12 @@ export class Model {
       else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);
     }
     const useEngine = device === 'cuda' || (opts.engine ?? 'native') === 'native';
+    const format = opts.weights ?? 'bf16';
+    if (!['bf16', 'int8', 'fp8'].includes(format)) throw new Dsv2Error('E_ARG', `weights '${String(format)}' must be bf16, int8 or fp8`);
+    if (format !== 'bf16' && !useEngine) throw new Dsv2Error('E_UNSUPPORTED', `weights '${format}': 8-bit weights run in the native engine, not engine: 'js'`);
+    if (format !== 'bf16' && device === 'cuda') {
+      throw new Dsv2Error('E_UNSUPPORTED', `weights '${format}': 8-bit weights run on the CPU only in this version (the CUDA gemm has no 8-bit kernel yet); use device: 'cpu' or weights: 'bf16'`);
+    }
     const maxTokens = opts.maxTokens ?? 4096;
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new Dsv2Error('E_RANGE', `maxTokens = ${maxTokens} must be a positive integer`);
     if (opts.maxStepTokens !== undefined && (!Number.isSafeInteger(opts.maxStepTokens) || opts.maxStepTokens < 1)) {
@@ -377,7 +396,7 @@ export class Model {
         // copied there as soon as it is read and not kept on the host.
         const maxSeqlen = Math.min(rope.cos.shape[0], cache.pages * pageSize);
         const maxStep = Math.min(opts.maxStepTokens ?? 2048, maxSeqlen);
-        engine = NativeEngine.open(c, cache, device, { maxTokens: Math.max(maxStep, maxBatch), maxSeqs: maxBatch, maxSeqlen });
+        engine = NativeEngine.open(c, cache, device, { maxTokens: Math.max(maxStep, maxBatch), maxSeqs: maxBatch, maxSeqlen }, { weights: format });
         const e = engine;
         await loadWeights(ck, {
           signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L), onExperts: (l, part) => e.setExperts(l, part),
@@ -429,6 +448,31 @@ export class Model {
   /** Bytes the loaded model holds where it runs (the native engine's accounting; null for the js CPU forward). */
   memory(): EngineMemory | null {
     return this.#context().engine?.memory() ?? null;
+  }
+
+  /**
+   * Starts timing every op of the native engine's steps (resetting earlier totals); stopProfile()
+   * returns them. Each op runs between backend syncs, so on CUDA decode steps run without
+   * graphs while profiling: for finding where time goes, not for headline speed. E_UNSUPPORTED
+   * with `engine: 'js'`.
+   */
+  startProfile(): void {
+    const e = this.#profiled();
+    e.profile(true);
+    e.setProfiling(true);
+  }
+
+  /** Stops profiling; the per-op totals since startProfile(), `step` first (whole steps). */
+  stopProfile(): OpTime[] {
+    const e = this.#profiled();
+    e.setProfiling(false);
+    return e.profile(true);
+  }
+
+  #profiled(): NativeEngine {
+    const e = this.#context().engine;
+    if (!e) throw new Dsv2Error('E_UNSUPPORTED', `model ${this.dir} runs the js forward: profiling needs the native engine`);
+    return e;
   }
 
   #context(): ForwardContext {

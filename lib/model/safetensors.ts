@@ -27,9 +27,10 @@ export const ST_DTYPES: Readonly<Record<string, { dtype: DType; size: number }>>
   F8_E4M3: { dtype: 'fp8_e4m3', size: 1 },
   I32: { dtype: 'i32', size: 4 },
   I64: { dtype: 'i64', size: 8 },
+  I8: { dtype: 'i8', size: 1 },
 };
 
-const ST_NAME: Record<DType, string> = { f32: 'F32', bf16: 'BF16', f16: 'F16', fp8_e4m3: 'F8_E4M3', i32: 'I32', i64: 'I64' };
+const ST_NAME: Record<DType, string> = { f32: 'F32', bf16: 'BF16', f16: 'F16', fp8_e4m3: 'F8_E4M3', i32: 'I32', i64: 'I64', i8: 'I8' };
 
 /** Largest header accepted (the biggest published DeepSeek shards have ~100 KB headers). */
 export const MAX_HEADER_BYTES = 64 * 2 ** 20;

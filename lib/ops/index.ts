@@ -100,14 +100,36 @@ export async function siluMul(gate: Tensor, up?: Tensor | null, opts?: OpOptions
   return Tensor.fromRaw(await native(b.siluMul(tensorArg(gate, 'gate'), u, implArg(opts), deviceArg(opts))));
 }
 
+export interface GemmOptions extends OpOptions, DeviceOptions {
+  /**
+   * For 8-bit weights (i8 or fp8_e4m3 codes), their scales: f32 [ceil(N / 128), ceil(K / 128)],
+   * one per 128 × 128 block (W = code · scale; `quantizeWeight` makes both). CPU only.
+   */
+  scale?: Tensor;
+}
+
 /**
  * `y = x · Wᵀ` with fp32 accumulation (the nn.Linear weight layout). `device: 'cuda'` runs the
  * CUDA kernel (host tensors copied in and out; E_UNSUPPORTED where CUDA is not usable).
- * @param x f32 [..., K].  @param weight [N, K], f32 | bf16 | f16.  @returns f32 [..., N].
+ * @param x f32 [..., K].  @param weight [N, K], f32 | bf16 | f16, or i8 | fp8_e4m3 with `scale`.
+ * @returns f32 [..., N].
  */
-export async function gemm(x: Tensor, weight: Tensor, opts?: OpOptions & DeviceOptions): Promise<Tensor> {
+export async function gemm(x: Tensor, weight: Tensor, opts?: GemmOptions): Promise<Tensor> {
   const b = binding();
-  return Tensor.fromRaw(await native(b.gemm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), implArg(opts), deviceArg(opts))));
+  const scale = opts?.scale === undefined ? undefined : tensorArg(opts.scale, 'scale');
+  return Tensor.fromRaw(await native(b.gemm(tensorArg(x, 'x'), tensorArg(weight, 'weight'), implArg(opts), deviceArg(opts), scale)));
+}
+
+/**
+ * 8-bit weights from a float matrix W [n, k] (f32 | bf16 | f16), as `Model.load(dir, {weights})`
+ * stores them: one f32 scale per 128 × 128 block, scale = amax / 127 (i8) or amax / 448
+ * (fp8_e4m3) over the block's finite values (1 for an all-zero block), code = W / scale rounded
+ * to nearest even (i8 clamped to ±127; e4m3 saturating at ±448).
+ * @returns `{ codes: [n, k] of dtype, scale: f32 [ceil(n / 128), ceil(k / 128)] }`.
+ */
+export async function quantizeWeight(weight: Tensor, dtype: 'i8' | 'fp8_e4m3'): Promise<{ codes: Tensor; scale: Tensor }> {
+  const [codes, scale] = await native(binding().quantizeWeight(tensorArg(weight, 'weight'), dtype));
+  return { codes: Tensor.fromRaw(codes), scale: Tensor.fromRaw(scale) };
 }
 
 export interface SoftmaxOptions extends OpOptions, DeviceOptions {

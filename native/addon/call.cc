@@ -18,6 +18,7 @@ napi_typedarray_type array_type(DType t) {
     case DType::kFP8E4M3: return napi_uint8_array;
     case DType::kI32: return napi_int32_array;
     case DType::kI64: return napi_bigint64_array;
+    case DType::kI8: return napi_int8_array;
   }
   return napi_uint8_array;
 }
@@ -29,6 +30,7 @@ const char* array_name(napi_typedarray_type t) {
     case napi_uint8_array: return "Uint8Array";
     case napi_int32_array: return "Int32Array";
     case napi_bigint64_array: return "BigInt64Array";
+    case napi_int8_array: return "Int8Array";
     default: return "another typed array";
   }
 }
@@ -167,6 +169,7 @@ std::vector<void*> Call::outputs(const std::vector<OutSpec>& specs) {
       case napi_uint16_array: arr = Napi::Uint16Array::New(env_, n, buf, 0); break;
       case napi_int32_array: arr = Napi::Int32Array::New(env_, n, buf, 0); break;
       case napi_bigint64_array: arr = Napi::BigInt64Array::New(env_, n, buf, 0); break;
+      case napi_int8_array: arr = Napi::Int8Array::New(env_, n, buf, 0); break;
       default: arr = Napi::Uint8Array::New(env_, n, buf, 0); break;
     }
     Napi::Array shape = Napi::Array::New(env_, s.shape.size());

@@ -105,6 +105,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod("randomWeights", &EngineWrap::RandomWeights),
                         InstanceMethod("step", &EngineWrap::Step),
                         InstanceMethod("memory", &EngineWrap::Memory),
+                        InstanceMethod("setProfiling", &EngineWrap::SetProfiling),
+                        InstanceMethod("profile", &EngineWrap::Profile),
                         InstanceMethod("dispose", &EngineWrap::Dispose)});
   }
 
@@ -128,6 +130,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       auto be = want == Device::kCuda ? model::make_cuda_backend() : model::make_cpu_backend();
       engine_ = std::make_shared<Engine>(std::move(be), m, storage->layout, storage->pages, storage->data,
                                          std::static_pointer_cast<void>(storage), lim);
+      // weights: 'i8' | 'fp8_e4m3' stores the linear layers as 8-bit codes (Engine::set_weight_quantization).
+      const std::string q = str_prop(o, "weights", "");
+      DSV2_CHECK(q.empty() || q == "i8" || q == "fp8_e4m3", kArg, "options.weights '" << q << "' must be i8 or fp8_e4m3 (or absent)");
+      if (!q.empty()) engine_->set_weight_quantization(q == "i8" ? DType::kI8 : DType::kFP8E4M3);
       return 0;
     });
   }
@@ -287,6 +293,32 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       g.Set("launches", static_cast<double>(m.graph_launches));
       o.Set("graphs", g);
       return o;
+    });
+  }
+
+  // setProfiling(on): time every op of the steps that follow (Engine::set_profiling).
+  Napi::Value SetProfiling(const Napi::CallbackInfo& info) {
+    return coded(info.Env(), [&]() -> Napi::Value {
+      DSV2_CHECK(info[0].IsBoolean(), kArg, "setProfiling(on): on must be a boolean");
+      engine("setProfiling")->set_profiling(info[0].As<Napi::Boolean>().Value());
+      return info.Env().Undefined();
+    });
+  }
+
+  // profile(reset) -> [{op, calls, seconds}] since the last reset.
+  Napi::Value Profile(const Napi::CallbackInfo& info) {
+    return coded(info.Env(), [&]() -> Napi::Value {
+      const bool reset = info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
+      const auto ops = engine("profile")->profile(reset);
+      Napi::Array a = Napi::Array::New(info.Env(), ops.size());
+      for (size_t i = 0; i < ops.size(); ++i) {
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("op", ops[i].op);
+        o.Set("calls", static_cast<double>(ops[i].calls));
+        o.Set("seconds", ops[i].seconds);
+        a.Set(static_cast<uint32_t>(i), o);
+      }
+      return a;
     });
   }
 

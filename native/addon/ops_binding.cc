@@ -107,7 +107,9 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return run_op(info, [&info](Call& c) {
     GemmParams p;
-    auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
+    TensorView scale;
+    const bool scaled = c.optional_tensor(4, "scale", &scale);
+    auto outs = c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p, scaled ? &scale : nullptr));
     p.y = static_cast<float*>(outs[0]);
     Impl impl = c.impl(2);
     p.device = device_arg(info, c, 3);
@@ -177,6 +179,28 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
   });
 }
 
+// quantizeWeight(w [n, k] f32|bf16|f16, 'i8'|'fp8_e4m3') -> [codes [n, k], scale f32 [ceil(n/128), ceil(k/128)]]
+Napi::Value QuantizeWeight(const Napi::CallbackInfo& info) {
+  return run_op(info, [](Call& c) {
+    const TensorView w = c.tensor(0, "weight");
+    const std::string to = c.string(1, "dtype");
+    DType t;
+    DSV2_CHECK(parse_dtype(to, &t) && (t == DType::kI8 || t == DType::kFP8E4M3), kDtype,
+               "dtype '" << to << "' must be i8 or fp8_e4m3");
+    DSV2_CHECK(w.device == Device::kCpu, kDevice, "weight must be a cpu tensor");
+    DSV2_CHECK(w.dtype == DType::kF32 || w.dtype == DType::kBF16 || w.dtype == DType::kF16, kDtype,
+               "weight: dtype " << dtype_name(w.dtype) << " must be f32, bf16 or f16");
+    DSV2_CHECK(w.shape.size() == 2, kShape, "weight: shape " << shape_str(w.shape) << " must be [n, k]");
+    const int64_t n = w.shape[0], k = w.shape[1];
+    auto outs = c.outputs({{t, {n, k}}, {DType::kF32, {(n + kWeightBlock - 1) / kWeightBlock, (k + kWeightBlock - 1) / kWeightBlock}}});
+    const void* src = w.data;
+    const DType wd = w.dtype;
+    void* codes = outs[0];
+    float* scales = static_cast<float*>(outs[1]);
+    return c.start([=] { ops::quantize_weight(src, wd, n, k, t, codes, scales, true); }, false, 4.0 * n * k);
+  });
+}
+
 // cast(x, dtype, impl)
 Napi::Value Cast(const Napi::CallbackInfo& info) {
   return run_op(info, [](Call& c) {
@@ -191,16 +215,20 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   });
 }
 
-// copyBandwidth(bytes, iters) -> seconds per copy
+// copyBandwidth(bytes, iters[, read]) -> seconds per copy (read: seconds per read pass)
 Napi::Value CopyBandwidth(const Napi::CallbackInfo& info) {
   Call c(info);
+  const bool read = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   return rejecting(info.Env(), [&]() -> Napi::Value {
     double bytes = c.number(0, "bytes"), iters = c.number(1, "iters");
     DSV2_CHECK(bytes >= 1 && bytes <= 17179869184.0, kRange, "bytes = " << bytes << " must be in [1, 16 GiB]");
     auto secs = std::make_shared<double>(0);
     auto* job = new Job(
         info.Env(),
-        [secs, bytes, iters] { *secs = ops::copy_bandwidth_seconds(static_cast<size_t>(bytes), static_cast<int>(iters)); },
+        [secs, bytes, iters, read] {
+          *secs = read ? ops::read_bandwidth_seconds(static_cast<size_t>(bytes), static_cast<int>(iters))
+                       : ops::copy_bandwidth_seconds(static_cast<size_t>(bytes), static_cast<int>(iters));
+        },
         [secs](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *secs); });
     return job->start();
   });
@@ -219,6 +247,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("softmax", Napi::Function::New(env, Softmax, "softmax"));
   exports.Set("sample", Napi::Function::New(env, Sample, "sample"));
   exports.Set("cast", Napi::Function::New(env, Cast, "cast"));
+  exports.Set("quantizeWeight", Napi::Function::New(env, QuantizeWeight, "quantizeWeight"));
   exports.Set("copyBandwidth", Napi::Function::New(env, CopyBandwidth, "copyBandwidth"));
 }
 

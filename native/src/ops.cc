@@ -1,16 +1,21 @@
 // Argument checks and device dispatch, once, for every op.
 #include "dsv2/ops.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <vector>
 
 #include "check.h"
 #include "ops_cuda.h"
 #include "cpu/cpu_ops.h"
+#include "core/fp8.h"
 #include "core/thread_pool.h"
 #include "dsv2/config.h"
 #include "dsv2/status.h"
@@ -156,16 +161,29 @@ void silu_mul(const SiluMulParams& p, Impl impl) {
   cpu::silu_mul(p, parallel(impl));
 }
 
-std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmParams* p) {
+std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmParams* p, const TensorView* scale) {
   require_cpu(x, "x");
   require_cpu(w, "weight");
   require_dtype(x, "x", {DType::kF32});
-  require_dtype(w, "weight", kFloatWeights);
+  if (scale) require_dtype(w, "weight", {DType::kI8, DType::kFP8E4M3});
+  else require_dtype(w, "weight", kFloatWeights);
   require_rank(x, "x", 1, kMaxRank);
   require_rank(w, "weight", 2, 2);
   DSV2_CHECK(w.dim(1) == x.dim(-1), kShape,
              "weight: shape " << shape_str(w.shape) << " is [N, K] with K = " << w.dim(1)
                               << ", but x " << shape_str(x.shape) << " has K = " << x.dim(-1));
+  if (scale) {
+    require_cpu(*scale, "scale");
+    require_dtype(*scale, "scale", {DType::kF32});
+    const std::vector<int64_t> want = {(w.dim(0) + kWeightBlock - 1) / kWeightBlock, (w.dim(1) + kWeightBlock - 1) / kWeightBlock};
+    DSV2_CHECK(scale->shape == want, kShape,
+               "scale: shape " << shape_str(scale->shape) << " but a weight of shape " << shape_str(w.shape)
+                               << " has " << shape_str(want) << " blocks of " << kWeightBlock << " × " << kWeightBlock);
+    const float* sv = static_cast<const float*>(scale->data);
+    for (int64_t i = 0; i < want[0] * want[1]; ++i)
+      DSV2_CHECK(std::isfinite(sv[i]) && sv[i] > 0, kRange, "scale[" << i << "] = " << sv[i] << " must be finite and > 0");
+    p->w_scale = sv;
+  }
   p->m = x.rows();
   p->k = x.dim(-1);
   p->n = w.dim(0);
@@ -176,6 +194,8 @@ std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmPa
 }
 
 void gemm(const GemmParams& p, Impl impl) {
+  DSV2_CHECK(!(p.device == Device::kCuda && p.w_scale), kUnsupported,
+             "gemm: " << dtype_name(p.w_dtype) << " weights run on the CPU only in this version (no CUDA kernel yet)");
   if (p.device == Device::kCuda) return gemm_cuda(p);
   if (impl == Impl::kReference) cpu::gemm_ref(p);
   else cpu::gemm_fast(p);
@@ -250,6 +270,111 @@ double copy_bandwidth_seconds(size_t bytes, int iters) {
   for (int i = 0; i < iters; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     copy(false);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+void quantize_weight(const void* w, DType w_dtype, int64_t n, int64_t k, DType to, void* codes, float* scales, bool parallel) {
+  DSV2_CHECK(to == DType::kI8 || to == DType::kFP8E4M3, kDtype, "quantize_weight: to " << dtype_name(to) << " must be i8 or fp8_e4m3");
+  DSV2_CHECK(w_dtype == DType::kF32 || w_dtype == DType::kBF16 || w_dtype == DType::kF16, kDtype,
+             "quantize_weight: weights of dtype " << dtype_name(w_dtype) << " (f32, bf16 or f16 only)");
+  const int64_t rb = (n + kWeightBlock - 1) / kWeightBlock, cb = (k + kWeightBlock - 1) / kWeightBlock;
+  // One 128-row band per chunk: its scales, then its codes.
+  auto band = [&](int64_t b0, int64_t b1) {
+    std::vector<float> row(static_cast<size_t>(k));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kWeightBlock, r1 = std::min(n, r0 + kWeightBlock);
+      std::vector<float> amax(static_cast<size_t>(cb), 0.0f);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < k; ++j) {
+          const float a = std::fabs(load_float(w, w_dtype, r * k + j));
+          if (std::isfinite(a) && a > amax[j / kWeightBlock]) amax[j / kWeightBlock] = a;
+        }
+      for (int64_t c = 0; c < cb; ++c) {
+        const float a = amax[c];
+        scales[b * cb + c] = a > 0 ? a / (to == DType::kI8 ? 127.0f : kFp8Max) : 1.0f;
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t j = 0; j < k; ++j) row[j] = load_float(w, w_dtype, r * k + j);
+        const float* s = scales + b * cb;
+        if (to == DType::kI8) {
+          int8_t* o = static_cast<int8_t*>(codes) + r * k;
+          for (int64_t j = 0; j < k; ++j) {
+            const float q = std::nearbyint(row[j] / s[j / kWeightBlock]);  // ties to even; NaN → 0 below
+            o[j] = static_cast<int8_t>(q >= 127.0f ? 127 : q <= -127.0f ? -127 : q == q ? static_cast<int>(q) : 0);
+          }
+        } else {
+          uint8_t* o = static_cast<uint8_t*>(codes) + r * k;
+          for (int64_t j = 0; j < k; ++j) o[j] = f32_to_e4m3(row[j] / s[j / kWeightBlock]);
+        }
+      }
+    }
+  };
+  if (parallel) parallel_for(rb, 1, band);
+  else band(0, rb);
+}
+
+namespace {
+// Sum of n bytes as 64-bit words (n % 8 == 0), four independent AVX2 accumulators: loads
+// outrun the adds, so the time is the memory's.
+__attribute__((target("avx2"))) uint64_t sum_words_avx2(const char* p, size_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+    a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
+    a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
+  }
+  __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+  alignas(32) uint64_t l[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(l), s);
+  uint64_t r = l[0] + l[1] + l[2] + l[3];
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    r += w;
+  }
+  return r;
+}
+
+uint64_t sum_words(const char* p, size_t n) {
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return sum_words_avx2(p, n);
+  uint64_t r = 0;
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    r += w;
+  }
+  return r;
+}
+}  // namespace
+
+double read_bandwidth_seconds(size_t bytes, int iters) {
+  DSV2_CHECK(bytes > 0 && bytes <= (size_t{1} << 34), kRange, "bytes = " << bytes << " must be in (0, 16 GiB]");
+  DSV2_CHECK(iters >= 1 && iters <= 1000, kRange, "iters = " << iters << " must be in [1, 1000]");
+  std::unique_ptr<char[]> src(new char[bytes]);
+  constexpr int64_t kChunk = 1 << 20;
+  const int64_t chunks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+  std::atomic<uint64_t> sink{0};
+  auto pass = [&](bool fill) {
+    parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
+      uint64_t s = 0;
+      for (int64_t c = b; c < e; ++c) {
+        size_t off = c * kChunk, n = std::min<size_t>(kChunk, bytes - off);
+        if (fill) std::memset(src.get() + off, static_cast<int>(c), n);  // touch pages first
+        s += sum_words(src.get() + off, n);
+      }
+      sink += s;  // keeps the sums live
+    });
+  };
+  pass(true);
+  double best = 1e30;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    pass(false);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;

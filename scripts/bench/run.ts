@@ -2,6 +2,7 @@
  * `npm run bench -- <name...> [--quick]`: runs the named benchmarks (all when none given).
  * Each prints a table and writes JSON under bench/results/.
  */
+import { benchDecode } from './decode';
 import { benchE2e } from './e2e';
 import { benchGemm } from './gemm';
 import { benchGemmCuda } from './gemm_cuda';
@@ -15,6 +16,7 @@ const BENCHES: Record<string, (o: { quick?: boolean }) => Promise<void>> = {
   kv_append: benchKvAppend,
   moe_route: benchMoeRoute,
   e2e: benchE2e,
+  decode: benchDecode,
   mla_decode_cuda: benchMlaDecodeCuda,
   gemm_cuda: benchGemmCuda,
   moe_route_cuda: benchMoeRouteCuda,
@@ -29,11 +31,15 @@ const GROUPS: Record<string, string[]> = {
   dense: ['gemm_cuda', 'gemm'],
 };
 
+/** Options that take a value (read by the benchmark itself from process.argv). */
+const VALUED = new Set(['--model', '--prompt', '--tokens', '--weights', '--kv-cache']);
+
 async function run(argv: string[]): Promise<number> {
   const quick = argv.includes('--quick');
-  const names = argv.filter((a) => !a.startsWith('--')).flatMap((n) => GROUPS[n] ?? [n]);
+  const names = argv.filter((a, i) => !a.startsWith('--') && !VALUED.has(argv[i - 1])).flatMap((n) => GROUPS[n] ?? [n]);
   if (argv.includes('--help')) {
-    console.log(`usage: npm run bench -- [${[...Object.keys(GROUPS), ...Object.keys(BENCHES)].join('|')}]... [--quick]`);
+    console.log(`usage: npm run bench -- [${[...Object.keys(GROUPS), ...Object.keys(BENCHES)].join('|')}]... [--quick]\n` +
+      '  decode: [--model DIR] [--prompt N] [--tokens N] [--weights bf16|int8|fp8] [--kv-cache bf16|fp8|f32]');
     return 0;
   }
   for (const n of names) {

@@ -87,12 +87,19 @@ struct SiluMulParams {
   Device device = Device::kCpu;  // cuda: the op-level entry copies inputs in and outputs out
 };
 
+// Side of the square weight blocks that share one scale in 8-bit weights (DeepSeek-V3's FP8
+// layout: `weight_scale_inv` [ceil(n / 128), ceil(k / 128)]).
+constexpr int64_t kWeightBlock = 128;
+
 // y[M, N] = x[M, K] · W[N, K]^T, fp32 accumulation (the layout of nn.Linear weights).
+// 8-bit weights (i8, fp8_e4m3) are codes with one f32 scale per 128 × 128 block:
+// W[n, k] = value(code[n, k]) · w_scale[n / 128][k / 128] (value: the integer, or the e4m3 number).
 struct GemmParams {
   int64_t m = 0, n = 0, k = 0;
   const float* x = nullptr;  // [m, k]
-  const void* w = nullptr;   // [n, k], f32 | bf16 | f16 (w_dtype)
+  const void* w = nullptr;   // [n, k], f32 | bf16 | f16 | i8 | fp8_e4m3 (w_dtype)
   DType w_dtype = DType::kF32;
+  const float* w_scale = nullptr;  // i8 / fp8_e4m3: [ceil(n / 128), ceil(k / 128)]
   float* y = nullptr;        // [m, n]
   Device device = Device::kCpu;  // cuda: the op-level entry copies x, W in and y out
 };

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "dsv2/dense.h"
 #include "dsv2/tensor.h"
 
 namespace dsv2 {
@@ -58,7 +59,7 @@ struct MoeRouteParams {
 // rows; a loader of separate gate/up checkpoint tensors must then requantise (or keep bf16):
 // their scales do not fit this layout. The shared experts never use FP8 (shared_dtype is
 // f32 | bf16 | f16); the scales are null for other weight dtypes.
-constexpr int64_t kMoeFp8Block = 128;
+constexpr int64_t kMoeFp8Block = kWeightBlock;
 
 struct MoeExpertsParams {
   int64_t t = 0, hidden = 0, top_k = 0, n_experts = 0, inter = 0, inter_shared = 0;
@@ -67,12 +68,14 @@ struct MoeExpertsParams {
   const float* weights = nullptr;  // [t, top_k]
   const void* gate_up = nullptr;   // [n_experts, 2 · inter, hidden]: gate rows, then up rows
   const void* down = nullptr;      // [n_experts, hidden, inter]
-  DType w_dtype = DType::kF32;     // of gate_up and down: f32 | bf16 | f16 | fp8_e4m3
-  const float* gate_up_scale = nullptr;  // fp8 only: [n_experts, ceil(2 · inter / 128), ceil(hidden / 128)]
-  const float* down_scale = nullptr;     // fp8 only: [n_experts, ceil(hidden / 128), ceil(inter / 128)]
+  DType w_dtype = DType::kF32;     // of gate_up and down: f32 | bf16 | f16 | fp8_e4m3 (| i8: CPU engine)
+  const float* gate_up_scale = nullptr;  // 8-bit only: [n_experts, ceil(2 · inter / 128), ceil(hidden / 128)]
+  const float* down_scale = nullptr;     // 8-bit only: [n_experts, ceil(hidden / 128), ceil(inter / 128)]
   const void* shared_gate_up = nullptr;  // [2 · inter_shared, hidden], may be null
   const void* shared_down = nullptr;     // [hidden, inter_shared]
-  DType shared_dtype = DType::kF32;
+  DType shared_dtype = DType::kF32;      // f32 | bf16 | f16, or (CPU only) i8 / fp8_e4m3 with:
+  const float* shared_gate_up_scale = nullptr;  // [ceil(2 · inter_shared / 128), ceil(hidden / 128)]
+  const float* shared_down_scale = nullptr;     // [ceil(hidden / 128), ceil(inter_shared / 128)]
   float* y = nullptr;              // [t, hidden]
   Device device = Device::kCpu;    // where to run (the op-level entry copies host data)
 };

@@ -34,7 +34,13 @@ void rope(const RopeParams& p, Impl impl);
 std::vector<OutSpec> check_silu_mul(const TensorView& gate, const TensorView* up, SiluMulParams* p);
 void silu_mul(const SiluMulParams& p, Impl impl);
 
-std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmParams* p);
+// scale: for i8 / fp8_e4m3 weights (and only then), f32 [ceil(N / 128), ceil(K / 128)].
+std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmParams* p, const TensorView* scale = nullptr);
+// 8-bit weights from a float matrix [n, k] (f32 | bf16 | f16), one scale per 128 × 128 block:
+// scale = amax / 127 (i8) or amax / 448 (fp8_e4m3) over the block's finite values (1 when
+// the block is all zero), code = round-to-nearest-even(w / scale), i8 clamped to ±127,
+// e4m3 saturating. `codes` [n, k] of `to`, `scales` [ceil(n/128), ceil(k/128)].
+void quantize_weight(const void* w, DType w_dtype, int64_t n, int64_t k, DType to, void* codes, float* scales, bool parallel);
 void gemm(const GemmParams& p, Impl impl);
 
 std::vector<OutSpec> check_softmax(const TensorView& x, double scale, SoftmaxParams* p);
@@ -92,5 +98,8 @@ void moe_experts(const MoeExpertsParams& p, Impl impl);
 // Multi-threaded memcpy of `bytes` bytes, `iters` times: the machine's copy bandwidth, the
 // roofline the benchmarks report against. Returns seconds per copy (best of iters).
 double copy_bandwidth_seconds(size_t bytes, int iters);
+// Multi-threaded read (a sum) of `bytes` bytes, `iters` times: the read bandwidth, the
+// roofline of decode steps that stream weights. Seconds per pass (best of iters).
+double read_bandwidth_seconds(size_t bytes, int iters);
 
 }  // namespace dsv2::ops

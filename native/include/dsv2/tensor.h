@@ -8,7 +8,7 @@
 
 namespace dsv2 {
 
-enum class DType { kF32, kBF16, kF16, kFP8E4M3, kI32, kI64 };
+enum class DType { kF32, kBF16, kF16, kFP8E4M3, kI32, kI64, kI8 };
 enum class Device { kCpu, kCuda };
 
 const char* dtype_name(DType t);

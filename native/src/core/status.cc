@@ -31,6 +31,7 @@ const char* dtype_name(DType t) {
     case DType::kFP8E4M3: return "fp8_e4m3";
     case DType::kI32: return "i32";
     case DType::kI64: return "i64";
+    case DType::kI8: return "i8";
   }
   return "?";
 }
@@ -39,7 +40,7 @@ size_t dtype_size(DType t) {
   switch (t) {
     case DType::kF32: case DType::kI32: return 4;
     case DType::kBF16: case DType::kF16: return 2;
-    case DType::kFP8E4M3: return 1;
+    case DType::kFP8E4M3: case DType::kI8: return 1;
     case DType::kI64: return 8;
   }
   return 0;
@@ -47,7 +48,7 @@ size_t dtype_size(DType t) {
 
 bool parse_dtype(const std::string& s, DType* out) {
   static const DType all[] = {DType::kF32, DType::kBF16, DType::kF16,
-                              DType::kFP8E4M3, DType::kI32, DType::kI64};
+                              DType::kFP8E4M3, DType::kI32, DType::kI64, DType::kI8};
   for (DType t : all) {
     if (s == dtype_name(t)) { *out = t; return true; }
   }

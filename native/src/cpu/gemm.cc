@@ -20,16 +20,27 @@
 #include "cpu_ops.h"
 #include "dsv2/config.h"
 #include "../core/dtype.h"
+#include "../core/fp8.h"
 #include "../core/thread_pool.h"
 
 namespace dsv2::cpu {
+
+// W[j, k] as f32: the element, or for 8-bit weights code value × its block's scale.
+float weight_at(const GemmParams& p, int64_t j, int64_t k) {
+  const int64_t i = j * p.k + k;
+  if (p.w_dtype == DType::kI8 || p.w_dtype == DType::kFP8E4M3) {
+    const float s = p.w_scale[(j / kWeightBlock) * ((p.k + kWeightBlock - 1) / kWeightBlock) + k / kWeightBlock];
+    return (p.w_dtype == DType::kI8 ? static_cast<float>(static_cast<const int8_t*>(p.w)[i])
+                                    : e4m3_to_f32(static_cast<const uint8_t*>(p.w)[i])) * s;
+  }
+  return load_float(p.w, p.w_dtype, i);
+}
 
 void gemm_ref(const GemmParams& p) {
   for (int64_t i = 0; i < p.m; ++i) {
     for (int64_t j = 0; j < p.n; ++j) {
       double acc = 0;
-      for (int64_t k = 0; k < p.k; ++k)
-        acc += static_cast<double>(p.x[i * p.k + k]) * load_float(p.w, p.w_dtype, j * p.k + k);
+      for (int64_t k = 0; k < p.k; ++k) acc += static_cast<double>(p.x[i * p.k + k]) * weight_at(p, j, k);
       p.y[i * p.n + j] = static_cast<float>(acc);
     }
   }
@@ -45,7 +56,7 @@ Isa detect_isa() {
   Isa best = Isa::kScalar;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) best = Isa::kAvx512;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     best = Isa::kAvx2;
 #endif
@@ -237,6 +248,7 @@ void gemm_quads(const GemmParams& p, const float* xs, int64_t q0, int64_t q1) {
   }
   thread_local std::vector<float> buf;
   const bool wide = p.w_dtype == DType::kF32;
+  const bool eight_bit = p.w_dtype == DType::kI8 || p.w_dtype == DType::kFP8E4M3;
   if (!wide && buf.size() < static_cast<size_t>(kRows * p.k)) buf.resize(kRows * p.k);
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t col = q * kRows;
@@ -248,9 +260,11 @@ void gemm_quads(const GemmParams& p, const float* xs, int64_t q0, int64_t q1) {
         w[r] = static_cast<const float*>(p.w) + row * p.k;
         continue;
       }
-      const uint16_t* src = static_cast<const uint16_t*>(p.w) + row * p.k;
       float* dst = buf.data() + r * p.k;
-      if (r < nw) {
+      if (r < nw && eight_bit) {
+        widen_8bit(p, row, dst);
+      } else if (r < nw) {
+        const uint16_t* src = static_cast<const uint16_t*>(p.w) + row * p.k;
         if (which == Isa::kAvx512) widen_avx512(src, p.w_dtype, p.k, dst);
         else if (which == Isa::kAvx2) widen_avx2(src, p.w_dtype, p.k, dst);
         else for (int64_t k = 0; k < p.k; ++k) dst[k] = load_float(src, p.w_dtype, k);
@@ -279,6 +293,7 @@ void gemm_fast(const GemmParams& p, bool parallel) {
     std::fill(p.y, p.y + p.m * p.n, 0.0f);
     return;
   }
+  if (p.m == 1 && gemv_fast(p, parallel)) return;
   const int64_t quads = (p.n + kRows - 1) / kRows;
   const int64_t flops_per_quad = 2 * kRows * p.k * p.m;
   std::vector<float> xs;

@@ -119,57 +119,27 @@ namespace {
 
 enum class Run { kReference, kSerial, kParallel };  // gemm_ref, gemm_fast here, gemm_fast on the pool
 
-// One expert's weight matrix [n, k]: f32 | bf16 | f16, or fp8 e4m3 codes with f32 block
-// scales [ceil(n / 128), ceil(k / 128)] (MoeExpertsParams).
+// One expert's weight matrix [n, k]: f32 | bf16 | f16, or 8-bit codes (fp8 e4m3 or i8) with
+// f32 block scales [ceil(n / 128), ceil(k / 128)] (MoeExpertsParams).
 struct Weight {
   const void* w = nullptr;
   DType dt = DType::kF32;
-  const float* scale = nullptr;  // fp8 only
+  const float* scale = nullptr;  // 8-bit only
 };
 
-// Rows of an fp8 matrix dequantised at a time (into a [kFp8TileRows, k] f32 buffer): the
-// expert is never widened whole.
-constexpr int64_t kFp8TileRows = 64;
-
-// y [m, n] = x [m, k] · Wᵀ. FP8: per tile of rows, w = e4m3(code) · scale in f32 (the same
-// value the definition gives, rounded once to f32), then the f32 GEMM on the tile.
+// y [m, n] = x [m, k] · Wᵀ; gemm decodes 8-bit codes itself (GemmParams::w_scale).
 void gemm_w(const float* x, int64_t m, int64_t n, int64_t k, const Weight& wt, float* y, Run run) {
-  auto gemm = [run](const GemmParams& g) {
-    if (run == Run::kReference) gemm_ref(g);
-    else gemm_fast(g, run == Run::kParallel);
-  };
   GemmParams g;
   g.m = m;
+  g.n = n;
   g.k = k;
   g.x = x;
-  if (wt.dt != DType::kFP8E4M3) {
-    g.n = n;
-    g.w = wt.w;
-    g.w_dtype = wt.dt;
-    g.y = y;
-    gemm(g);
-    return;
-  }
-  const float* table = e4m3_table();
-  const uint8_t* codes = static_cast<const uint8_t*>(wt.w);
-  const int64_t kb = (k + kMoeFp8Block - 1) / kMoeFp8Block;
-  const int64_t tile = std::min(n, kFp8TileRows);
-  std::vector<float> wf(tile * k), yt(m * tile);
-  g.w = wf.data();
-  g.w_dtype = DType::kF32;
-  g.y = yt.data();
-  for (int64_t r0 = 0; r0 < n; r0 += tile) {
-    const int64_t nt = std::min(tile, n - r0);
-    for (int64_t r = 0; r < nt; ++r) {
-      const uint8_t* c = codes + (r0 + r) * k;
-      const float* s = wt.scale + ((r0 + r) / kMoeFp8Block) * kb;
-      float* o = wf.data() + r * k;
-      for (int64_t j = 0; j < k; ++j) o[j] = table[c[j]] * s[j / kMoeFp8Block];
-    }
-    g.n = nt;
-    gemm(g);
-    for (int64_t i = 0; i < m; ++i) std::copy_n(yt.data() + i * nt, nt, y + i * n + r0);
-  }
+  g.w = wt.w;
+  g.w_dtype = wt.dt;
+  g.w_scale = wt.scale;
+  g.y = y;
+  if (run == Run::kReference) gemm_ref(g);
+  else gemm_fast(g, run == Run::kParallel);
 }
 
 // SwiGLU of `rows` tokens through one expert: out [rows, hidden] = down · (silu(gate·x) ⊙ up·x).
@@ -209,7 +179,7 @@ void moe_experts(const MoeExpertsParams& p, bool fast) {
     for (size_t r = 0; r < m.size(); ++r) std::copy_n(p.x + (m[r] / p.top_k) * p.hidden, p.hidden, xs.data() + r * p.hidden);
     Weight gu{static_cast<const char*>(p.gate_up) + ex * 2 * p.inter * p.hidden * wsz, p.w_dtype, nullptr};
     Weight dn{static_cast<const char*>(p.down) + ex * p.hidden * p.inter * wsz, p.w_dtype, nullptr};
-    if (p.w_dtype == DType::kFP8E4M3) {
+    if (p.w_dtype == DType::kFP8E4M3 || p.w_dtype == DType::kI8) {
       gu.scale = p.gate_up_scale + ex * blocks(2 * p.inter) * blocks(p.hidden);
       dn.scale = p.down_scale + ex * blocks(p.hidden) * blocks(p.inter);
     }
@@ -229,13 +199,13 @@ void moe_experts(const MoeExpertsParams& p, bool fast) {
       for (int64_t i = b; i < e; ++i) run_expert(busy[i]);
     });
     if (p.shared_gate_up)
-      swiglu(p.x, p.t, p.hidden, p.inter_shared, {p.shared_gate_up, p.shared_dtype, nullptr},
-             {p.shared_down, p.shared_dtype, nullptr}, shared.data(), Run::kParallel);
+      swiglu(p.x, p.t, p.hidden, p.inter_shared, {p.shared_gate_up, p.shared_dtype, p.shared_gate_up_scale},
+             {p.shared_down, p.shared_dtype, p.shared_down_scale}, shared.data(), Run::kParallel);
   } else {
     for (int64_t ex = 0; ex < p.n_experts; ++ex) run_expert(ex);
     if (p.shared_gate_up)
-      swiglu(p.x, p.t, p.hidden, p.inter_shared, {p.shared_gate_up, p.shared_dtype, nullptr},
-             {p.shared_down, p.shared_dtype, nullptr}, shared.data(), Run::kReference);
+      swiglu(p.x, p.t, p.hidden, p.inter_shared, {p.shared_gate_up, p.shared_dtype, p.shared_gate_up_scale},
+             {p.shared_down, p.shared_dtype, p.shared_down_scale}, shared.data(), Run::kReference);
   }
   for (int64_t t = 0; t < p.t; ++t) {
     float* y = p.y + t * p.hidden;

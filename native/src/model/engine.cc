@@ -4,11 +4,13 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <sstream>
 
+#include "dsv2/ops.h"
 #include "dsv2/status.h"
 
 namespace dsv2::model {
@@ -142,13 +144,13 @@ Engine::~Engine() {
     // a failed device keeps its error; the memory is released below all the same
   }
   for (float* p : bufs_) be_->release(p);
-  for (Weight* w : {&embed_, &norm_, &lm_head_}) be_->release(w->data);
+  for (Weight* w : {&embed_, &norm_, &lm_head_}) be_->release(w->data), be_->release(w->scale);
   for (auto& L : layers_)
     for (Weight* w : {&L->input_norm, &L->post_norm, &L->q_proj, &L->q_a, &L->q_a_norm, &L->q_b, &L->kv_a,
                       &L->kv_a_norm, &L->kv_b, &L->w_uk_t, &L->w_uv, &L->o_proj, &L->gate_up, &L->down, &L->gate,
                       &L->bias, &L->experts_gate_up, &L->experts_down, &L->shared_gate_up, &L->shared_down,
                       &L->experts_gate_up_scale, &L->experts_down_scale})
-      be_->release(w->data);
+      be_->release(w->data), be_->release(w->scale);
   be_->release(cos_);
   be_->release(sin_);
 }
@@ -157,10 +159,51 @@ KvCacheView Engine::cache_layer(int64_t l) const {
   return KvCacheView{layout_, cache_ + l * pages_ * layout_.page_bytes(), pages_, be_->device()};
 }
 
+namespace {
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+Engine::OpScope::OpScope(Engine* e, const char* name) : e_(e->prof_ ? e : nullptr), name_(name) {
+  if (!e_) return;
+  e_->be_->sync();
+  t0_ = now_ns();
+}
+
+Engine::OpScope::~OpScope() {
+  if (!e_) return;
+  try {
+    e_->be_->sync();
+  } catch (...) {
+    return;  // the failed op reports itself
+  }
+  const double dt = static_cast<double>(now_ns() - t0_) * 1e-9;
+  std::lock_guard<std::mutex> lock(e_->prof_mu_);
+  for (OpTime& o : e_->prof_ops_)
+    if (o.op == name_) {
+      ++o.calls, o.seconds += dt;
+      return;
+    }
+  e_->prof_ops_.push_back({name_, 1, dt});
+}
+
+void Engine::set_profiling(bool on) { prof_ = on; }
+
+std::vector<Engine::OpTime> Engine::profile(bool reset) {
+  std::lock_guard<std::mutex> lock(prof_mu_);
+  std::vector<OpTime> out = prof_ops_;
+  if (reset) prof_ops_.clear();
+  return out;
+}
+
 void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                         const void* host, size_t bytes, int64_t first) {
   std::lock_guard<std::mutex> lock(mu_);
-  set_weight_locked(layer, name, dtype, shape, host, bytes, first);
+  if (quant_ != DType::kF32 && quantizable(name) && (dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16))
+    set_quantized_locked(layer, name, dtype, shape, host, bytes, first);
+  else
+    set_weight_locked(layer, name, dtype, shape, host, bytes, first);
   if (layer >= 0 && name == "kv_b" && first < 0) {
     // Absorbed decode's per-head halves of kv_b, made here (on the worker thread, not the JS
     // thread): rows [h·(dNope+dV), h·(dNope+dV)+dNope) transposed → W_UKᵀ [h, dC, dNope];
@@ -180,8 +223,50 @@ void Engine::set_weight(int64_t layer, const std::string& name, DType dtype, con
   }
 }
 
+bool Engine::quantizable(const std::string& name) {
+  static const char* const names[] = {"q_proj", "q_a", "q_b", "kv_a", "o_proj", "gate_up", "down", "experts_gate_up",
+                                      "experts_down", "shared_gate_up", "shared_down", "lm_head"};
+  for (const char* n : names)
+    if (name == n) return true;
+  return false;
+}
+
+void Engine::set_weight_quantization(DType to) {
+  std::lock_guard<std::mutex> lock(mu_);
+  DSV2_CHECK(to == DType::kF32 || to == DType::kI8 || to == DType::kFP8E4M3, kDtype,
+             "weight quantization to " << dtype_name(to) << ": i8, fp8_e4m3 or none");
+  DSV2_CHECK(to == DType::kF32 || be_->device() == Device::kCpu, kUnsupported,
+             "8-bit weights (" << dtype_name(to) << ") run on the CPU engine only in this version: the CUDA gemm has no 8-bit kernel yet");
+  quant_ = to;
+}
+
+void Engine::set_quantized_locked(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                                  const void* host, size_t bytes, int64_t first) {
+  const bool stacked = name == "experts_gate_up" || name == "experts_down";  // [E, n, k], maybe in parts of whole experts
+  DSV2_CHECK(shape.size() == (stacked ? 3u : 2u), kShape,
+             "weight '" << name << "' (layer " << layer << "): shape " << shape_of(shape) << " must have " << (stacked ? 3 : 2) << " dims");
+  const int64_t n = shape[shape.size() - 2], k = shape.back();
+  const size_t mat = static_cast<size_t>(n * k) * dtype_size(dtype);
+  DSV2_CHECK(mat > 0 && bytes % mat == 0 && (stacked || bytes == mat), kShape,
+             "weight '" << name << "' (layer " << layer << "): " << bytes << " bytes are not whole " << shape_of({n, k}) << " "
+                        << dtype_name(dtype) << " matrices");
+  const int64_t mats = static_cast<int64_t>(bytes / mat);
+  const int64_t rb = (n + kWeightBlock - 1) / kWeightBlock, cb = (k + kWeightBlock - 1) / kWeightBlock;
+  std::vector<uint8_t> codes(static_cast<size_t>(mats * n * k));
+  std::vector<float> scales(static_cast<size_t>(mats * rb * cb));
+  for (int64_t m = 0; m < mats; ++m)
+    ops::quantize_weight(static_cast<const uint8_t*>(host) + m * mat, dtype, n, k, quant_, codes.data() + m * n * k,
+                         scales.data() + m * rb * cb, true);
+  if (stacked) {
+    set_weight_locked(layer, name, quant_, shape, codes.data(), codes.size(), first);
+    set_weight_locked(layer, name + "_scale", DType::kF32, {shape[0], rb, cb}, scales.data(), scales.size() * sizeof(float), first);
+  } else {
+    set_weight_locked(layer, name, quant_, shape, codes.data(), codes.size(), -1, scales.data());
+  }
+}
+
 void Engine::set_weight_locked(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                               const void* host, size_t bytes, int64_t first) {
+                               const void* host, size_t bytes, int64_t first, const float* scales) {
   const int64_t H = d_.hidden, nh = d_.heads;
   Weight* w = nullptr;
   std::vector<int64_t> want;
@@ -229,11 +314,16 @@ void Engine::set_weight_locked(int64_t layer, const std::string& name, DType dty
   DSV2_CHECK(shape == want, kShape, "weight '" << name << "' (layer " << layer << "): shape " << shape_of(shape)
                                                << " but the config implies " << shape_of(want));
   const bool f32_only = name == "bias" || name == "experts_gate_up_scale" || name == "experts_down_scale";
-  const bool fp8_ok = name == "experts_gate_up" || name == "experts_down";  // routed experts may be e4m3 + scales
+  // Routed experts may be 8-bit codes + their scale weights; other linear weights 8-bit with
+  // `scales` (set_quantized_locked).
+  const bool fp8_ok = name == "experts_gate_up" || name == "experts_down";
+  const bool eight = dtype == DType::kFP8E4M3 || dtype == DType::kI8;
   DSV2_CHECK(f32_only ? dtype == DType::kF32
-                      : (dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16 || (fp8_ok && dtype == DType::kFP8E4M3)),
+                      : (dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16 ||
+                         (fp8_ok && dtype == DType::kFP8E4M3) || (eight && (fp8_ok || scales) && quantizable(name))),
              kDtype, "weight '" << name << "' (layer " << layer << "): dtype " << dtype_name(dtype) << " must be "
                                 << (f32_only ? "f32" : fp8_ok ? "f32, bf16, f16 or fp8_e4m3" : "f32, bf16 or f16"));
+  DSV2_CHECK(!scales || (eight && shape.size() == 2), kArg, "weight '" << name << "': block scales go with 2-D 8-bit weights only");
   if (name == "experts_gate_up_scale" || name == "experts_down_scale") {
     const float* v = static_cast<const float*>(host);
     for (size_t i = 0; i < bytes / 4; ++i)
@@ -266,9 +356,11 @@ void Engine::set_weight_locked(int64_t layer, const std::string& name, DType dty
                "weight '" << name << "': " << bytes << " bytes for " << n << " elements of " << dtype_name(dtype));
   }
   if (w->data) {
-    weight_bytes_ -= w->bytes;
+    weight_bytes_ -= w->bytes + w->scale_bytes;
     be_->release(w->data);
-    w->data = nullptr;
+    be_->release(w->scale);
+    w->data = w->scale = nullptr;
+    w->scale_bytes = 0;
   }
   w->data = be_->alloc(total);
   w->dtype = dtype;
@@ -277,6 +369,13 @@ void Engine::set_weight_locked(int64_t layer, const std::string& name, DType dty
   weight_bytes_ += total;
   be_->drop_captured();  // captured steps hold the old weight pointers
   be_->upload(w->data, host, bytes);
+  if (scales) {
+    const size_t sb = static_cast<size_t>(((shape[0] + kWeightBlock - 1) / kWeightBlock) * ((shape[1] + kWeightBlock - 1) / kWeightBlock)) * sizeof(float);
+    w->scale = be_->alloc(sb);
+    w->scale_bytes = sb;
+    weight_bytes_ += sb;
+    be_->upload(w->scale, scales, sb);
+  }
   be_->sync();  // the host data may go away when this returns
 }
 
@@ -357,6 +456,16 @@ void Engine::random_weights(uint64_t seed, DType dtype) {
       be_->sync();
     }
   }
+  if (quant_ == DType::kF32) return;
+  // 8-bit: quantise what was made (CPU only: set_weight_quantization refuses cuda, so the
+  // backend's memory is host memory here).
+  for (const WeightSpec& w : specs) {
+    if (!quantizable(w.name)) continue;
+    std::lock_guard<std::mutex> lock(mu_);
+    Weight* dst = slot(w.layer, w.name);
+    std::vector<uint8_t> copy(static_cast<const uint8_t*>(dst->data), static_cast<const uint8_t*>(dst->data) + dst->bytes);
+    set_quantized_locked(w.layer, w.name, dst->dtype, w.shape, copy.data(), copy.size(), w.shape.size() == 3 ? 0 : -1);
+  }
 }
 
 Weight* Engine::slot(int64_t layer, const std::string& name) {
@@ -424,13 +533,13 @@ void Engine::check_complete() const {
     need(L.o_proj, "o_proj", l);
     if (L.moe) {
       need(L.gate, "gate", l);
-      const bool fp8 = L.experts_gate_up.data && L.experts_gate_up.dtype == DType::kFP8E4M3;
+      const bool fp8 = L.experts_gate_up.data && (L.experts_gate_up.dtype == DType::kFP8E4M3 || L.experts_gate_up.dtype == DType::kI8);
       if (fp8) {
         need(L.experts_gate_up_scale, "experts_gate_up_scale", l);
         need(L.experts_down_scale, "experts_down_scale", l);
       } else {
         DSV2_CHECK(!L.experts_gate_up_scale.data && !L.experts_down_scale.data, kArg,
-                   "layer " << l << ": expert scales given for " << dtype_name(L.experts_gate_up.dtype) << " experts (fp8_e4m3 only)");
+                   "layer " << l << ": expert scales given for " << dtype_name(L.experts_gate_up.dtype) << " experts (8-bit experts only)");
       }
       DSV2_CHECK(!L.experts_down.data || !L.experts_gate_up.data || L.experts_down.dtype == L.experts_gate_up.dtype, kDtype,
                  "layer " << l << ": experts_down is " << dtype_name(L.experts_down.dtype) << " but experts_gate_up "
@@ -515,6 +624,7 @@ void Engine::check_step(const StepInput& in) const {
 
 StepOutput Engine::step(const StepInput& in_) {
   std::lock_guard<std::mutex> lock(mu_);
+  const OpScope whole = timed("step");
   check_step(in_);
   StepInput in = in_;
   const int64_t T = in.n_tokens, H = d_.hidden, b = in.b, V = d_.vocab;
@@ -549,6 +659,7 @@ StepOutput Engine::step(const StepInput& in_) {
   g.k = H;
   g.w = lm_head_.data;
   g.w_dtype = lm_head_.dtype;
+  g.w_scale = static_cast<const float*>(lm_head_.scale);
   g.y = buf(kLogits);
   const bool last_rows = in.logits == LogitsRows::kLast || in.sample;
 
@@ -561,7 +672,10 @@ StepOutput Engine::step(const StepInput& in_) {
     ep.table = embed_.data;
     ep.table_dtype = embed_.dtype;
     ep.out = buf(kX);
-    be.embedding(ep);
+    {
+      const OpScope t = timed("embed");
+      be.embedding(ep);
+    }
     AddRmsNormParams an;
     an.rows = T;
     an.dim = H;
@@ -573,18 +687,27 @@ StepOutput Engine::step(const StepInput& in_) {
       an.delta = l == 0 ? nullptr : buf(kDelta);  // the previous layer's MLP output joins the residual here
       an.w = L.input_norm.data;
       an.w_dtype = L.input_norm.dtype;
-      be.add_rms_norm(an);
+      {
+        const OpScope t = timed("norm");
+        be.add_rms_norm(an);
+      }
       attention(l, in, sz);  // → kDelta
       an.delta = buf(kDelta);
       an.w = L.post_norm.data;
       an.w_dtype = L.post_norm.dtype;
-      be.add_rms_norm(an);
+      {
+        const OpScope t = timed("norm");
+        be.add_rms_norm(an);
+      }
       mlp(l, T);  // → kDelta
     }
     an.delta = buf(kDelta);
     an.w = norm_.data;
     an.w_dtype = norm_.dtype;
-    be.add_rms_norm(an);  // buf(kH): final hidden states
+    {
+      const OpScope t = timed("norm");
+      be.add_rms_norm(an);  // buf(kH): final hidden states
+    }
     if (last_rows) {
       // Each sequence's last row: steps of one token per sequence already have them in order.
       if (T != b)
@@ -592,7 +715,10 @@ StepOutput Engine::step(const StepInput& in_) {
           be.copy(buf(kHsel) + i * H, buf(kH) + (in.cu_q[i + 1] - 1) * H, H * sizeof(float));
       g.m = b;
       g.x = T == b ? buf(kH) : buf(kHsel);
-      be.gemm(g);
+      {
+        const OpScope t = timed("lm_head");
+        be.gemm(g);
+      }
       if (in.sample) {
         SampleBatchParams sp;
         sp.rows = b;
@@ -604,6 +730,7 @@ StepOutput Engine::step(const StepInput& in_) {
         sp.seeds = reinterpret_cast<const uint64_t*>(bufs_[kInSeeds]);
         sp.out = i32(kOutTokens);
         sp.bad = i32(kOutBad);
+        const OpScope t = timed("sample");
         be.sample(sp);
       }
     }
@@ -614,7 +741,8 @@ StepOutput Engine::step(const StepInput& in_) {
     std::ostringstream key;
     key << b << '/' << T << '/' << in.max_blocks << '/' << last_rows << '/' << in.sample << '/' << std::hexfloat
         << in.temperature << '/' << in.top_k << '/' << in.top_p;
-    be.run_captured(key.str(), compute);
+    if (prof_) compute();  // per-op syncs cannot be captured
+    else be.run_captured(key.str(), compute);
   } else {
     compute();
   }
@@ -638,7 +766,10 @@ StepOutput Engine::step(const StepInput& in_) {
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
       g.m = std::min(chunk, T - r0);
       g.x = buf(kH) + r0 * H;
-      be.gemm(g);
+      {
+        const OpScope t = timed("lm_head");
+        be.gemm(g);
+      }
       be.download(out.logits.data() + r0 * V, buf(kLogits), static_cast<size_t>(g.m * V) * sizeof(float));
     }
   }
@@ -655,6 +786,7 @@ void Engine::linear(const float* x, int64_t m, const Weight& w, float* y) {
   g.x = x;
   g.w = w.data;
   g.w_dtype = w.dtype;
+  g.w_scale = static_cast<const float*>(w.scale);
   g.y = y;
   be_->gemm(g);
 }
@@ -725,7 +857,7 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
   };
 
   // q [T, nh, qk]
-  if (d_.q_lora) {
+  if (const OpScope t = timed("attn.q"); d_.q_lora) {
     gemm(buf(kH), T, L.q_a, buf(kQa));
     norm(buf(kQa), T, L.q_a_norm, buf(kQaN));
     gemm(buf(kQaN), T, L.q_b, buf(kQ));
@@ -734,24 +866,33 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
   }
   // Joint KV compression: c_kv normalised, k_pe rotated; both to the cache.
   // (Column slices are read in place through row strides: no copies, fewer launches.)
-  gemm(buf(kH), T, L.kv_a, buf(kKv));
-  norm(buf(kKv), T, L.kv_a_norm, buf(kCkv), dC + dR);
-  rope(buf(kKv) + dC, dC + dR, 1, buf(kKpe), dR);
-  KvAppendParams ap;
-  ap.cache = cache_layer(l);
-  ap.n_tokens = T;
-  ap.c_kv = buf(kCkv);
-  ap.k_pe = buf(kKpe);
-  ap.slots = bufs_[kInSlots];
-  ap.slots_dtype = DType::kI32;
-  be.kv_append(ap);
+  {
+    const OpScope t = timed("attn.kv_a");
+    gemm(buf(kH), T, L.kv_a, buf(kKv));
+  }
+  {
+    const OpScope t = timed("attn.kv_norm_rope_append");
+    norm(buf(kKv), T, L.kv_a_norm, buf(kCkv), dC + dR);
+    rope(buf(kKv) + dC, dC + dR, 1, buf(kKpe), dR);
+    KvAppendParams ap;
+    ap.cache = cache_layer(l);
+    ap.n_tokens = T;
+    ap.c_kv = buf(kCkv);
+    ap.k_pe = buf(kKpe);
+    ap.slots = bufs_[kInSlots];
+    ap.slots_dtype = DType::kI32;
+    be.kv_append(ap);
+  }
   const int32_t* table = reinterpret_cast<const int32_t*>(bufs_[kInTable]);
   const int32_t* seqlens = reinterpret_cast<const int32_t*>(bufs_[kInSeqlens]);
   if (in.decode) {
     // Absorbed: q_dec = [q_nope · W_UK ; rope(q_pe)] per head, written straight into its two
     // column ranges; attention on the latent, then · W_UV.
-    heads(buf(kQ), qk, L.w_uk_t, buf(kQdec), dC + dR);
-    rope(buf(kQ) + dN, qk, nh, buf(kQdec) + dC, dC + dR);
+    {
+      const OpScope t = timed("attn.absorb_q");
+      heads(buf(kQ), qk, L.w_uk_t, buf(kQdec), dC + dR);
+      rope(buf(kQ) + dN, qk, nh, buf(kQdec) + dC, dC + dR);
+    }
     MlaDecodeParams p;
     p.b = in.b;
     p.s_q = T / in.b;
@@ -766,11 +907,16 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
     p.scale = d_.softmax_scale;
     p.out = buf(kOlat);
     p.lse = buf(kLse);
-    be.mla_decode(p, sz);
+    {
+      const OpScope t = timed("attn.mla_decode");
+      be.mla_decode(p, sz);
+    }
+    const OpScope t = timed("attn.absorb_o");
     heads(buf(kOlat), 0, L.w_uv, buf(kO), 0);
   } else {
     // Prefill: q with its rope part rotated (through a buffer: in place would race), attention
     // over K/V expanded from the latent.
+    const OpScope t = timed("attn.mla_prefill");
     rope(buf(kQ) + dN, qk, nh, buf(kQpe), dR);
     cols(T * nh, dR, buf(kQpe), dR, 0, buf(kQ), qk, dN);
     MlaPrefillParams p;
@@ -793,6 +939,7 @@ void Engine::attention(int64_t l, const StepInput& in, const SeqSizes& sz) {
     p.out = buf(kO);
     be.mla_prefill(p, sz);
   }
+  const OpScope t = timed("attn.o_proj");
   gemm(buf(kO), T, L.o_proj, buf(kDelta));
   (void)H;
 }
@@ -803,6 +950,7 @@ void Engine::mlp(int64_t l, int64_t T) {
   const int64_t H = d_.hidden;
   auto gemm = [this, T](const float* x, const Weight& w, float* y) { linear(x, T, w, y); };
   if (!L.moe) {
+    const OpScope t = timed("mlp.dense");
     gemm(buf(kH), L.gate_up, buf(kGu));
     SiluMulParams s;
     s.rows = T;
@@ -815,7 +963,10 @@ void Engine::mlp(int64_t l, int64_t T) {
     gemm(buf(kAct), L.down, buf(kDelta));
     return;
   }
-  gemm(buf(kH), L.gate, buf(kRouter));
+  {
+    const OpScope t = timed("moe.gate");
+    gemm(buf(kH), L.gate, buf(kRouter));
+  }
   MoeRouteParams r;
   r.t = T;
   r.e = d_.n_experts;
@@ -832,7 +983,10 @@ void Engine::mlp(int64_t l, int64_t T) {
   r.weights = buf(kRw);
   r.tokens_per_expert = reinterpret_cast<int32_t*>(bufs_[kTpe]);
   r.tokens_per_group = reinterpret_cast<int32_t*>(bufs_[kTpg]);
-  be.moe_route(r);
+  {
+    const OpScope t = timed("moe.route");
+    be.moe_route(r);
+  }
   MoeExpertsParams m;
   m.t = T;
   m.hidden = H;
@@ -851,7 +1005,10 @@ void Engine::mlp(int64_t l, int64_t T) {
   m.shared_gate_up = L.shared_gate_up.data;
   m.shared_down = L.shared_down.data;
   m.shared_dtype = L.shared_gate_up.data ? L.shared_gate_up.dtype : DType::kF32;
+  m.shared_gate_up_scale = static_cast<const float*>(L.shared_gate_up.scale);
+  m.shared_down_scale = static_cast<const float*>(L.shared_down.scale);
   m.y = buf(kDelta);
+  const OpScope t = timed("moe.experts");
   be.moe_experts(m);
 }
 

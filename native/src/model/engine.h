@@ -10,6 +10,7 @@
 // (q_nope·W_UK, mla_decode on the latent, ·W_UV); o_proj; MLP: dense SwiGLU, or the router +
 // routed and shared experts. Final norm and lm_head on the rows whose logits are wanted.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -38,12 +39,16 @@ struct ModelDims {
   int64_t qk_dim() const { return d_nope + d_r; }
 };
 
-// One weight in backend memory.
+// One weight in backend memory. 8-bit 2-D weights (i8 / fp8_e4m3 codes) carry their f32
+// block scales [ceil(n / 128), ceil(k / 128)] in `scale` (the routed experts keep theirs in
+// the experts_*_scale weights, the layout of MoeExpertsParams).
 struct Weight {
   void* data = nullptr;
   DType dtype = DType::kBF16;
   std::vector<int64_t> shape;
   size_t bytes = 0;
+  void* scale = nullptr;
+  size_t scale_bytes = 0;
 };
 
 struct Limits {
@@ -115,6 +120,15 @@ class Engine {
   // and w_uv, split from it here.
   void set_weight(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                   const void* host, size_t bytes, int64_t first = -1);
+  // Weights given in f32/bf16/f16 after this call are stored as 8-bit codes with one f32 scale
+  // per 128 × 128 block (ops::quantize_weight), quantised here on the worker thread: every
+  // linear layer — q_proj | q_a, q_b, kv_a, o_proj, the dense MLP, the routed and shared
+  // experts, lm_head. Kept as given: the embedding (one row read per token), the norms, the
+  // router (its scores pick the experts; 0.1% of a token's bytes) and kv_b with its absorbed
+  // halves W_UK / W_UV (read by the attention ops, which take float weights). `to` is kI8,
+  // kFP8E4M3, or kF32 for none (the default). CPU backend only (E_UNSUPPORTED on cuda).
+  void set_weight_quantization(DType to);
+  DType weight_quantization() const { return quant_; }
   // Every weight the config implies, random (seeded; the same values on every backend), in
   // `dtype` (bf16 or f32; the noaux_tc bias f32), made in the backend's memory — nothing is
   // read from files: the benchmarks' random-weight models.
@@ -134,9 +148,44 @@ class Engine {
   static size_t plan_workspace(Device device, const ModelDims& d, const KvLayout& layout, const Limits& limits);
   const Limits& limits() const { return limits_; }
 
+  // Per-op wall time of the steps run while profiling is on (`Model.startProfile()`,
+  // `npm run bench -- decode`): each op is timed between backend syncs, so CUDA decode steps
+  // run uncaptured and pay the syncs; on the CPU every op is synchronous and the timers add
+  // about 50 ns per op. "step" is each step's whole time (checks, uploads, downloads too).
+  struct OpTime {
+    std::string op;
+    int64_t calls = 0;
+    double seconds = 0;
+  };
+  void set_profiling(bool on);
+  // The totals per op (in order of first use) since the last reset; then resets when asked.
+  std::vector<OpTime> profile(bool reset);
+
  private:
+  // Times its scope into op `name` when profiling is on (a no-op otherwise).
+  class OpScope {
+   public:
+    OpScope(Engine* e, const char* name);
+    ~OpScope();
+    OpScope(const OpScope&) = delete;
+    OpScope& operator=(const OpScope&) = delete;
+
+   private:
+    Engine* e_;
+    const char* name_;
+    int64_t t0_ = 0;
+  };
+  OpScope timed(const char* name) { return OpScope(this, name); }
+  std::atomic<bool> prof_{false};
+  std::mutex prof_mu_;  // guards prof_ops_ (not mu_: reading a profile never waits for a step)
+  std::vector<OpTime> prof_ops_;
   void set_weight_locked(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                         const void* host, size_t bytes, int64_t first);
+                         const void* host, size_t bytes, int64_t first, const float* scales = nullptr);
+  // set_weight_locked of float host data quantised to quant_ (see set_weight_quantization).
+  void set_quantized_locked(int64_t layer, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                            const void* host, size_t bytes, int64_t first);
+  static bool quantizable(const std::string& name);
+  DType quant_ = DType::kF32;
   struct Layer;
   struct ScratchDims {
     MlaDecodeParams decode;
