@@ -3,7 +3,7 @@ import { CommanderError, InvalidArgumentError } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { Dsv2Error } from '../errors';
 import type { KvCacheDtype } from '../kv-cache';
-import { Model, type DeviceChoice } from '../model/model';
+import { Model, type DeviceChoice, type WeightFormat } from '../model/model';
 import { defaultModelDir } from '../model/default';
 
 export function intOpt(name: string, min = 0) {
@@ -65,6 +65,7 @@ export interface ModelOpts {
   device: DeviceChoice;
   engine?: 'js' | 'native';
   maxTokens?: number;
+  weights?: WeightFormat;
 }
 
 /** Loads --model (or the default), with a progress bar on a terminal; Ctrl-C aborts the load. */
@@ -78,7 +79,7 @@ export async function loadModel(o: ModelOpts): Promise<Model> {
   try {
     const t0 = Date.now();
     const m = await Model.load(dir, {
-      device: o.device, kvCache: o.kvCache, signal: ac.signal, engine: o.engine, maxTokens: o.maxTokens,
+      device: o.device, kvCache: o.kvCache, signal: ac.signal, engine: o.engine, maxTokens: o.maxTokens, weights: o.weights,
       onProgress: (done, total) => {
         if (!bar) return;
         if (!started) {
@@ -89,7 +90,7 @@ export async function loadModel(o: ModelOpts): Promise<Model> {
       },
     });
     bar?.stop();
-    log(`loaded ${dir} (${m.config.architecture}, ${m.config.numLayers} layers) on ${m.device} in ${((Date.now() - t0) / 1000).toFixed(2)} s; KV cache ${o.kvCache}`);
+    log(`loaded ${dir} (${m.config.architecture}, ${m.config.numLayers} layers) on ${m.device} in ${((Date.now() - t0) / 1000).toFixed(2)} s; KV cache ${o.kvCache}${o.weights && o.weights !== 'bf16' ? `; ${o.weights} weights` : ''}`);
     return m;
   } catch (e) {
     bar?.stop();

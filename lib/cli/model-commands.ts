@@ -15,12 +15,14 @@ import { perplexity } from '../model/perplexity';
 
 const KV = ['bf16', 'fp8', 'f32'] as const;
 const DEVICES = ['auto', 'cpu', 'cuda'] as const;
+const WEIGHTS = ['bf16', 'int8', 'fp8'] as const;
 
 function modelOptions(cmd: Command): Command {
   return cmd
     .option('--model <dir>', 'checkpoint directory (config.json, *.safetensors, tokenizer.json); default: the built-in tiny model')
     .option('--kv-cache <dtype>', 'KV cache storage: bf16, fp8 or f32', choiceOpt('--kv-cache', KV), 'bf16')
-    .option('--device <device>', 'auto, cpu or cuda', choiceOpt('--device', DEVICES), 'auto');
+    .option('--device <device>', 'auto, cpu or cuda', choiceOpt('--device', DEVICES), 'auto')
+    .option('--weights <format>', 'linear weights: bf16 (as stored), int8 or fp8 (quantised at load, 128x128 block scales; CPU)', choiceOpt('--weights', WEIGHTS), 'bf16');
 }
 
 export function modelCommands(program: Command): void {

@@ -37,6 +37,7 @@ interface ServeOpts {
   apiKey?: string;
   kvCache: (typeof KV)[number];
   device: (typeof DEVICES)[number];
+  weights: 'bf16' | 'int8' | 'fp8';
   grace: number;
 }
 
@@ -54,6 +55,7 @@ export function serveCommand(program: Command): void {
     .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1 routes (default: $DSV2_API_KEY; none: open)')
     .option('--kv-cache <dtype>', 'KV cache storage: bf16, fp8 or f32', choiceOpt('--kv-cache', KV), 'bf16')
     .option('--device <device>', 'auto, cpu or cuda', choiceOpt('--device', DEVICES), 'auto')
+    .option('--weights <format>', 'linear weights: bf16 (as stored), int8 or fp8 (quantised at load; CPU)', choiceOpt('--weights', ['bf16', 'int8', 'fp8'] as const), 'bf16')
     .option('--grace <seconds>', 'on SIGTERM/SIGINT, how long running requests may finish before they are aborted', secondsOpt, 10)
     .action(async (o: ServeOpts) => {
       const apiKey = o.apiKey ?? (process.env.DSV2_API_KEY || undefined);
@@ -65,9 +67,9 @@ export function serveCommand(program: Command): void {
       let model: Model;
       try {
         const t0 = Date.now();
-        model = await Model.load(dir, { device: o.device, kvCache: o.kvCache, maxTokens: o.maxTokens, maxBatch: o.maxBatch, signal: ac.signal });
+        model = await Model.load(dir, { device: o.device, kvCache: o.kvCache, maxTokens: o.maxTokens, maxBatch: o.maxBatch, weights: o.weights, signal: ac.signal });
         log(`loaded ${dir} (${model.config.architecture}, ${model.config.numLayers} layers) on ${model.device} in ${((Date.now() - t0) / 1000).toFixed(2)} s; ` +
-          `KV cache ${o.kvCache}, ${model.cache.pages * model.cache.pageSize} tokens`);
+          `KV cache ${o.kvCache}, ${model.cache.pages * model.cache.pageSize} tokens; ${o.weights} weights`);
       } catch (e) {
         if (ac.signal.aborted && !(e instanceof Dsv2Error)) throw new Dsv2Error('E_ABORTED', 'loading was aborted');
         throw e;

@@ -31,6 +31,8 @@ export interface RuntimeMemoryOptions {
   kvCache?: 'f32' | 'bf16' | 'fp8';
   /** Model.load's maxBatch (sequences per batched decode step); default 16. */
   maxBatch?: number;
+  /** Model.load's weights: 'int8' / 'fp8' count the quantised linear layers at 1 byte + block scales. */
+  weights?: 'bf16' | 'int8' | 'fp8';
 }
 
 /** The native engine's memory for a checkpoint, exactly as it allocates it. */
@@ -38,6 +40,8 @@ export interface RuntimeMemory {
   device: 'cpu' | 'cuda';
   kvCache: 'f32' | 'bf16' | 'fp8';
   maxTokens: number;
+  /** Linear weights as held: as stored (bf16) or quantised at load (int8, fp8). */
+  weightFormat: 'bf16' | 'int8' | 'fp8';
   /** Weights as loaded (FP8 widened to bf16), plus kv_b's per-head split copies (W_UKᵀ, W_UV) and the rope tables. */
   weights: number;
   /** Every cache page of every layer: ceil(maxTokens / 64) pages. */
@@ -46,6 +50,9 @@ export interface RuntimeMemory {
   workspace: number;
   total: number;
 }
+
+/** The checkpoint tensors the engine quantises under weights 'int8' | 'fp8' (not kv_b, the router, norms, embedding). */
+const QUANTISED = /(\.self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|o_proj)|\.mlp\.(experts\.\d+\.|shared_experts\.)?(gate_proj|up_proj|down_proj))\.weight$|^lm_head\.weight$/;
 
 export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): Promise<ModelMemory> {
   const ck = await Checkpoint.open(dir);
@@ -56,6 +63,7 @@ export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): 
     let disk = 0;
     let loaded = 0;
     let kvbCopies = 0;
+    let quantSaved = 0;
     // The loader's rule (weights.ts loadWeights, keepFp8Experts default).
     const keepFp8 = c.fp8WeightBlock !== null && c.fp8WeightBlock[0] === 128 && c.fp8WeightBlock[1] === 128 && c.moeIntermediateSize % 128 === 0;
     for (const [name, shape] of expectedTensors(c)) {
@@ -73,6 +81,15 @@ export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): 
         : keptFp8 ? n + 4 * (scale ? scale.shape.reduce((a, b) => a * b, 1) : 0) : 2 * n;
       loaded += bytes;
       if (name.endsWith('.kv_b_proj.weight')) kvbCopies += bytes;
+      // Model.load({weights: 'int8' | 'fp8'}): the engine's quantised linear layers (Engine::
+      // set_weight_quantization) hold 1 byte per element + one f32 per 128 × 128 block of the
+      // engine's matrices (gate and up fused: the scales are counted once, on gate_proj).
+      if (e.dtype !== 'fp8_e4m3' && QUANTISED.test(name)) {
+        const rows = shape[0], cols = shape[shape.length - 1];
+        const blocks = name.endsWith('.up_proj.weight') ? 0 : name.endsWith('.gate_proj.weight')
+          ? Math.ceil((2 * rows) / 128) * Math.ceil(cols / 128) : Math.ceil(rows / 128) * Math.ceil(cols / 128);
+        quantSaved += bytes - (n + 4 * blocks);
+      }
     }
     const dc = c.kvLoraRank;
     const dr = c.qkRopeHeadDim;
@@ -91,9 +108,10 @@ export async function modelMemory(dir: string, runtime?: RuntimeMemoryOptions): 
       const maxBatch = runtime.maxBatch ?? 16;
       const workspace = NativeEngine.planWorkspace(c, runtime.device, { dtype: kvDtype, pageSize },
         { maxTokens: Math.max(Math.min(2048, maxSeqlen), maxBatch), maxSeqs: maxBatch, maxSeqlen });
-      const weights = loaded + kvbCopies + 2 * ropeRows * (c.qkRopeHeadDim / 2) * 4;
+      const format = runtime.weights ?? 'bf16';
+      const weights = loaded - (format === 'bf16' ? 0 : quantSaved) + kvbCopies + 2 * ropeRows * (c.qkRopeHeadDim / 2) * 4;
       const cache = pages * pageSize * kv[kvDtype].bytesPerToken;
-      out.runtime = { device: runtime.device, kvCache: kvDtype, maxTokens, weights, cache, workspace, total: weights + cache + workspace };
+      out.runtime = { device: runtime.device, kvCache: kvDtype, maxTokens, weightFormat: format, weights, cache, workspace, total: weights + cache + workspace };
     }
     return out;
   } finally {
