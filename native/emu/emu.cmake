@@ -16,6 +16,8 @@ set(DSV2_EMU_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/native/emu/runtime.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/native/emu/ubsan.cc)
 set_source_files_properties(${DSV2_CUDA_SOURCES} PROPERTIES LANGUAGE CXX)
+# The emulator's hot loops (scheduler, warp operations, mma) are its whole cost: optimise them fully.
+set_source_files_properties(${DSV2_EMU_SOURCES} PROPERTIES COMPILE_OPTIONS "-O3")
 # Misaligned typed accesses (vector loads above all) in kernel code become emulator faults
 # (native/emu/ubsan.cc handles them; the UBSan runtime is not linked).
 set(DSV2_EMU_CU_FLAGS -x c++ -fsanitize=alignment -fno-sanitize-recover=alignment -Wno-unused-variable -Wno-unused-function -Wno-unknown-pragmas)

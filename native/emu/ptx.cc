@@ -148,7 +148,8 @@ void mma_fn(unsigned mask, void** args) {
   const MmaType t = static_cast<MmaArg*>(args[0])->t;
   const char* op = t == MmaType::kBF16 ? "mma.sync.m16n8k16.f32.bf16.bf16.f32" : "mma.sync.m16n8k16.f32.f16.f16.f32";
   if (mask != 0xffffffffu) fault("%s: .aligned needs all 32 lanes (mask 0x%08x)", op, mask);
-  float A[16][16], B[16][8], C[16][8];
+  // A[row][k], Bt[n][k] (B transposed, for a contiguous inner loop), C[row][n].
+  double A[16][16], Bt[8][16], C[16][8];
   for (int lane = 0; lane < 32; ++lane) {
     const MmaArg* x = static_cast<MmaArg*>(args[lane]);
     if (x->t != t) fault("%s: lanes disagree on the operand type", op);
@@ -160,18 +161,18 @@ void mma_fn(unsigned mask, void** args) {
     }
     for (int i = 0; i < 4; ++i) {
       const int k = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
-      B[k][g] = b16_value(half_of(x->b[i / 2], i % 2), t);
+      Bt[g][k] = b16_value(half_of(x->b[i / 2], i % 2), t);
     }
     for (int i = 0; i < 4; ++i) C[i < 2 ? g : g + 8][tig * 2 + (i & 1)] = x->c[i];
   }
-  // D = A · B + C. Products of 16-bit floats are exact in f32; the sum is taken in double and
-  // rounded once (the hardware's internal order and precision are unspecified).
+  // D = A · B + C. Products of 16-bit floats are exact (in f32, and in double); the sum is taken
+  // in double and rounded once (the hardware's internal order and precision are unspecified).
   float D[16][8];
   for (int r = 0; r < 16; ++r)
     for (int n = 0; n < 8; ++n) {
-      double s = C[r][n];
-      for (int k = 0; k < 16; ++k) s += static_cast<double>(A[r][k]) * static_cast<double>(B[k][n]);
-      D[r][n] = static_cast<float>(s);
+      double s = 0;
+      for (int k = 0; k < 16; ++k) s += A[r][k] * Bt[n][k];
+      D[r][n] = static_cast<float>(s + C[r][n]);
     }
   for (int lane = 0; lane < 32; ++lane) {
     MmaArg* x = static_cast<MmaArg*>(args[lane]);

@@ -33,11 +33,12 @@ struct TypeMismatchData {
 }
 }  // namespace
 
+// (void*, void*): the signature GCC declares for them as built-ins.
 extern "C" {
-void __ubsan_handle_type_mismatch_v1(TypeMismatchData* d, uintptr_t ptr) {
-  report(d, ptr);
+void __ubsan_handle_type_mismatch_v1(void* d, void* ptr) {
+  report(static_cast<TypeMismatchData*>(d), reinterpret_cast<uintptr_t>(ptr));
 }
-void __ubsan_handle_type_mismatch_v1_abort(TypeMismatchData* d, uintptr_t ptr) {
-  report(d, ptr);
+void __ubsan_handle_type_mismatch_v1_abort(void* d, void* ptr) {
+  report(static_cast<TypeMismatchData*>(d), reinterpret_cast<uintptr_t>(ptr));
 }
 }

@@ -25,7 +25,7 @@ status=0
 if [[ $# -gt 0 ]]; then
   npx jest --maxWorkers=2 --ci --json --outputFile="$out" "$@" || status=$?
 else
-  npx jest test/gpu test/emu --maxWorkers=2 --ci --json --outputFile="$out" || status=$?
+  npx jest test/gpu test/emu --maxWorkers=2 --ci --json --outputFile="$out" --reporters=default --reporters=./test/emu/progress-reporter.js || status=$?
 fi
 node -e '
   const r = require(process.argv[1]);

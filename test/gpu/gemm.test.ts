@@ -14,12 +14,14 @@
  * W's dtype conversion is exact (bf16/f16 → f32) on both sides. NaN positions must match.
  * Kernel names are checked against the documented dispatch rule; determinism is bit-exact.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
+ * On the emulated device (test:cuda-emu) the decode shapes and the large deterministic ones keep
+ * M and K (so the same kernels, split-K included, run) with N cut to ≤ 256: "(scaled ...)".
  */
 import * as ops from '../../lib/ops';
 import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
-import { gpuDescribe, gpuTitle } from './cuda';
+import { EMU_TAG, gpuDescribe, gpuTitle, scaled } from './cuda';
 
 type WType = 'f32' | 'bf16' | 'f16';
 
@@ -76,6 +78,9 @@ async function check(x: Tensor, w: Tensor, dt: WType, xBf16: boolean): Promise<s
 // M over every dispatch boundary; [N, K]: N odd over 3 column tiles with a partial K-tile
 // (520 = 16¼ tiles of 32), K odd (the SIMT fallback for bf16), and a longer K that the
 // small-M kernels split.
+/** The scaled-case tag where the emulated device cuts N. */
+const EMULATED_NOTE = (n: number) => (scaled(n, Math.min(n, 256)) !== n ? EMU_TAG : '');
+
 const MS = [1, 2, 3, 7, 8, 9, 16, 17, 32, 33, 64, 65, 128, 300];
 const NK: [number, number][] = [[257, 520], [64, 77], [130, 2048], [31, 12]];
 
@@ -94,8 +99,9 @@ gpuDescribe(gpuTitle('CUDA gemm vs the CPU op'), () => {
     });
 
   // Decode shapes of the model: split-K over long K (o_proj) and a wide, short-K projection.
-  test.each([[1, 5120, 16384], [8, 512, 16384], [16, 1536, 5120], [33, 384, 5120], [4, 4096, 512]])(
-    'decode bf16 m=%i n=%i k=%i', async (m, n, k) => {
+  const emuN = ([m, n, k]: number[]) => [m, scaled(n, Math.min(n, 256)), k, EMULATED_NOTE(n)] as const;
+  test.each([[1, 5120, 16384], [8, 512, 16384], [16, 1536, 5120], [33, 384, 5120], [4, 4096, 512]].map(emuN))(
+    'decode bf16 m=%i n=%i k=%i%s', async (m, n, k) => {
       const { x, w } = await makeInputs(m, n, k, 'bf16', false, `decode ${m} ${n} ${k}`);
       await check(x, w, 'bf16', false);
     });
@@ -139,8 +145,8 @@ gpuDescribe(gpuTitle('CUDA gemm vs the CPU op'), () => {
     }
   });
 
-  test.each([[1, 5120, 16384], [16, 1536, 5120], [64, 1000, 4096], [300, 257, 520], [9, 64, 77]])(
-    'deterministic: bit-identical twice (m=%i n=%i k=%i)', async (m, n, k) => {
+  test.each([[1, 5120, 16384], [16, 1536, 5120], [64, 1000, 4096], [300, 257, 520], [9, 64, 77]].map(emuN))(
+    'deterministic: bit-identical twice (m=%i n=%i k=%i)%s', async (m, n, k) => {
       const { x, w } = await makeInputs(m, n, k, 'bf16', false, `det ${m} ${n} ${k}`);
       const a = (await ops.gemm(x, w, { device: 'cuda' })).data as Float32Array;
       const b = (await ops.gemm(x, w, { device: 'cuda' })).data as Float32Array;
