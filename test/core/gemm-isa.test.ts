@@ -43,6 +43,13 @@ for (const dtype of ['f32', 'bf16', 'f16'] as const) {
   for (const [m, n, k] of [[1, 1, 1], [1, 5, 31], [2, 7, 32], [3, 4, 33], [5, 9, 64], [4, 3, 95], [7, 13, 257], [64, 6, 100], [9, 17, 2049]]) {
     CASES.push({ m, n, k, dtype });
   }
+  // Batch 1 (M = 1) runs the gemv kernels (8 rows per call, 32-element AVX-512 / 16-element
+  // AVX2 steps, scalar K tails): N not a multiple of 8 (a short last group) and exactly 8 / 16,
+  // K below one step, K % 32 and K % 16 ≠ 0, K = 1, and one long row.
+  for (const [n, k] of [[1, 1], [7, 1], [9, 5], [8, 15], [13, 16], [17, 17], [15, 31], [9, 32], [23, 33], [31, 48],
+    [16, 63], [3, 100], [25, 129], [10, 257], [9, 2049]]) {
+    CASES.push({ m: 1, n, k, dtype });
+  }
 }
 
 describe.each(['avx512', 'avx2', 'scalar'])('gemm fast path with DSV2_CPU_ISA=%s', (isa) => {
