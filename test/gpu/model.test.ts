@@ -208,7 +208,7 @@ gpuDescribe(gpuTitle('published shapes, 2 layers, random weights: CUDA engine vs
     const out: Record<string, { pre: Float32Array; dec: Float32Array }> = {};
     for (const device of ['cpu', 'cuda'] as const) {
       const cache = await KvCache.create({ layers: 2, pages: 8, dC: c.kvLoraRank, dR: c.qkRopeHeadDim, dtype: 'bf16', pageSize: 64, device });
-      const e = await NativeEngine.create(c, { random: 7 }, cache, rope, device, { maxTokens: 130, maxSeqs: 2, maxSeqlen: 256 });
+      const e = await NativeEngine.create(c, { random: 7 }, cache, rope, device, { maxTokens: 136, maxSeqs: 2, maxSeqlen: 256 }); // a prefill step of 70 + 65 tokens
       try {
         const a = randomPrompt(`${name}-a`, 70).map((t) => t * 397);
         const b = randomPrompt(`${name}-b`, 65).map((t) => t * 211);
