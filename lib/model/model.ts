@@ -51,7 +51,8 @@ export interface ModelLoadOptions {
    * linear layer is quantised (attention projections, dense MLP, routed and shared experts,
    * lm_head) except kv_b and its absorbed halves and the router; the embedding stays too.
    * Weights already stored in FP8 (DeepSeek-V3's routed experts) keep their own codes.
-   * Native CPU engine only for now (E_UNSUPPORTED on cuda and with engine: 'js').
+   * Native CPU engine only for now: device 'auto' then picks the CPU; E_UNSUPPORTED with
+   * device 'cuda' and with engine: 'js'.
    */
   weights?: WeightFormat;
   /**
@@ -355,7 +356,9 @@ export class Model {
     if (!['auto', 'cpu', 'cuda'].includes(choice)) throw new Dsv2Error('E_ARG', `device '${String(choice)}' must be auto, cpu or cuda`);
     if (opts.engine !== undefined && opts.engine !== 'js' && opts.engine !== 'native') throw new Dsv2Error('E_ARG', `engine '${String(opts.engine)}' must be js or native`);
     let device: 'cpu' | 'cuda' = 'cpu';
-    if (choice !== 'cpu') {
+    // 8-bit weights run on the CPU engine only (for now): 'auto' picks the CPU for them.
+    const eightBit = opts.weights === 'int8' || opts.weights === 'fp8';
+    if (choice === 'cuda' || (choice === 'auto' && !eightBit)) {
       const i = await info();
       if (i.cuda.usable) device = 'cuda';
       else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);

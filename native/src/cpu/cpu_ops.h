@@ -23,10 +23,10 @@ void gemm_ref(const GemmParams& p);
 // calling thread (for callers that already run inside a parallel_for chunk).
 void gemm_fast(const GemmParams& p, bool parallel = true);
 const char* gemm_fast_isa();         // "avx512", "avx2" or "scalar"
-// Batch-1 (m == 1) kernels of gemm_fast for every weight dtype; false when this ISA has none
-// (scalar), and the caller takes the general path.
-bool gemv_fast(const GemmParams& p, bool parallel);
-// Row `row` of 8-bit weights (i8 / fp8_e4m3 + block scales) as f32 into d[0, k).
+// The AVX-512 / AVX2 tiles of gemm_fast for every weight dtype (gemm_tiles.cc); false on the
+// scalar ISA, where gemm_fast takes its portable path.
+bool gemm_tiles(const GemmParams& p, bool parallel);
+// Row `row` of 8-bit weights (i8 / fp8_e4m3 + block scales) as f32 into d[0, k) (scalar).
 void widen_8bit(const GemmParams& p, int64_t row, float* d);
 
 // ---- MLA, FP8, paged latent cache (dsv2/mla.h) -------------------------------------

@@ -1,16 +1,19 @@
-// Batch-1 gemv y[n] = W[n, :] · x for every weight dtype (f32, bf16, f16, i8, fp8_e4m3):
-// the decode step's kernel, where every weight byte is read once per token and the time is
-// the memory's. Rows go 8 at a time (8 concurrent streams, each prefetched 1 KB ahead: one
-// stream per row reached ~65% of one core's read bandwidth on Zen 5, eight with prefetch
-// ~90% — bench/NOTES.md), each widened to f32 in registers and multiplied by x in f32.
-// 8-bit weights carry one scale per 128 × 128 block: a group of 8 rows never crosses a
-// 128-row block (n0 % 8 == 0), so each 128-column block's partial sums are scaled once.
+// SIMD gemm tiles y[m, n] = x[m, :] · W[n, :] for every weight dtype (f32, bf16, f16, i8,
+// fp8_e4m3) on AVX-512 and AVX2: R weight rows × MR activation rows per call, each weight
+// vector widened to f32 in registers once and used for the MR rows.
+//   M = 1 (decode): R = 8 — eight concurrent row streams, each prefetched 1 KB ahead (one
+//   stream per row reached ~65% of one core's read bandwidth on Zen 5, eight with prefetch
+//   ~90%; bench/NOTES.md). M > 1: R = 4 and MR = 4, 2, 1 (AVX2: 4 × 2 / 2 × 2).
+// Every (row, m) pair sees the same operations in the same order whatever R and MR are, so a
+// row of a batch gets bit for bit what it gets alone (continuous batching and the prefix
+// cache rely on it). 8-bit weights are decoded per element to f32 (code · block scale, one
+// rounding — the value a dequantised f32 copy holds) before the multiply-add, so an 8-bit
+// model computes exactly what its dequantised f32 copy does.
 //
-// Layout tricks (x is prepared once per call to match the weights' lane order):
+// Lane layouts (x is prepared once per call to match):
 //   bf16  a 32-bit lane holds weights 2j (low half) and 2j+1 (high): `lane << 16` and
-//         `lane & 0xffff0000` are both f32 — x is split into even and odd halves per chunk.
-//   f16   F16C / AVX-512 vcvtph2ps.
-//   i8    sign-extend to i32, convert to f32.
+//         `lane & 0xffff0000` are both f32 — x is split into even and odd halves per step.
+//   f16   F16C / AVX-512 vcvtph2ps.      i8  sign-extend to i32, convert to f32.
 //   fp8   e4m3 → f16 bits: sign to bit 15, exponent and mantissa shifted up by 7 — the f16
 //         of value/256 (subnormals included, as f16's grid is finer); ×256 folds into the scale.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's AVX-512 headers (see gemm.cc)
@@ -43,8 +46,16 @@ float code_value(const void* w, DType t, int64_t i) {
   }
 }
 
-// The scale multiplying the vector path's partial sums: fp8 lanes hold value / 256.
-float lane_scale(DType t) { return t == DType::kFP8E4M3 ? 256.0f : 1.0f; }
+// The factor the vector path's 8-bit lanes are multiplied by with the block scale: fp8 lanes
+// hold value / 256 (exact: a power of two), so (value / 256) · (scale · 256) rounds once, to
+// the f32 nearest value · scale.
+constexpr float lane_scale(DType t) { return t == DType::kFP8E4M3 ? 256.0f : 1.0f; }
+
+// W[row, k] as the f32 the vector path uses (8-bit: code · block scale, rounded once).
+inline float weight_value(const uint8_t* row, DType t, const float* srow, int64_t k) {
+  const float v = code_value(row, t, k);
+  return srow ? v * srow[k / kWeightBlock] : v;
+}
 
 // ---- AVX-512: 32 weights per step as two f32 vectors (lo, hi) ------------------------
 template <DType T>
@@ -64,50 +75,58 @@ __attribute__((target("avx512f,avx512bw"))) inline void load32_avx512(const uint
     hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16))));
   } else {  // fp8 e4m3
     const __m512i u = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-    const __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(u, _mm512_set1_epi16(0x80)), 8),
-                                      _mm512_slli_epi16(_mm512_and_si512(u, _mm512_set1_epi16(0x7f)), 7));
+    const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi16(0x7f));
+    __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(u, _mm512_set1_epi16(0x80)), 8), _mm512_slli_epi16(mag, 7));
+    // e4m3's NaN (0x7f / 0xff) would land on a finite f16: all-ones exponent makes it NaN.
+    h = _mm512_mask_or_epi32(h, 0xffff, h, _mm512_maskz_mov_epi16(_mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7f)), _mm512_set1_epi16(0x7c00)));
     lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
     hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
   }
 }
 
-// y[n0 + r] for r < nr (nr ≤ 8; a short group repeats its last row). xv: x in the lanes'
-// order (bf16: even/odd split per 32), length kmain = K / 32 · 32; the rest is scalar.
-template <DType T>
-__attribute__((target("avx512f,avx512bw"))) void rows_avx512(const GemmParams& p, const float* xv, int64_t n0, int nr) {
-  const int64_t K = p.k, kmain = K / 32 * 32, es = static_cast<int64_t>(dtype_size(T));
-  const int64_t blk = scaled(T) ? kWeightBlock : std::max<int64_t>(kmain, 32);
+// Where a tile reads: x rows (in the lanes' order) and the weight rows.
+struct TileArgs {
+  const GemmParams* p;
+  const float* xv;     // row m of x at xv + m * xs (bf16: even/odd split per step)
+  int64_t xs;          // elements between x rows in xv
+  int64_t kmain;       // K rounded down to the step; the rest is scalar
+};
+
+// y[m0 + i, n0 + r] for r < nr (≤ R; a short group repeats its last row), i < MR.
+template <DType T, int R, int MR>
+__attribute__((target("avx512f,avx512bw"))) void tile_avx512(const TileArgs& a, int64_t n0, int nr, int64_t m0) {
+  const GemmParams& p = *a.p;
+  const int64_t K = p.k, es = static_cast<int64_t>(dtype_size(T));
   const int64_t kb_n = (K + kWeightBlock - 1) / kWeightBlock;
   const float* srow = scaled(T) ? p.w_scale + (n0 / kWeightBlock) * kb_n : nullptr;
-  const uint8_t* w[kR];
-  for (int r = 0; r < kR; ++r) w[r] = static_cast<const uint8_t*>(p.w) + (n0 + std::min(r, nr - 1)) * K * es;
-  __m512 tot[kR], acc[kR];
-  for (int r = 0; r < kR; ++r) tot[r] = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < kmain; k0 += blk) {
-    const int64_t k1 = std::min(kmain, k0 + blk);
-    for (int r = 0; r < kR; ++r) acc[r] = _mm512_setzero_ps();
-    for (int64_t k = k0; k < k1; k += 32) {
-      const __m512 xa = _mm512_loadu_ps(xv + k), xb = _mm512_loadu_ps(xv + k + 16);
-      for (int r = 0; r < kR; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(w[r] + k * es + kPrefetch), _MM_HINT_T0);
-        __m512 lo, hi;
-        load32_avx512<T>(w[r] + k * es, lo, hi);
-        acc[r] = _mm512_fmadd_ps(lo, xa, _mm512_fmadd_ps(hi, xb, acc[r]));
-      }
+  const uint8_t* w[R];
+  for (int r = 0; r < R; ++r) w[r] = static_cast<const uint8_t*>(p.w) + (n0 + std::min(r, nr - 1)) * K * es;
+  __m512 acc[R][MR];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < a.kmain; k += 32) {
+    __m512 xa[MR], xb[MR];
+    for (int i = 0; i < MR; ++i) {
+      xa[i] = _mm512_loadu_ps(a.xv + (m0 + i) * a.xs + k);
+      xb[i] = _mm512_loadu_ps(a.xv + (m0 + i) * a.xs + k + 16);
     }
-    if constexpr (scaled(T)) {
-      const __m512 s = _mm512_set1_ps(srow[k0 / kWeightBlock] * lane_scale(T));
-      for (int r = 0; r < kR; ++r) tot[r] = _mm512_fmadd_ps(acc[r], s, tot[r]);
-    } else {
-      for (int r = 0; r < kR; ++r) tot[r] = _mm512_add_ps(tot[r], acc[r]);
+    __m512 sv;
+    if constexpr (scaled(T)) sv = _mm512_set1_ps(srow[k / kWeightBlock] * lane_scale(T));  // 32 | 128: one block per step
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + k * es + kPrefetch), _MM_HINT_T0);
+      __m512 lo, hi;
+      load32_avx512<T>(w[r] + k * es, lo, hi);
+      if constexpr (scaled(T)) lo = _mm512_mul_ps(lo, sv), hi = _mm512_mul_ps(hi, sv);
+      for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_fmadd_ps(lo, xa[i], _mm512_fmadd_ps(hi, xb[i], acc[r][i]));
     }
   }
-  for (int r = 0; r < nr; ++r) {
-    float s = _mm512_reduce_add_ps(tot[r]);
-    for (int64_t k = kmain; k < K; ++k)
-      s += code_value(w[r], T, k) * (scaled(T) ? srow[k / kWeightBlock] : 1.0f) * p.x[k];
-    p.y[n0 + r] = s;
-  }
+  for (int r = 0; r < nr; ++r)
+    for (int i = 0; i < MR; ++i) {
+      const float* x = p.x + (m0 + i) * K;
+      float s = _mm512_reduce_add_ps(acc[r][i]);
+      for (int64_t k = a.kmain; k < K; ++k) s += weight_value(w[r], T, srow, k) * x[k];
+      p.y[(m0 + i) * p.n + n0 + r] = s;
+    }
 }
 
 // ---- AVX2: 16 weights per step --------------------------------------------------------
@@ -128,8 +147,10 @@ __attribute__((target("avx2,fma,f16c"))) inline void load16_avx2(const uint8_t* 
     hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8))));
   } else {  // fp8 e4m3
     const __m256i u = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-    const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(u, _mm256_set1_epi16(0x80)), 8),
-                                      _mm256_slli_epi16(_mm256_and_si256(u, _mm256_set1_epi16(0x7f)), 7));
+    const __m256i mag = _mm256_and_si256(u, _mm256_set1_epi16(0x7f));
+    __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(u, _mm256_set1_epi16(0x80)), 8), _mm256_slli_epi16(mag, 7));
+    // e4m3's NaN (0x7f / 0xff) would land on a finite f16: all-ones exponent makes it NaN.
+    h = _mm256_or_si256(h, _mm256_and_si256(_mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7f)), _mm256_set1_epi16(0x7c00)));
     lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
     hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
   }
@@ -142,55 +163,77 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// As rows_avx512 with 16-element steps (bf16: even/odd split per 16). 16 ymm registers
-// hold 8 accumulators; 8-bit weights keep 4 rows per pass so that their block totals fit too.
-template <DType T, int R>
-__attribute__((target("avx2,fma,f16c"))) void rows_avx2_n(const GemmParams& p, const float* xv, int64_t n0, int nr) {
-  const int64_t K = p.k, kmain = K / 16 * 16, es = static_cast<int64_t>(dtype_size(T));
-  const int64_t blk = scaled(T) ? kWeightBlock : std::max<int64_t>(kmain, 16);
+// As tile_avx512 with 16-element steps (bf16: even/odd split per 16).
+template <DType T, int R, int MR>
+__attribute__((target("avx2,fma,f16c"))) void tile_avx2(const TileArgs& a, int64_t n0, int nr, int64_t m0) {
+  const GemmParams& p = *a.p;
+  const int64_t K = p.k, es = static_cast<int64_t>(dtype_size(T));
   const int64_t kb_n = (K + kWeightBlock - 1) / kWeightBlock;
   const float* srow = scaled(T) ? p.w_scale + (n0 / kWeightBlock) * kb_n : nullptr;
   const uint8_t* w[R];
   for (int r = 0; r < R; ++r) w[r] = static_cast<const uint8_t*>(p.w) + (n0 + std::min(r, nr - 1)) * K * es;
-  __m256 tot[R], acc[R];
-  for (int r = 0; r < R; ++r) tot[r] = _mm256_setzero_ps();
-  for (int64_t k0 = 0; k0 < kmain; k0 += blk) {
-    const int64_t k1 = std::min(kmain, k0 + blk);
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    for (int64_t k = k0; k < k1; k += 16) {
-      const __m256 xa = _mm256_loadu_ps(xv + k), xb = _mm256_loadu_ps(xv + k + 8);
-      for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(w[r] + k * es + kPrefetch), _MM_HINT_T0);
-        __m256 lo, hi;
-        load16_avx2<T>(w[r] + k * es, lo, hi);
-        acc[r] = _mm256_fmadd_ps(lo, xa, _mm256_fmadd_ps(hi, xb, acc[r]));
-      }
+  __m256 acc[R][MR];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < MR; ++i) acc[r][i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < a.kmain; k += 16) {
+    __m256 xa[MR], xb[MR];
+    for (int i = 0; i < MR; ++i) {
+      xa[i] = _mm256_loadu_ps(a.xv + (m0 + i) * a.xs + k);
+      xb[i] = _mm256_loadu_ps(a.xv + (m0 + i) * a.xs + k + 8);
     }
-    if constexpr (scaled(T)) {
-      const __m256 s = _mm256_set1_ps(srow[k0 / kWeightBlock] * lane_scale(T));
-      for (int r = 0; r < R; ++r) tot[r] = _mm256_fmadd_ps(acc[r], s, tot[r]);
-    } else {
-      for (int r = 0; r < R; ++r) tot[r] = _mm256_add_ps(tot[r], acc[r]);
+    __m256 sv;
+    if constexpr (scaled(T)) sv = _mm256_set1_ps(srow[k / kWeightBlock] * lane_scale(T));
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + k * es + kPrefetch), _MM_HINT_T0);
+      __m256 lo, hi;
+      load16_avx2<T>(w[r] + k * es, lo, hi);
+      if constexpr (scaled(T)) lo = _mm256_mul_ps(lo, sv), hi = _mm256_mul_ps(hi, sv);
+      for (int i = 0; i < MR; ++i) acc[r][i] = _mm256_fmadd_ps(lo, xa[i], _mm256_fmadd_ps(hi, xb[i], acc[r][i]));
     }
   }
-  for (int r = 0; r < nr; ++r) {
-    float s = hsum8(tot[r]);
-    for (int64_t k = kmain; k < K; ++k)
-      s += code_value(w[r], T, k) * (scaled(T) ? srow[k / kWeightBlock] : 1.0f) * p.x[k];
-    p.y[n0 + r] = s;
+  for (int r = 0; r < nr; ++r)
+    for (int i = 0; i < MR; ++i) {
+      const float* x = p.x + (m0 + i) * K;
+      float s = hsum8(acc[r][i]);
+      for (int64_t k = a.kmain; k < K; ++k) s += weight_value(w[r], T, srow, k) * x[k];
+      p.y[(m0 + i) * p.n + n0 + r] = s;
+    }
+}
+
+// All M rows of weight rows [n0, n0 + nr): R-row tiles over MR-row slabs of x.
+template <DType T, int R>
+__attribute__((target("avx512f,avx512bw"))) void rows_avx512(const TileArgs& a, int64_t n0, int nr) {
+  int64_t m = 0;
+  const int64_t M = a.p->m;
+  for (; m + 4 <= M; m += 4) tile_avx512<T, R, 4>(a, n0, nr, m);
+  for (; m + 2 <= M; m += 2) tile_avx512<T, R, 2>(a, n0, nr, m);
+  for (; m < M; ++m) tile_avx512<T, R, 1>(a, n0, nr, m);
+}
+
+template <DType T, int R>
+__attribute__((target("avx2,fma,f16c"))) void rows_avx2(const TileArgs& a, int64_t n0, int nr) {
+  int64_t m = 0;
+  const int64_t M = a.p->m;
+  constexpr int R2 = R > 4 ? R : (scaled(T) ? 2 : R);  // 16 ymm: accumulators + x + scale
+  for (int64_t h = 0; h < nr; h += R2) {
+    const int n = static_cast<int>(std::min<int64_t>(R2, nr - h));
+    m = 0;
+    if constexpr (R <= 4)
+      for (; m + 2 <= M; m += 2) tile_avx2<T, R2, 2>(a, n0 + h, n, m);
+    for (; m < M; ++m) tile_avx2<T, R2, 1>(a, n0 + h, n, m);
   }
 }
 
-template <DType T>
-void rows_avx2(const GemmParams& p, const float* xv, int64_t n0, int nr) {
-  if constexpr (scaled(T)) {
-    for (int h = 0; h < nr; h += 4) rows_avx2_n<T, 4>(p, xv, n0 + h, std::min(4, nr - h));
-  } else {
-    rows_avx2_n<T, kR>(p, xv, n0, nr);
-  }
-}
+using RowsFn = void (*)(const TileArgs&, int64_t, int);
 
-using RowsFn = void (*)(const GemmParams&, const float*, int64_t, int);
+template <int R>
+struct Avx512 {
+  template <DType T> struct Pick { static constexpr RowsFn fn = rows_avx512<T, R>; };
+};
+template <int R>
+struct Avx2 {
+  template <DType T> struct Pick { static constexpr RowsFn fn = rows_avx2<T, R>; };
+};
 
 template <template <DType> class Pick>
 RowsFn pick(DType t) {
@@ -203,77 +246,49 @@ RowsFn pick(DType t) {
     default: return nullptr;
   }
 }
-template <DType T> struct Avx512Rows { static constexpr RowsFn fn = rows_avx512<T>; };
-template <DType T> struct Avx2Rows { static constexpr RowsFn fn = rows_avx2<T>; };
-
-template <DType T>
-__attribute__((target("avx512f,avx512bw"))) void widen_avx512_8(const GemmParams& p, int64_t row, float* d) {
-  const int64_t K = p.k, kmain = K / 32 * 32, kb = (K + kWeightBlock - 1) / kWeightBlock;
-  const float* s = p.w_scale + (row / kWeightBlock) * kb;
-  const uint8_t* w = static_cast<const uint8_t*>(p.w) + row * K;
-  for (int64_t k = 0; k < kmain; k += 32) {  // 32 divides 128: one scale per step
-    const __m512 sv = _mm512_set1_ps(s[k / kWeightBlock] * lane_scale(T));
-    __m512 lo, hi;
-    load32_avx512<T>(w + k, lo, hi);
-    _mm512_storeu_ps(d + k, _mm512_mul_ps(lo, sv));
-    _mm512_storeu_ps(d + k + 16, _mm512_mul_ps(hi, sv));
-  }
-  for (int64_t k = kmain; k < K; ++k) d[k] = code_value(w, T, k) * s[k / kWeightBlock];
-}
-
-template <DType T>
-__attribute__((target("avx2,fma,f16c"))) void widen_avx2_8(const GemmParams& p, int64_t row, float* d) {
-  const int64_t K = p.k, kmain = K / 16 * 16, kb = (K + kWeightBlock - 1) / kWeightBlock;
-  const float* s = p.w_scale + (row / kWeightBlock) * kb;
-  const uint8_t* w = static_cast<const uint8_t*>(p.w) + row * K;
-  for (int64_t k = 0; k < kmain; k += 16) {
-    const __m256 sv = _mm256_set1_ps(s[k / kWeightBlock] * lane_scale(T));
-    __m256 lo, hi;
-    load16_avx2<T>(w + k, lo, hi);
-    _mm256_storeu_ps(d + k, _mm256_mul_ps(lo, sv));
-    _mm256_storeu_ps(d + k + 8, _mm256_mul_ps(hi, sv));
-  }
-  for (int64_t k = kmain; k < K; ++k) d[k] = code_value(w, T, k) * s[k / kWeightBlock];
-}
 
 }  // namespace
 
 void widen_8bit(const GemmParams& p, int64_t row, float* d) {
-  const std::string isa = gemm_fast_isa();
-  const bool i8 = p.w_dtype == DType::kI8;
-  if (isa == "avx512") return i8 ? widen_avx512_8<DType::kI8>(p, row, d) : widen_avx512_8<DType::kFP8E4M3>(p, row, d);
-  if (isa == "avx2") return i8 ? widen_avx2_8<DType::kI8>(p, row, d) : widen_avx2_8<DType::kFP8E4M3>(p, row, d);
   const int64_t kb = (p.k + kWeightBlock - 1) / kWeightBlock;
   const float* s = p.w_scale + (row / kWeightBlock) * kb;
   const uint8_t* w = static_cast<const uint8_t*>(p.w) + row * p.k;
-  for (int64_t k = 0; k < p.k; ++k) d[k] = code_value(w, p.w_dtype, k) * s[k / kWeightBlock];
+  for (int64_t k = 0; k < p.k; ++k) d[k] = weight_value(w, p.w_dtype, s, k);
 }
 
-bool gemv_fast(const GemmParams& p, bool parallel) {
+bool gemm_tiles(const GemmParams& p, bool parallel) {
   const std::string isa = gemm_fast_isa();
   const bool avx512 = isa == "avx512", avx2 = isa == "avx2";
-  if (p.m != 1 || !(avx512 || avx2)) return false;
-  const RowsFn rows = avx512 ? pick<Avx512Rows>(p.w_dtype) : pick<Avx2Rows>(p.w_dtype);
+  if (!(avx512 || avx2)) return false;
+  const bool decode = p.m == 1;
+  const int R = decode ? 8 : 4;  // rows per tile (see the top of this file)
+  const RowsFn rows = avx512 ? (decode ? pick<Avx512<8>::Pick>(p.w_dtype) : pick<Avx512<4>::Pick>(p.w_dtype))
+                             : (decode ? pick<Avx2<8>::Pick>(p.w_dtype) : pick<Avx2<4>::Pick>(p.w_dtype));
   if (!rows) return false;
   // x in the lanes' order: bf16 pairs even/odd elements per step (32 or 16), others as is.
-  const int64_t step = avx512 ? 32 : 16, kmain = p.k / step * step;
+  const int64_t step = avx512 ? 32 : 16;
+  TileArgs a{&p, p.x, p.k, p.k / step * step};
   std::vector<float> split;
-  const float* xv = p.x;
   if (p.w_dtype == DType::kBF16) {
-    split.resize(static_cast<size_t>(kmain));
+    split.resize(static_cast<size_t>(p.m * a.kmain));
     const int64_t half = step / 2;
-    for (int64_t c = 0; c < kmain; c += step)
-      for (int64_t j = 0; j < half; ++j) {
-        split[c + j] = p.x[c + 2 * j];
-        split[c + half + j] = p.x[c + 2 * j + 1];
-      }
-    xv = split.data();
+    for (int64_t m = 0; m < p.m; ++m) {
+      const float* x = p.x + m * p.k;
+      float* d = split.data() + m * a.kmain;
+      for (int64_t c = 0; c < a.kmain; c += step)
+        for (int64_t j = 0; j < half; ++j) {
+          d[c + j] = x[c + 2 * j];
+          d[c + half + j] = x[c + 2 * j + 1];
+        }
+    }
+    a.xv = split.data();
+    a.xs = a.kmain;
   }
-  const int64_t groups = (p.n + kR - 1) / kR;
+  const int64_t groups = (p.n + R - 1) / R;
   auto body = [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) rows(p, xv, g * kR, static_cast<int>(std::min<int64_t>(kR, p.n - g * kR)));
+    for (int64_t g = b; g < e; ++g) rows(a, g * R, static_cast<int>(std::min<int64_t>(R, p.n - g * R)));
   };
-  if (parallel) parallel_for(groups, std::max<int64_t>(1, kMinFlopsPerChunk / (2 * kR * p.k)), body);
+  if (parallel) parallel_for(groups, std::max<int64_t>(1, kMinFlopsPerChunk / (2 * R * p.k * p.m)), body);
   else body(0, groups);
   return true;
 }
