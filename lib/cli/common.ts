@@ -63,7 +63,6 @@ export interface ModelOpts {
   model?: string;
   kvCache: KvCacheDtype;
   device: DeviceChoice;
-  engine?: 'js' | 'native';
   maxTokens?: number;
   weights?: WeightFormat;
 }
@@ -79,7 +78,7 @@ export async function loadModel(o: ModelOpts): Promise<Model> {
   try {
     const t0 = Date.now();
     const m = await Model.load(dir, {
-      device: o.device, kvCache: o.kvCache, signal: ac.signal, engine: o.engine, maxTokens: o.maxTokens, weights: o.weights,
+      device: o.device, kvCache: o.kvCache, signal: ac.signal, maxTokens: o.maxTokens, weights: o.weights,
       onProgress: (done, total) => {
         if (!bar) return;
         if (!started) {

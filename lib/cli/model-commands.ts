@@ -135,7 +135,6 @@ export function modelCommands(program: Command): void {
     .option('--bos', 'start every window with BOS (then every text token is scored)')
     .option('--mode <mode>', 'prefill: each window in one pass; decode: token by token through the KV cache',
       choiceOpt('--mode', ['prefill', 'decode'] as const), 'prefill')
-    .option('--engine <engine>', 'CPU forward: native (default) or js', choiceOpt('--engine', ['native', 'js'] as const))
     .option('--json', 'print one JSON object')
     .action(async (o) => {
       let text: string;

@@ -14,19 +14,13 @@ import { NativeEngine, type EngineMemory, type OpTime } from './engine';
 import { engineForward, forward, maxSequenceTokens, reserve, type AttentionMode, type ForwardContext, type SeqState } from './forward';
 import { checkMessages, describe, Tokenizer, type ChatMessage } from './tokenizer';
 import { PrefixCache, type PrefixCacheStats, type PrefixMatch } from './prefix-cache';
-import { checkTensors, loadWeights, type ModelWeights } from './weights';
+import { checkTensors, loadWeights } from './weights';
 
 export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
 
 export interface ModelLoadOptions {
   /** Where to run: cpu, cuda, or auto (cuda when usable). Default auto. */
   device?: DeviceChoice;
-  /**
-   * Which forward runs on the CPU: 'native' (default: the C++ engine that CUDA runs on, over
-   * the CPU ops — one worker call per step) or 'js' (the same ops called one by one from
-   * TypeScript; bit-identical, slower per token). CUDA always uses the engine.
-   */
-  engine?: 'js' | 'native';
   /** Tokens per engine step (longer prompts are prefilled in chunks); default min(2048, maxTokens). */
   maxStepTokens?: number;
   /**
@@ -51,8 +45,7 @@ export interface ModelLoadOptions {
    * linear layer is quantised (attention projections, dense MLP, routed and shared experts,
    * lm_head) except kv_b and its absorbed halves and the router; the embedding stays too.
    * Weights already stored in FP8 (DeepSeek-V3's routed experts) keep their own codes.
-   * Native CPU engine only for now: device 'auto' then picks the CPU; E_UNSUPPORTED with
-   * device 'cuda' and with engine: 'js'.
+   * CPU engine only for now: device 'auto' then picks the CPU; E_UNSUPPORTED with device 'cuda'.
    */
   weights?: WeightFormat;
   /**
@@ -143,8 +136,6 @@ export interface Generation extends AsyncIterable<GenerateChunk> {
 }
 
 const U64 = (1n << 64n) - 1n;
-/** Placeholder of host weights the native engine holds instead. */
-const NONE = Tensor.zeros([0]);
 
 /** Length of the longest tail of `text` that is a proper prefix of one of `stops`. */
 function stopPrefixTail(text: string, stops: readonly string[]): number {
@@ -345,16 +336,20 @@ export class Model {
     this.dir = dir;
     this.config = ctx.config;
     this.tokenizer = tokenizer;
-    this.device = ctx.engine?.device ?? 'cpu';
+    this.device = ctx.engine.device;
     this.extraTensors = extras;
     this.#ctx = ctx;
-    this.#batcher = ctx.engine ? new DecodeBatcher(ctx.engine) : null;
+    this.#batcher = new DecodeBatcher(ctx.engine);
   }
 
   static async load(dir: string, opts: ModelLoadOptions = {}): Promise<Model> {
     const choice = opts.device ?? 'auto';
     if (!['auto', 'cpu', 'cuda'].includes(choice)) throw new Dsv2Error('E_ARG', `device '${String(choice)}' must be auto, cpu or cuda`);
-    if (opts.engine !== undefined && opts.engine !== 'js' && opts.engine !== 'native') throw new Dsv2Error('E_ARG', `engine '${String(opts.engine)}' must be js or native`);
+    // The TypeScript forward (engine: 'js') was retired: the native engine runs every model.
+    const legacy = (opts as { engine?: unknown }).engine;
+    if (legacy !== undefined && legacy !== 'native') {
+      throw new Dsv2Error('E_ARG', `engine '${String(legacy)}': the TypeScript forward was retired; the native engine runs every model (omit the option)`);
+    }
     let device: 'cpu' | 'cuda' = 'cpu';
     // 8-bit weights run on the CPU engine only (for now): 'auto' picks the CPU for them.
     const eightBit = opts.weights === 'int8' || opts.weights === 'fp8';
@@ -363,10 +358,8 @@ export class Model {
       if (i.cuda.usable) device = 'cuda';
       else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);
     }
-    const useEngine = device === 'cuda' || (opts.engine ?? 'native') === 'native';
     const format = opts.weights ?? 'bf16';
     if (!['bf16', 'int8', 'fp8'].includes(format)) throw new Dsv2Error('E_ARG', `weights '${String(format)}' must be bf16, int8 or fp8`);
-    if (format !== 'bf16' && !useEngine) throw new Dsv2Error('E_UNSUPPORTED', `weights '${format}': 8-bit weights run in the native engine, not engine: 'js'`);
     if (format !== 'bf16' && device === 'cuda') {
       throw new Dsv2Error('E_UNSUPPORTED', `weights '${format}': 8-bit weights run on the CPU only in this version (the CUDA gemm has no 8-bit kernel yet); use device: 'cpu' or weights: 'bf16'`);
     }
@@ -384,7 +377,6 @@ export class Model {
     const pageSize = 64;
     let cache: KvCache | null = null;
     let engine: NativeEngine | null = null;
-    let weights: ModelWeights;
     let extras: string[];
     let rope: ops.RopeTable;
     try {
@@ -394,22 +386,17 @@ export class Model {
         dtype: opts.kvCache ?? 'bf16', pageSize, device,
       });
       rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: Math.min(maxTokens, c.maxPositionEmbeddings), theta: c.rope.theta, yarn: c.rope.yarn });
-      if (useEngine) {
-        // The engine keeps its own copy of the weights (in GPU memory for cuda): each layer is
-        // copied there as soon as it is read and not kept on the host.
-        const maxSeqlen = Math.min(rope.cos.shape[0], cache.pages * pageSize);
-        const maxStep = Math.min(opts.maxStepTokens ?? 2048, maxSeqlen);
-        engine = NativeEngine.open(c, cache, device, { maxTokens: Math.max(maxStep, maxBatch), maxSeqs: maxBatch, maxSeqlen }, { weights: format });
-        const e = engine;
-        await loadWeights(ck, {
-          signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L), onExperts: (l, part) => e.setExperts(l, part),
-          splitKvB: false, onGlobal: (name, t) => e.setGlobal(name, t),
-        });
-        await e.setRope(rope);
-        weights = { embed: NONE, layers: [], norm: NONE, lmHead: NONE }; // the TypeScript forward is not used
-      } else {
-        weights = await loadWeights(ck, { signal: opts.signal, onProgress: opts.onProgress });
-      }
+      // The engine keeps its own copy of the weights (in GPU memory for cuda): each layer is
+      // copied there as soon as it is read and not kept on the host.
+      const maxSeqlen = Math.min(rope.cos.shape[0], cache.pages * pageSize);
+      const maxStep = Math.min(opts.maxStepTokens ?? 2048, maxSeqlen);
+      engine = NativeEngine.open(c, cache, device, { maxTokens: Math.max(maxStep, maxBatch), maxSeqs: maxBatch, maxSeqlen }, { weights: format });
+      const e = engine;
+      await loadWeights(ck, {
+        signal: opts.signal, onProgress: opts.onProgress, onLayer: (l, L) => e.setLayer(l, L), onExperts: (l, part) => e.setExperts(l, part),
+        splitKvB: false, onGlobal: (name, t) => e.setGlobal(name, t),
+      });
+      await e.setRope(rope);
     } catch (e) {
       engine?.dispose();
       cache?.dispose();
@@ -427,7 +414,7 @@ export class Model {
         throw e;
       }
     })();
-    const ctx: ForwardContext = { config: c, weights, cache, rope, engine: engine ?? undefined };
+    const ctx: ForwardContext = { config: c, cache, rope, engine };
     if (opts.prefixCache ?? true) ctx.prefix = new PrefixCache(cache);
     return new Model(dir, ctx, tokenizer, extras, maxQueue);
   }
@@ -448,34 +435,27 @@ export class Model {
     this.#context().prefix?.clear();
   }
 
-  /** Bytes the loaded model holds where it runs (the native engine's accounting; null for the js CPU forward). */
-  memory(): EngineMemory | null {
-    return this.#context().engine?.memory() ?? null;
+  /** Bytes the loaded model holds where it runs (the native engine's accounting). */
+  memory(): EngineMemory {
+    return this.#context().engine.memory();
   }
 
   /**
    * Starts timing every op of the native engine's steps (resetting earlier totals); stopProfile()
    * returns them. Each op runs between backend syncs, so on CUDA decode steps run without
-   * graphs while profiling: for finding where time goes, not for headline speed. E_UNSUPPORTED
-   * with `engine: 'js'`.
+   * graphs while profiling: for finding where time goes, not for headline speed.
    */
   startProfile(): void {
-    const e = this.#profiled();
+    const e = this.#context().engine;
     e.profile(true);
     e.setProfiling(true);
   }
 
   /** Stops profiling; the per-op totals since startProfile(), `step` first (whole steps). */
   stopProfile(): OpTime[] {
-    const e = this.#profiled();
+    const e = this.#context().engine;
     e.setProfiling(false);
     return e.profile(true);
-  }
-
-  #profiled(): NativeEngine {
-    const e = this.#context().engine;
-    if (!e) throw new Dsv2Error('E_UNSUPPORTED', `model ${this.dir} runs the js forward: profiling needs the native engine`);
-    return e;
   }
 
   #context(): ForwardContext {
@@ -650,9 +630,7 @@ export class Model {
       // row's logits with ops.sample — the same draw for the same seed.
       const nextToken = async (input: Int32Array, mode: AttentionMode, stepSeed: bigint): Promise<Next> => {
         if (hostLogits) {
-          const row = ctx.engine
-            ? (await engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'last', g.signal)).logits!.data as Float32Array
-            : (await forward(ctx, st.seq, input, mode, g.signal, 'last')).data as Float32Array;
+          const row = (await engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'last', g.signal)).logits!.data as Float32Array;
           const proc = processLogits(row, g, seen, counts);
           const token = (await ops.sample(Tensor.from(proc, [1, row.length]), { ...sampling, seed: stepSeed })).data[0] as number;
           return g.logprobs === null ? { token } : { token, ...logprobsOf(row, token, g.logprobs) };
@@ -660,12 +638,8 @@ export class Model {
         if (this.#batcher && mode === 'decode' && input.length === 1) {
           return { token: await this.#batcher.next({ seq: st.seq, token: input[0], sampling, seed: stepSeed }) };
         }
-        if (ctx.engine) {
-          const r = await engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'none', g.signal, { ...sampling, seeds: [stepSeed] });
-          return { token: r.token! };
-        }
-        const last = await forward(ctx, st.seq, input, mode, g.signal, 'last');
-        return { token: (await ops.sample(last, { ...sampling, seed: stepSeed })).data[0] as number };
+        const r = await engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'none', g.signal, { ...sampling, seeds: [stepSeed] });
+        return { token: r.token! };
       };
       const seedOf = (step: number) => (g.seed + BigInt(step) * 0x9e3779b97f4a7c15n) & U64;
       let n = await nextToken(ids.subarray(st.seq.length), 'prefill', seedOf(0));
@@ -675,9 +649,7 @@ export class Model {
        * (decode rows are computed alone, batched or not) — so the output continues unchanged.
        */
       const recompute = async (): Promise<void> => {
-        const feedOnly = (input: Int32Array, mode: AttentionMode) => (ctx.engine
-          ? engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'none', g.signal)
-          : forward(ctx, st.seq, input, mode, g.signal, 'last'));
+        const feedOnly = (input: Int32Array, mode: AttentionMode) => engineForward(ctx.engine, ctx.config, st.seq, input, mode, 'none', g.signal);
         await feedOnly(ids.subarray(st.seq.length), 'prefill');
         for (let i = 0; i + 1 < out.length; i++) await feedOnly(Int32Array.of(out[i]), 'decode');
       };

@@ -111,7 +111,7 @@ describe('dsv2 info --model (memory accounting from the headers)', () => {
       const r = await run(['info', '--model', dir, '--json', '--device', 'cpu', '--max-tokens', String(maxTokens), '--kv-cache', kv]);
       expect(r.code).toBe(0);
       const rt = JSON.parse(r.out).model.runtime;
-      const m = await Model.load(dir, { device: 'cpu', engine: 'native', maxTokens, kvCache: kv });
+      const m = await Model.load(dir, { device: 'cpu', maxTokens, kvCache: kv });
       try {
         const got = m.memory()!;
         expect({ weights: rt.weights, cache: rt.cache, workspace: rt.workspace }).toEqual({ weights: got.weights, cache: got.cache, workspace: got.workspace });
@@ -122,7 +122,7 @@ describe('dsv2 info --model (memory accounting from the headers)', () => {
       }
     }
     const human = await run(['info', '--model', dir, '--device', 'cpu']);
-    expect(human.out).toMatch(/runtime {6}cpu engine, bf16 cache of 4096 tokens: [\d.]+ MiB = weights/);
+    expect(human.out).toMatch(/runtime {6}cpu engine, bf16 weights, bf16 cache of 4096 tokens: [\d.]+ MiB = weights/);
     expect((await run(['info', '--model', dir, '--kv-cache', 'int4'])).code).toBe(1);
   });
 });

@@ -61,21 +61,11 @@ test.each([
   ['native engine, prefill, f32 cache', ['--kv-cache', 'f32'], 1e-6],
   ['native engine, prefill, bf16 cache', ['--kv-cache', 'bf16'], 5e-3],
   ['native engine, prefill, fp8 cache', ['--kv-cache', 'fp8'], 5e-3],
-  ['JS forward, prefill, bf16 cache', ['--engine', 'js'], 5e-3],
   ['native engine, cached decode, bf16 cache', ['--mode', 'decode'], 5e-3],
 ] as const)('held-out perplexity = the torch evaluation: %s', (_n, args, tol) => {
   const r = cliPerplexity([...args]);
   expect(r.tokens).toBe(evalJson.tokens);
   expect(Math.abs(r.perplexity / evalJson.perplexity - 1)).toBeLessThan(tol);
-});
-
-test('JS forward, cached decode: the same nll as the native engine\'s (a tenth of the text; the full run is the native one above)', () => {
-  const part = path.join(root, 'part.txt');
-  fs.writeFileSync(part, heldout.slice(0, Math.floor(heldout.length / 10)));
-  const js = cliPerplexity(['--engine', 'js', '--mode', 'decode', '--kv-cache', 'f32'], part);
-  const native = cliPerplexity(['--mode', 'decode', '--kv-cache', 'f32'], part);
-  expect(js.tokens).toBeGreaterThan(4000);
-  expect(js.nll).toBe(native.nll); // the engine is bit-identical to the JS forward
 });
 
 test('greedy text is printable English: no replacement characters, no control bytes', async () => {

@@ -13,7 +13,7 @@ const dir = path.join(root, 'tiny');
 beforeAll(() => makeTiny(dir, { kind: 'v2', seed: 8 }));
 afterAll(() => rmDir(root));
 
-async function withModels(opts: { kvCache?: 'bf16' | 'fp8'; engine?: 'js' | 'native'; maxTokens?: number },
+async function withModels(opts: { kvCache?: 'bf16' | 'fp8'; weights?: 'int8'; maxTokens?: number },
   fn: (cached: Model, plain: Model) => Promise<void>): Promise<void> {
   const cached = await Model.load(dir, { device: 'cpu', ...opts });
   const plain = await Model.load(dir, { device: 'cpu', ...opts, prefixCache: false });
@@ -47,7 +47,7 @@ async function run(m: Model, opts: GenerateOptions): Promise<{ tokens: number[];
 describe.each([
   ['native engine, bf16 cache', { kvCache: 'bf16' as const }],
   ['native engine, fp8 cache', { kvCache: 'fp8' as const }],
-  ['JS forward, bf16 cache', { engine: 'js' as const }],
+  ['native engine, int8 weights', { weights: 'int8' as const }],
 ])('%s', (_n, opts) => {
   test('repeated and extended prompts: hits, and bit-identical results', async () => {
     await withModels(opts, async (cached, plain) => {

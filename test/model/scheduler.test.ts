@@ -43,8 +43,8 @@ test('prompts that do not fit together wait their turn; each output is what it i
 });
 
 test('running generations that outgrow the cache: the newest is preempted, recomputed, and unchanged', async () => {
-  for (const engine of ['native', 'js'] as const) {
-    const m = await Model.load(dir, { device: 'cpu', maxTokens: 384, engine }); // 6 pages
+  for (const engine of ['native'] as const) {
+    const m = await Model.load(dir, { device: 'cpu', maxTokens: 384 }); // 6 pages
     try {
       // Each starts in 1 page and grows to 4: both fit at first, not together at the end.
       const jobs = [0, 1].map((k) => ({ tokens: randomPrompt(`pre${k}`, 40), maxNewTokens: 200, temperature: k ? 0.7 : 0, seed: 3 + k, ignoreEos: true }));

@@ -266,16 +266,20 @@ describe('load options', () => {
     await makeTiny(dir, { kind: 'v2-lite', seed: 304, dtype: 'bf16' });
   });
 
-  test('an unknown format is E_ARG; 8-bit with engine js, or on cuda, is E_UNSUPPORTED', async () => {
+  test('an unknown format is E_ARG; 8-bit on cuda is E_UNSUPPORTED; the retired engine js is E_ARG', async () => {
     expect(await code(Model.load(dir, { weights: 'int4' as 'int8', device: 'cpu' }))).toMatch(/^E_ARG: weights 'int4'/);
-    expect(await code(Model.load(dir, { weights: 'int8', device: 'cpu', engine: 'js' }))).toMatch(/^E_UNSUPPORTED: /);
-    expect(await code(Model.load(dir, { weights: 'fp8', device: 'cpu', engine: 'js' }))).toMatch(/^E_UNSUPPORTED: /);
+    expect(await code(Model.load(dir, { weights: 'int8', device: 'cpu', engine: 'js' } as never))).toMatch(/^E_ARG: engine 'js': the TypeScript forward was retired/);
     // With a usable GPU the 8-bit check refuses cuda; without one, cuda itself is refused:
     // E_UNSUPPORTED either way, never a crash.
     expect(await code(Model.load(dir, { weights: 'int8', device: 'cuda' }))).toMatch(/^E_UNSUPPORTED: /);
     expect(await code(Model.load(dir, { weights: 'fp8', device: 'cuda' }))).toMatch(/^E_UNSUPPORTED: /);
-    // bf16 with engine js still loads (the default format is accepted everywhere)
-    expect(await code(Model.load(dir, { weights: 'bf16', device: 'cpu', engine: 'js' }))).toBe('resolved');
+    // 'auto' picks the CPU for 8-bit weights
+    const m = await Model.load(dir, { weights: 'int8' });
+    try {
+      expect(m.device).toBe('cpu');
+    } finally {
+      await m.dispose();
+    }
   });
 });
 
