@@ -38,8 +38,13 @@ function arg(name: string, def?: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : def;
 }
 
-/** Weight bytes per token of each profiled op at batch 1 (bytes per weight element `bpe`). */
+/**
+ * Weight bytes per token of each profiled op at batch 1: `bpe` bytes per element of the
+ * quantisable linear weights (2 for bf16; 1 + 4/128² for 8-bit codes and their block scales),
+ * 2 for what stays bf16 (the embedding row, W_UK / W_UV, the router).
+ */
 export function decodeOpBytes(c: DeepSeekConfig, bpe: number, seqlen: number, cacheBytesPerElem: number): Record<string, number> {
+  const keep = 2;
   const H = c.hiddenSize, nh = c.numHeads, qk = c.qkNopeHeadDim + c.qkRopeHeadDim;
   const L = c.numLayers;
   let moeLayers = 0;
@@ -47,15 +52,15 @@ export function decodeOpBytes(c: DeepSeekConfig, bpe: number, seqlen: number, ca
   const dense = L - moeLayers;
   const q = c.qLoraRank ? c.qLoraRank * H + nh * qk * c.qLoraRank : nh * qk * H;
   return {
-    embed: H * bpe,
+    embed: H * keep,
     'attn.q': L * q * bpe,
     'attn.kv_a': L * (c.kvLoraRank + c.qkRopeHeadDim) * H * bpe,
-    'attn.absorb_q': L * nh * c.kvLoraRank * c.qkNopeHeadDim * bpe,
+    'attn.absorb_q': L * nh * c.kvLoraRank * c.qkNopeHeadDim * keep,
     'attn.mla_decode': L * seqlen * (c.kvLoraRank + c.qkRopeHeadDim) * cacheBytesPerElem,
-    'attn.absorb_o': L * nh * c.vHeadDim * c.kvLoraRank * bpe,
+    'attn.absorb_o': L * nh * c.vHeadDim * c.kvLoraRank * keep,
     'attn.o_proj': L * H * nh * c.vHeadDim * bpe,
     'mlp.dense': dense * 3 * c.intermediateSize * H * bpe,
-    'moe.gate': moeLayers * (c.nRoutedExperts ?? 0) * H * bpe,
+    'moe.gate': moeLayers * (c.nRoutedExperts ?? 0) * H * keep,
     'moe.experts': moeLayers * (c.numExpertsPerTok + c.nSharedExperts) * 3 * c.moeIntermediateSize * H * bpe,
     lm_head: c.vocabSize * H * bpe,
   };
@@ -108,7 +113,7 @@ export async function benchDecode(opts: { quick?: boolean } = {}): Promise<void>
   const plain = [await run(false), await run(false)];
   const tokS = Math.max(...plain.map((r) => r.tokS));
   const prof = await run(true);
-  const bpe = weights === 'bf16' ? 2 : 1;
+  const bpe = weights === 'bf16' ? 2 : 1 + 4 / 128 ** 2;
   const cacheBpe = kvCache === 'f32' ? 4 : kvCache === 'bf16' ? 2 : 1;
   const bytes = decodeOpBytes(c, bpe, promptLen + steps / 2, cacheBpe);
   const stepOp = prof.ops.find((o) => o.op === 'step');

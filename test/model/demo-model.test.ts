@@ -42,6 +42,7 @@ test('it is the default model, and its config has every DeepSeek-V2 structural f
 // Tolerances: an f32 cache computes in f32 what torch computed in f64 (relative 1e-6 of the
 // nll is far above f32 accumulation error over 51k tokens, ~1e-8 measured); bf16 / fp8 caches
 // round the latent (measured +0.004% / +0.003%); the issue's bound for all is 0.5%.
+// 8-bit weights: see their cases.
 /**
  * Through the CLI (`dsv2 perplexity --json`, = the API: test/model/perplexity.test.ts): in a
  * plain Node process the float64 log-softmax over 51k rows × 4,096 takes ~1 s; inside jest's
@@ -62,6 +63,10 @@ test.each([
   ['native engine, prefill, bf16 cache', ['--kv-cache', 'bf16'], 5e-3],
   ['native engine, prefill, fp8 cache', ['--kv-cache', 'fp8'], 5e-3],
   ['native engine, cached decode, bf16 cache', ['--mode', 'decode'], 5e-3],
+  // 8-bit weights (128 × 128 block scales): measured +0.020% (int8) and +0.086% (fp8) against
+  // torch's bf16 evaluation; held to the same 0.5% bound as the 8-bit cache.
+  ['native engine, int8 weights', ['--weights', 'int8'], 5e-3],
+  ['native engine, fp8 weights', ['--weights', 'fp8'], 5e-3],
 ] as const)('held-out perplexity = the torch evaluation: %s', (_n, args, tol) => {
   const r = cliPerplexity([...args]);
   expect(r.tokens).toBe(evalJson.tokens);
