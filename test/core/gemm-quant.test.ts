@@ -12,11 +12,11 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { Dsv2Error, Tensor, ops } from '../../lib';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../reference/dtype';
-import { e4m3Decode, e4m3Encode } from '../reference/fp8';
+import { codeValue, encodeCode, i8Code, refScales, rne } from '../reference/quant';
 import { Rng } from '../reference/rng';
 
 const ROOT = path.resolve(__dirname, '../..');
-const { abs, floor, fround, max, min, ceil, sqrt } = Math;
+const { abs, floor, fround, max, ceil, sqrt } = Math;
 const B = 128;
 
 type In = 'f32' | 'bf16' | 'f16';
@@ -25,48 +25,7 @@ type Q = 'i8' | 'fp8_e4m3';
 // ---------------------------------------------------------------------------------------
 // The reference of the quantisation rule.
 
-/** Round half to even of a double (any sign); NaN stays NaN, ±inf stays. */
-function rne(v: number): number {
-  if (!Number.isFinite(v)) return v;
-  const f = floor(v);
-  const d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-
-/** i8 code of a quotient q: RNE, clamped to ±127 (±inf → ±127), NaN → 0. */
-function i8Code(q: number): number {
-  if (q !== q) return 0;
-  return max(-127, min(127, rne(q)));
-}
-
-/** code of quotient q for the target dtype. */
-function encodeCode(q: number, to: Q): number {
-  return to === 'i8' ? i8Code(q) : e4m3Encode(q);
-}
-
-/** The value of a code (e4m3 by formula), as a double; NaN for the e4m3 NaN codes. */
-function codeValue(c: number, to: Q): number {
-  return to === 'i8' ? c : e4m3Decode(c);
-}
-
-/** Block scales of W [n, k] (exact f32 values as doubles): fl32(amax / 127 | 448) over the finite |w|, 1 for amax 0. */
-function refScales(w: ArrayLike<number>, n: number, k: number, to: Q): Float32Array {
-  const rb = ceil(n / B);
-  const cb = ceil(k / B);
-  const amax = new Float64Array(rb * cb);
-  for (let r = 0; r < n; r++) {
-    for (let c = 0; c < k; c++) {
-      const a = abs(w[r * k + c]);
-      const b = floor(r / B) * cb + floor(c / B);
-      if (a !== Infinity && a > amax[b]) amax[b] = a; // NaN fails the comparison
-    }
-  }
-  // fl32(amax / d): binary64 division then one rounding to binary32 is the correctly rounded
-  // binary32 quotient (53 ≥ 2·24 + 2 bits).
-  return Float32Array.from(amax, (a) => (a === 0 ? 1 : fround(a / (to === 'i8' ? 127 : 448))));
-}
+// rne, i8Code, encodeCode, codeValue, refScales: test/reference/quant.ts
 
 /**
  * The codes quantizeWeight must give: code = encode(fl32(w / scale)). Where w / scale lies

@@ -22,14 +22,15 @@ import { Dsv2Error, Model, makeTiny } from '../../lib';
 import type { TinyKind } from '../../lib/model/tiny';
 import { tinyConfig, writeRandomCheckpoint } from '../../lib/model/tiny';
 import { bf16BitsToF32, f32ToBf16Bits } from '../reference/dtype';
-import { e4m3Decode, e4m3Encode } from '../reference/fp8';
+import { e4m3Decode } from '../reference/fp8';
+import { quantDequant as refQuantDequant } from '../reference/quant';
 import {
   forwardF64, isMoeLayer, loadReference, refConfig, referenceLogits, top2,
   type RefConfig, type RefLogits, type RefModel, type RefTensor,
 } from '../reference/forward';
 import { expectLogitsMatch, randomPrompt, rmDir, tmpDir } from './util';
 
-const { abs, ceil, floor, fround, max, min } = Math;
+const { abs, ceil, floor, fround, max } = Math;
 const B = 128;
 const KINDS: readonly TinyKind[] = ['v2', 'v2-lite', 'v3'];
 const SEED: Record<TinyKind, number> = { v2: 301, 'v2-lite': 302, v3: 303 };
@@ -42,37 +43,9 @@ afterAll(() => rmDir(root));
 // ---------------------------------------------------------------------------------------
 // The quantisation rule, written here (independent of the library).
 
-function rne(v: number): number {
-  const f = floor(v);
-  const d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-
-/** W [n, k] (exact values) → the dequantised values code · scale, per 128 × 128 block. */
+/** W [n, k] (exact values) → the dequantised values code · scale, per 128 × 128 block (test/reference/quant.ts). */
 function quantDequant(w: Float64Array, n: number, k: number, fmt: Fmt): Float64Array {
-  const rb = ceil(n / B);
-  const cb = ceil(k / B);
-  const amax = new Float64Array(rb * cb);
-  for (let r = 0; r < n; r++) {
-    for (let c = 0; c < k; c++) {
-      const a = abs(w[r * k + c]);
-      const b = floor(r / B) * cb + floor(c / B);
-      if (a !== Infinity && a > amax[b]) amax[b] = a;
-    }
-  }
-  const scale = Array.from(amax, (a) => (a === 0 ? 1 : fround(a / (fmt === 'int8' ? 127 : 448))));
-  const out = new Float64Array(n * k);
-  for (let r = 0; r < n; r++) {
-    for (let c = 0; c < k; c++) {
-      const s = scale[floor(r / B) * cb + floor(c / B)];
-      const q = fround(w[r * k + c] / s);
-      const value = fmt === 'int8' ? max(-127, min(127, rne(q))) : e4m3Decode(e4m3Encode(q));
-      out[r * k + c] = value * s;
-    }
-  }
-  return out;
+  return refQuantDequant(w, n, k, fmt === 'int8' ? 'i8' : 'fp8_e4m3');
 }
 
 /**
