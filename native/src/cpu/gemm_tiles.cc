@@ -32,7 +32,6 @@
 namespace dsv2::cpu {
 namespace {
 
-constexpr int kR = 8;              // rows per micro-kernel call
 constexpr int64_t kPrefetch = 1024;  // bytes ahead in each row
 
 constexpr bool scaled(DType t) { return t == DType::kI8 || t == DType::kFP8E4M3; }
