@@ -2,8 +2,7 @@
  * The native model engine: the whole forward in C++ on one backend (CUDA: device-resident
  * weights and activations, a step enqueued on one stream, only the sampled tokens or the
  * requested logits read back; CPU: the core's CPU ops — the same orchestration, tested
- * against the TypeScript forward). `Model.load({device: 'cuda'})` runs on it; the CPU runs
- * on it with `engine: 'native'`.
+ * against the float64 reference). Every `Model.load` runs on it, on the CPU or CUDA backend.
  */
 import { Dsv2Error, fromNative, native, throwIfAborted } from '../errors';
 import type { KvCache } from '../kv-cache';
