@@ -4,6 +4,12 @@
  * the summation order) depends on the batch, so this is a rounding-level comparison: 1e-3 of
  * the row's largest |logit| (f32 partial sums combined in another order — orders of magnitude
  * below the bf16 allowance of model.test.ts, far above f32 rounding noise of ~1e-6).
+ * The dense GEMMs treat x by M, the step's token count (gemm.cu): M ≤ 32 splits x into bf16
+ * hi + lo (2^-16), M > 32 rounds it to bf16 (2^-8) — a rounding, not an order, that can flip a
+ * near-tied router choice (a 1-token prompt alone vs inside a 33-token step: 3.7% of the row's
+ * largest logit on the emulated device, the same when those 33 tokens are one prompt). So each
+ * group keeps every step, alone or batched, on one side of M = 32: three prompts of 70 (two
+ * non-adjacent pages), 40 and 33 tokens (all M > 32), and of 1, 9 and 20 tokens (all M ≤ 32).
  * Then continuous batching through Model: concurrent generations share decode steps.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  */
@@ -34,29 +40,29 @@ gpuDescribe(gpuTitle('batched engine steps on CUDA'), () => {
     await makeTiny(dir, { kind: 'v2', seed: 401, dtype: 'bf16' });
   });
 
-  test('varlen prefill of 3 sequences and a batched decode = each sequence alone', async () => {
-    const ck = await Checkpoint.open(dir);
-    const w = await loadWeights(ck);
-    await ck.close();
-    const c = ck.config;
-    const cache = await KvCache.create({ layers: c.numLayers, pages: 16, dC: c.kvLoraRank, dR: c.qkRopeHeadDim, dtype: 'bf16', pageSize: 64, device: 'cuda' });
-    const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: 256, theta: c.rope.theta, yarn: c.rope.yarn });
-    const e = await NativeEngine.create(c, w, cache, rope, 'cuda', { maxTokens: 128, maxSeqs: 3, maxSeqlen: 256 });
-    try {
-      const prompts = [randomPrompt('g0', 70), randomPrompt('g1', 1), randomPrompt('g2', 9)];
-      const pages = [[7, 2], [0], [5, 11]];
-      const seqs = prompts.map((p, i) => ({ tokens: p, pos0: 0, pages: pages[i] }));
-      const V = c.vocabSize;
-      const all = await e.step(seqs, 'prefill', 'last');
-      for (let i = 0; i < 3; i++) close((await e.step([seqs[i]], 'prefill', 'last')).logits!, all.logits!.subarray(i * V, (i + 1) * V), V, `prefill ${i}`);
-      const dec = [3, 4, 5].map((t, i) => ({ tokens: [t], pos0: prompts[i].length, pages: pages[i] }));
-      const both = await e.step(dec, 'decode', 'last');
-      for (let i = 0; i < 3; i++) close((await e.step([dec[i]], 'decode', 'last')).logits!, both.logits!.subarray(i * V, (i + 1) * V), V, `decode ${i}`);
-    } finally {
-      e.dispose();
-      cache.dispose();
-    }
-  });
+  test.each([[[70, 40, 33], [[7, 2], [0], [5]]], [[1, 9, 20], [[11], [3], [4]]]] as const)(
+    'varlen prefill of 3 sequences (%j tokens) and a batched decode = each sequence alone', async (lens, pages) => {
+      const ck = await Checkpoint.open(dir);
+      const w = await loadWeights(ck);
+      await ck.close();
+      const c = ck.config;
+      const cache = await KvCache.create({ layers: c.numLayers, pages: 16, dC: c.kvLoraRank, dR: c.qkRopeHeadDim, dtype: 'bf16', pageSize: 64, device: 'cuda' });
+      const rope = await ops.ropeTable({ dim: c.rope.dim, maxPositions: 256, theta: c.rope.theta, yarn: c.rope.yarn });
+      const e = await NativeEngine.create(c, w, cache, rope, 'cuda', { maxTokens: 160, maxSeqs: 3, maxSeqlen: 256 });
+      try {
+        const prompts = lens.map((n, i) => randomPrompt(`g${i}`, n));
+        const seqs = prompts.map((p, i) => ({ tokens: p, pos0: 0, pages: [...pages[i]] }));
+        const V = c.vocabSize;
+        const all = await e.step(seqs, 'prefill', 'last');
+        for (let i = 0; i < 3; i++) close((await e.step([seqs[i]], 'prefill', 'last')).logits!, all.logits!.subarray(i * V, (i + 1) * V), V, `prefill ${i}`);
+        const dec = [3, 4, 5].map((t, i) => ({ tokens: [t], pos0: prompts[i].length, pages: [...pages[i]] }));
+        const both = await e.step(dec, 'decode', 'last');
+        for (let i = 0; i < 3; i++) close((await e.step([dec[i]], 'decode', 'last')).logits!, both.logits!.subarray(i * V, (i + 1) * V), V, `decode ${i}`);
+      } finally {
+        e.dispose();
+        cache.dispose();
+      }
+    });
 
   test('concurrent generations share decode steps', async () => {
     const m = await Model.load(dir, { device: 'cuda', maxBatch: 8 });
