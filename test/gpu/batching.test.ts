@@ -5,9 +5,10 @@
  * the row's largest |logit| (f32 partial sums combined in another order — orders of magnitude
  * below the bf16 allowance of model.test.ts, far above f32 rounding noise of ~1e-6).
  * The dense GEMMs treat x by M, the step's token count (gemm.cu): M ≤ 32 splits x into bf16
- * hi + lo (2^-16), M > 32 rounds it to bf16 (2^-8) — a rounding, not an order, that can flip a
- * near-tied router choice (a 1-token prompt alone vs inside a 33-token step: 3.7% of the row's
- * largest logit on the emulated device, the same when those 33 tokens are one prompt). So each
+ * hi + lo (2^-16), M > 32 rounds it to bf16 (2^-8) — a rounding, not an order, and one that
+ * can flip a near-tied router choice (likely what amplified it here: a 1-token prompt alone vs
+ * inside a 33-token step differed by 3.7% of the row's largest logit on the emulated device,
+ * bit-identical up to 32 tokens, the same 3.7% when the 33 tokens are one prompt). So each
  * group keeps every step, alone or batched, on one side of M = 32: three prompts of 70 (two
  * non-adjacent pages), 40 and 33 tokens (all M > 32), and of 1, 9 and 20 tokens (all M ≤ 32).
  * Then continuous batching through Model: concurrent generations share decode steps.
