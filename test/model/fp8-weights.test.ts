@@ -16,18 +16,10 @@ import * as ops from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
 import { f32ToBf16Bits } from '../reference/dtype';
 import { e4m3Decode, e4m3Encode } from '../reference/fp8';
-import { rmDir, tmpDir } from './util';
+import { readSt, rmDir, tmpDir } from './util';
 
 const root = tmpDir('fp8w');
 afterAll(() => rmDir(root));
-
-function readSt(file: string): { header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>; data: Buffer } {
-  const buf = fs.readFileSync(file);
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
-  delete header.__metadata__;
-  return { header, data: buf.subarray(8 + n) };
-}
 
 describe('FP8 block-scaled weights (DeepSeek-V3 layout)', () => {
   test('static-scale fp8Quantize codes equal the reference encoder', async () => {

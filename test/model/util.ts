@@ -178,3 +178,12 @@ export async function writeBigCheckpoint(dir: string, raw: Record<string, unknow
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(raw, null, 2));
   return off;
 }
+
+/** A safetensors file read independently of the library: its header (no __metadata__) and data section. */
+export function readSt(file: string): { header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>; data: Buffer } {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  delete header.__metadata__;
+  return { header, data: buf.subarray(8 + n) };
+}

@@ -28,7 +28,7 @@ import {
   forwardF64, isMoeLayer, loadReference, refConfig, referenceLogits, top2,
   type RefConfig, type RefLogits, type RefModel, type RefTensor,
 } from '../reference/forward';
-import { expectLogitsMatch, randomPrompt, rmDir, tmpDir } from './util';
+import { expectLogitsMatch, randomPrompt, readSt, rmDir, tmpDir } from './util';
 
 const { abs, ceil, floor, fround, max } = Math;
 const B = 128;
@@ -261,14 +261,6 @@ describe('load options', () => {
 // 128): under weights 'int8' / 'fp8' those keep their own codes and scales; the other F8 weights
 // are dequantised at load (fl32(e4m3 · scale_inv), rounded to bf16) and then quantised by the
 // engine like any float weight — except kv_b, which stays bf16.
-
-function readSt(file: string): { header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>; data: Buffer } {
-  const buf = fs.readFileSync(file);
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
-  delete header.__metadata__;
-  return { header, data: buf.subarray(8 + n) };
-}
 
 /** The model the loader builds from an FP8 checkpoint, read independently: kept experts as fl32(code · scale), other F8 weights bf16-rounded. */
 function fp8CheckpointRef(dir: string): RefModel {
