@@ -256,8 +256,9 @@ void widen_8bit(const GemmParams& p, int64_t row, float* d) {
 }
 
 bool gemm_tiles(const GemmParams& p, bool parallel) {
-  const std::string isa = gemm_fast_isa();
-  const bool avx512 = isa == "avx512", avx2 = isa == "avx2";
+  // The ISA is fixed per process (gemm.cc); read once, not per call (this is every decode op).
+  static const std::string isa = gemm_fast_isa();
+  static const bool avx512 = isa == "avx512", avx2 = isa == "avx2";
   if (!(avx512 || avx2)) return false;
   const bool decode = p.m == 1;
   const int R = decode ? 8 : 4;  // rows per tile (see the top of this file)
