@@ -10,7 +10,7 @@
 namespace dsv2::cuda {
 namespace {
 
-__global__ void copy_cols_kernel(model::CopyColsParams p) {
+__global__ void copy_cols_kernel(CopyColsParams p) {
   const int64_t n = p.rows * p.width;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -22,7 +22,7 @@ __global__ void copy_cols_kernel(model::CopyColsParams p) {
 constexpr int kNormThreads = 256;
 
 // One block per row: x += delta, then y = x · rsqrt(mean(x²) + eps) · w (f32 statistics).
-__global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(model::AddRmsNormParams p) {
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormParams p) {
   __shared__ float part[kNormThreads / 32];
   const int64_t r = blockIdx.x;
   float* x = p.x + r * p.dim;
@@ -76,13 +76,13 @@ __global__ void __launch_bounds__(kHeadsWarps * 32) heads_gemm_kernel(HeadsGemmP
   }
 }
 
-__global__ void fill_random_kernel(model::FillRandomParams p) {
+__global__ void fill_random_kernel(FillRandomParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    // model::random_value(seed, i, mean, std) with its final add rounded on its own: nvcc fuses
+    // random_value(seed, i, mean, std) with its final add rounded on its own: nvcc fuses
     // mean + a·b into one FMA (the host compiler does not), which changed the last bit of every
     // weight with mean != 0 (the norms). With mean 0 the fused form is the rounded product.
-    const float v = __fadd_rn(p.mean, model::random_value(p.seed, i, 0.0f, p.std));
+    const float v = __fadd_rn(p.mean, random_value(p.seed, i, 0.0f, p.std));
     if (p.dtype == DType::kF32) static_cast<float*>(p.data)[i] = v;
     else static_cast<uint16_t*>(p.data)[i] = f32_to_bf16(v);
   }
@@ -274,7 +274,7 @@ struct Kept {
   }
 };
 
-__global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBatchParams p) {
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleBatchParams p) {
   __shared__ SampleShared s;
   const int64_t r = blockIdx.x;
   const float* l = p.logits + r * p.vocab;
@@ -511,7 +511,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(model::SampleBat
 
 }  // namespace
 
-void copy_cols(const model::CopyColsParams& p, void* stream) {
+void copy_cols(const CopyColsParams& p, void* stream) {
   const int64_t n = p.rows * p.width;
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
@@ -519,7 +519,7 @@ void copy_cols(const model::CopyColsParams& p, void* stream) {
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
-void add_rms_norm(const model::AddRmsNormParams& p, void* stream) {
+void add_rms_norm(const AddRmsNormParams& p, void* stream) {
   if (p.rows == 0) return;
   DSV2_CHECK(p.rows <= 2147483647, kUnsupported, "CUDA add_rms_norm: " << p.rows << " rows exceed the grid");
   DSV2_LAUNCH(add_rms_norm_kernel, static_cast<unsigned>(p.rows), kNormThreads, 0, static_cast<cudaStream_t>(stream))(p);
@@ -534,7 +534,7 @@ void heads_gemm(const HeadsGemmParams& p, void* stream) {
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
-void fill_random(const model::FillRandomParams& p, void* stream) {
+void fill_random(const FillRandomParams& p, void* stream) {
   if (p.n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p.n + 255) / 256, 8192));
   DSV2_LAUNCH(fill_random_kernel, blocks, 256, 0, static_cast<cudaStream_t>(stream))(p);
@@ -572,12 +572,12 @@ void graph_destroy(void* exec) noexcept {
 }
 
 void provoke_launch_error(void* stream) {
-  model::CopyColsParams p;  // nothing to copy: only the launch configuration is wrong
+  CopyColsParams p;  // nothing to copy: only the launch configuration is wrong
   DSV2_LAUNCH(copy_cols_kernel, 1, 4096, 0, static_cast<cudaStream_t>(stream))(p);  // > 1024 threads per block
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
-void sample(const model::SampleBatchParams& p, void* stream) {
+void sample(const SampleBatchParams& p, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   DSV2_CUDA_CHECK(cudaMemsetAsync(p.bad, 0, sizeof(int32_t), s));
   if (p.rows == 0) return;

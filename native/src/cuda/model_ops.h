@@ -4,12 +4,12 @@
 // All pointers are device memory; `stream` is a cudaStream_t.
 #pragma once
 #include "dsv2/mla.h"
-#include "model/backend.h"
+#include "dsv2/engine_ops.h"
 
 namespace dsv2::cuda {
 
-void copy_cols(const model::CopyColsParams& p, void* stream);
-void add_rms_norm(const model::AddRmsNormParams& p, void* stream);
+void copy_cols(const CopyColsParams& p, void* stream);
+void add_rms_norm(const AddRmsNormParams& p, void* stream);
 // y[t, h, :] = x[t, h, :] · w[h]ᵀ, one warp per output column, the weight read once per 8 rows.
 void heads_gemm(const HeadsGemmParams& p, void* stream);
 // One block per row; the same definition of the draw as the CPU op (dense.h SampleParams):
@@ -17,9 +17,9 @@ void heads_gemm(const HeadsGemmParams& p, void* stream);
 // whose cumulative weight exp((l - max) / T) exceeds u · total. Sums are parallel reductions
 // in double, so a draw that falls within rounding of a boundary may pick a neighbour of the
 // CPU's choice; greedy is exact. Writes p.bad[0] = 1 + a row that could not be sampled.
-void sample(const model::SampleBatchParams& p, void* stream);
-// model::random_value at every index, as f32 or bf16 (the CPU backend's values, bit for bit).
-void fill_random(const model::FillRandomParams& p, void* stream);
+void sample(const SampleBatchParams& p, void* stream);
+// random_value at every index, as f32 or bf16 (the CPU backend's values, bit for bit).
+void fill_random(const FillRandomParams& p, void* stream);
 // CUDA graphs of a stream's work: begin capturing (relaxed mode), end (an instantiated
 // executable graph, or nullptr when the capture was invalidated by an op that cannot be
 // captured — the error is cleared), launch, destroy.
