@@ -135,7 +135,7 @@ export interface Binding {
   siluMul(gate: RawTensor, up: RawTensor | null, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   gemm(x: RawTensor, weight: RawTensor, impl?: RawImpl, device?: 'cpu' | 'cuda', scale?: RawTensor): Promise<RawTensor>;
   quantizeWeight(weight: RawTensor, dtype: string): Promise<[RawTensor, RawTensor]>;
-  benchGemmCuda(x: RawTensor, weight: RawTensor, iters: number): Promise<{ ms: number; kernel: string }>;
+  benchGemmCuda(x: RawTensor, weight: RawTensor, iters: number, scale?: RawTensor): Promise<{ ms: number; kernel: string }>;
   softmax(x: RawTensor, scale: number, impl?: RawImpl, device?: RawDevice): Promise<RawTensor>;
   sample(logits: RawTensor, opts: { temperature: number; topK: number; topP: number; seed: bigint; device?: 'cpu' | 'cuda' }, impl?: RawImpl): Promise<RawTensor>;
   cast(x: RawTensor, dtype: string, impl?: RawImpl): Promise<RawTensor>;
@@ -161,7 +161,7 @@ export interface Binding {
   benchMoeRouteCuda(logits: RawTensor, opts: RawMoeRouteOptions & { unfused?: boolean }, bias: RawTensor | null,
     iters: number): Promise<{ us: number; kernel: string }>;
   benchMoeExpertsCuda(shape: { t: number; hidden: number; inter: number; nExperts: number; topK: number; interShared: number;
-    seed: number; fp8?: boolean }, iters: number): Promise<{ ms: number; kernel: string; expertsHit: number; weightBytes: number; flops: number;
+    seed: number; fp8?: boolean; i8?: boolean }, iters: number): Promise<{ ms: number; kernel: string; expertsHit: number; weightBytes: number; flops: number;
     gemmMs: number; gemmKernel: string; gemmFlops: number }>;
   moeExperts(x: RawTensor, ids: RawTensor, weights: RawTensor, gateUp: RawTensor, down: RawTensor,
     sharedGateUp: RawTensor | null, sharedDown: RawTensor | null, impl?: RawImpl, device?: 'cpu' | 'cuda',

@@ -351,18 +351,13 @@ export class Model {
       throw new Dsv2Error('E_ARG', `engine '${String(legacy)}': the TypeScript forward was retired; the native engine runs every model (omit the option)`);
     }
     let device: 'cpu' | 'cuda' = 'cpu';
-    // 8-bit weights run on the CPU engine only (for now): 'auto' picks the CPU for them.
-    const eightBit = opts.weights === 'int8' || opts.weights === 'fp8';
-    if (choice === 'cuda' || (choice === 'auto' && !eightBit)) {
+    if (choice === 'cuda' || choice === 'auto') {
       const i = await info();
       if (i.cuda.usable) device = 'cuda';
       else if (choice === 'cuda') throw new Dsv2Error('E_UNSUPPORTED', `device 'cuda': CUDA is not usable here (${i.cuda.reason}); use --device cpu`);
     }
     const format = opts.weights ?? 'bf16';
     if (!['bf16', 'int8', 'fp8'].includes(format)) throw new Dsv2Error('E_ARG', `weights '${String(format)}' must be bf16, int8 or fp8`);
-    if (format !== 'bf16' && device === 'cuda') {
-      throw new Dsv2Error('E_UNSUPPORTED', `weights '${format}': 8-bit weights run on the CPU only in this version (the CUDA gemm has no 8-bit kernel yet); use device: 'cpu' or weights: 'bf16'`);
-    }
     const maxTokens = opts.maxTokens ?? 4096;
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new Dsv2Error('E_RANGE', `maxTokens = ${maxTokens} must be a positive integer`);
     if (opts.maxStepTokens !== undefined && (!Number.isSafeInteger(opts.maxStepTokens) || opts.maxStepTokens < 1)) {

@@ -103,7 +103,7 @@ export async function siluMul(gate: Tensor, up?: Tensor | null, opts?: OpOptions
 export interface GemmOptions extends OpOptions, DeviceOptions {
   /**
    * For 8-bit weights (i8 or fp8_e4m3 codes), their scales: f32 [ceil(N / 128), ceil(K / 128)],
-   * one per 128 × 128 block (W = code · scale; `quantizeWeight` makes both). CPU only.
+   * one per 128 × 128 block (W = code · scale; `quantizeWeight` makes both).
    */
   scale?: Tensor;
 }

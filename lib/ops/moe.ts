@@ -66,18 +66,19 @@ export async function moeRoute(logits: Tensor, opts: MoeRouteOptions): Promise<M
 }
 
 export interface ExpertWeights {
-  /** [E, 2I, H]: per expert gate_proj rows then up_proj rows; f32 | bf16 | f16 | fp8_e4m3. */
+  /** [E, 2I, H]: per expert gate_proj rows then up_proj rows; f32 | bf16 | f16 | fp8_e4m3 | i8. */
   gateUp: Tensor;
   /** [E, H, I]: per expert down_proj; same dtype as gateUp. */
   down: Tensor;
   /**
-   * fp8_e4m3 weights only (DeepSeek-V3 weight_scale_inv): f32 [E, ceil(2I/128), ceil(H/128)],
-   * w[e, r, c] = e4m3(gateUp[e, r, c]) · gateUpScale[e, r/128, c/128]. The 128×128 blocks tile
+   * 8-bit weights only (fp8_e4m3 as DeepSeek-V3's weight_scale_inv, or i8): f32
+   * [E, ceil(2I/128), ceil(H/128)], w[e, r, c] = value(gateUp[e, r, c]) · gateUpScale[e, r/128, c/128]
+   * (value: the e4m3 number or the integer). The 128×128 blocks tile
    * the stacked [2I, H] matrix (gate rows then up rows), so for I % 128 == 0 it is the gate
    * scales followed by the up scales. Every scale finite and > 0.
    */
   gateUpScale?: Tensor | null;
-  /** fp8_e4m3 weights only: f32 [E, ceil(H/128), ceil(I/128)] block scales of down. */
+  /** 8-bit weights only: f32 [E, ceil(H/128), ceil(I/128)] block scales of down. */
   downScale?: Tensor | null;
 }
 
@@ -94,8 +95,8 @@ export interface SharedExpertWeights {
  * expert (one GEMM per expert) and each token's slots are summed in slot order, so the result
  * does not depend on threading. `device: 'cuda'`: on-device dispatch (counts → scan →
  * scatter), grouped SwiGLU expert kernels and a slot-order combine, with no host sync.
- * FP8 routed experts (fp8_e4m3 gateUp/down with gateUpScale/downScale) are dequantised on the
- * fly, never widened whole; the shared experts stay f32 | bf16 | f16.
+ * 8-bit routed experts (fp8_e4m3 or i8 gateUp/down with gateUpScale/downScale) are dequantised
+ * on the fly, never widened whole; the shared experts stay f32 | bf16 | f16.
  * @param x f32 [T, H]  @param ids i32 [T, k]  @param weights f32 [T, k]  @returns f32 [T, H]
  */
 export async function moeExperts(x: Tensor, ids: Tensor, weights: Tensor, experts: ExpertWeights,

@@ -266,6 +266,8 @@ Napi::Value BenchMoeExpertsCuda(const Napi::CallbackInfo& info) {
     b.inter_shared = get_integer(o, "interShared", "interShared", 0);
     b.seed = static_cast<uint64_t>(get_integer(o, "seed", "seed", 0));
     b.fp8 = o.Get("fp8").ToBoolean().Value();
+    b.i8 = o.Get("i8").ToBoolean().Value();
+    DSV2_CHECK(!(b.fp8 && b.i8), kArg, "fp8 and i8 exclude each other");
     const int iters = static_cast<int>(integer(c, 1, "iters"));
     auto r = std::make_shared<ops::MoeExpertsBench>();
     auto* job = new Job(

@@ -117,11 +117,14 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   });
 }
 
-// benchGemmCuda(x, weight, iters) -> {ms, kernel}: kernel-only, x and W resident on the device.
+// benchGemmCuda(x, weight, iters, scale?) -> {ms, kernel}: kernel-only, x and W (and the
+// 8-bit weights' block scales) resident on the device.
 Napi::Value BenchGemmCuda(const Napi::CallbackInfo& info) {
   return run_op(info, [&info](Call& c) -> Napi::Value {
     GemmParams p;
-    c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p));
+    TensorView scale;
+    const bool scaled = c.optional_tensor(3, "scale", &scale);
+    c.outputs(ops::check_gemm(c.tensor(0, "x"), c.tensor(1, "weight"), &p, scaled ? &scale : nullptr));
     const int iters = static_cast<int>(c.number(2, "iters"));
     auto r = std::make_shared<ops::GemmBench>();
     auto* job = new Job(info.Env(), [p, iters, r] { *r = ops::gemm_cuda_bench(p, iters); },
@@ -133,6 +136,7 @@ Napi::Value BenchGemmCuda(const Napi::CallbackInfo& info) {
                         });
     job->keep(info[0].As<Napi::Object>());
     job->keep(info[1].As<Napi::Object>());
+    if (scaled) job->keep(info[3].As<Napi::Object>());
     return job->start();
   });
 }

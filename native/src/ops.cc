@@ -194,8 +194,6 @@ std::vector<OutSpec> check_gemm(const TensorView& x, const TensorView& w, GemmPa
 }
 
 void gemm(const GemmParams& p, Impl impl) {
-  DSV2_CHECK(!(p.device == Device::kCuda && p.w_scale), kUnsupported,
-             "gemm: " << dtype_name(p.w_dtype) << " weights run on the CPU only in this version (no CUDA kernel yet)");
   if (p.device == Device::kCuda) return gemm_cuda(p);
   if (impl == Impl::kReference) cpu::gemm_ref(p);
   else cpu::gemm_fast(p);

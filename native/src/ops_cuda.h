@@ -69,6 +69,7 @@ struct MoeExpertsBenchShape {
   int64_t t = 0, hidden = 0, inter = 0, n_experts = 0, top_k = 0, inter_shared = 0;
   uint64_t seed = 0;
   bool fp8 = false;  // routed experts as e4m3 codes + 128×128 block scales (shared stay bf16)
+  bool i8 = false;   // routed experts as int8 codes + block scales (fp8 false)
 };
 struct MoeExpertsBench {
   double ms = 0;            // per moe_experts call (prep, GEMMs, combine)

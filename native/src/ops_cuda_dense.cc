@@ -72,6 +72,10 @@ GemmParams upload_gemm(Scope& sc, const GemmParams& hp) {
   GemmParams p = hp;
   p.x = sc.upload(hp.x, hp.m * hp.k);
   p.w = sc.upload(static_cast<const uint8_t*>(hp.w), hp.n * hp.k * dtype_size(hp.w_dtype));
+  if (hp.w_scale) {  // 8-bit codes: [ceil(n / 128), ceil(k / 128)] block scales
+    const int64_t blocks = ((hp.n + kWeightBlock - 1) / kWeightBlock) * ((hp.k + kWeightBlock - 1) / kWeightBlock);
+    p.w_scale = sc.upload(hp.w_scale, blocks);
+  }
   p.y = sc.alloc<float>(std::max<int64_t>(1, hp.m * hp.n));
   cuda::memset(p.y, 0, hp.m * hp.n * sizeof(float), sc.stream());
   return p;
@@ -268,7 +272,7 @@ void moe_experts_cuda(const MoeExpertsParams& hp) {
   p.weights = sc.upload(hp.weights, pairs);
   p.gate_up = sc.upload(static_cast<const uint8_t*>(hp.gate_up), hp.n_experts * 2 * hp.inter * hp.hidden * wsz);
   p.down = sc.upload(static_cast<const uint8_t*>(hp.down), hp.n_experts * hp.hidden * hp.inter * wsz);
-  if (hp.w_dtype == DType::kFP8E4M3) {  // block scales (checked by check_moe_experts)
+  if (hp.w_dtype == DType::kFP8E4M3 || hp.w_dtype == DType::kI8) {  // block scales (checked by check_moe_experts)
     auto blocks = [](int64_t n) { return (n + kMoeFp8Block - 1) / kMoeFp8Block; };
     p.gate_up_scale = sc.upload(hp.gate_up_scale, hp.n_experts * blocks(2 * hp.inter) * blocks(hp.hidden));
     p.down_scale = sc.upload(hp.down_scale, hp.n_experts * blocks(hp.hidden) * blocks(hp.inter));
@@ -356,20 +360,22 @@ MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters)
   p.x = x;
   p.gate_up = gu;
   p.down = dn;
-  if (b.fp8) {
-    // Routed experts as e4m3 codes (random values of the same spread, scale amax / 448 per
-    // block) in their own buffers; the bf16 ones above still serve the dense reference gemm.
+  if (b.fp8 || b.i8) {
+    // Routed experts as e4m3 / int8 codes (random values of the same spread, scale amax / 448
+    // or / 127 per block) in their own buffers; the bf16 ones above still serve the dense
+    // reference gemm.
     auto blocks = [](int64_t n) { return (n + kMoeFp8Block - 1) / kMoeFp8Block; };
-    constexpr float kFp8Max = 448.0f;  // the largest e4m3 value
+    const DType code = b.i8 ? DType::kI8 : DType::kFP8E4M3;
+    const float kFp8Max = b.i8 ? 127.0f : 448.0f;  // the largest code value
     const int64_t n_gus = b.n_experts * blocks(2 * b.inter) * blocks(b.hidden);
     const int64_t n_dns = b.n_experts * blocks(b.hidden) * blocks(b.inter);
     void* gu8 = sc.alloc<uint8_t>(n_gu);
     void* dn8 = sc.alloc<uint8_t>(n_dn);
-    cuda::moe_bench_fill(gu8, DType::kFP8E4M3, n_gu, b.seed + 6, kFp8Max, sc.stream());
-    cuda::moe_bench_fill(dn8, DType::kFP8E4M3, n_dn, b.seed + 7, kFp8Max, sc.stream());
+    cuda::moe_bench_fill(gu8, code, n_gu, b.seed + 6, kFp8Max, sc.stream());
+    cuda::moe_bench_fill(dn8, code, n_dn, b.seed + 7, kFp8Max, sc.stream());
     const std::vector<float> gus(n_gus, 1.0f / (kFp8Max * std::sqrt(static_cast<float>(b.hidden))));
     const std::vector<float> dns(n_dns, 1.0f / (kFp8Max * std::sqrt(static_cast<float>(b.inter))));
-    p.w_dtype = DType::kFP8E4M3;
+    p.w_dtype = code;
     p.gate_up = gu8;
     p.down = dn8;
     p.gate_up_scale = sc.upload(gus.data(), gus.size());
@@ -400,7 +406,7 @@ MoeExpertsBench moe_experts_cuda_bench(const MoeExpertsBenchShape& b, int iters)
   r.ms = cuda::time_ms(sc.stream(), iters, enqueue);
   r.kernel = cuda::moe_experts_kernel_name(p, &s);
   r.experts_hit = hit / kSets;
-  const double wsz = b.fp8 ? 1.0 : 2.0;  // routed: e4m3 (scales: 4 bytes per 16384 codes, not counted) or bf16
+  const double wsz = b.fp8 || b.i8 ? 1.0 : 2.0;  // routed: 8-bit (scales: 4 bytes per 16384 codes, not counted) or bf16
   r.weight_bytes = r.experts_hit * 3.0 * b.hidden * b.inter * wsz + 3.0 * b.hidden * b.inter_shared * 2.0;
   r.flops = 6.0 * pairs * b.hidden * b.inter + 6.0 * b.t * b.hidden * b.inter_shared;
   // The dense reference: one cuda::gemm of the shared gate+up's shape (m = t, n = 2·inter_shared

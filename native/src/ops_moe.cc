@@ -54,20 +54,20 @@ void moe_route(const MoeRouteParams& p, Impl impl) {
 
 namespace {
 
-// FP8 routed experts: both block-scale tensors, f32, of exactly [E, ceil(rows / 128),
-// ceil(cols / 128)] for gate_up [E, 2I, H] and down [E, H, I], every scale finite and > 0;
-// other weight dtypes take no scales.
+// 8-bit routed experts (fp8_e4m3 or i8 codes): both block-scale tensors, f32, of exactly
+// [E, ceil(rows / 128), ceil(cols / 128)] for gate_up [E, 2I, H] and down [E, H, I], every
+// scale finite and > 0; other weight dtypes take no scales.
 void check_fp8_scales(DType w, const TensorView* gus, const TensorView* dns, int64_t e, int64_t inter, int64_t hidden,
                       MoeExpertsParams* p) {
-  if (w != DType::kFP8E4M3) {
+  if (w != DType::kFP8E4M3 && w != DType::kI8) {
     DSV2_CHECK(gus == nullptr && dns == nullptr, kArg,
                (gus ? "experts.gateUpScale" : "experts.downScale")
-                   << ": block scales are only used with fp8_e4m3 expert weights (experts.gateUp is " << dtype_name(w) << ")");
+                   << ": block scales are only used with fp8_e4m3 or i8 expert weights (experts.gateUp is " << dtype_name(w) << ")");
     return;
   }
   DSV2_CHECK(gus != nullptr && dns != nullptr, kArg,
              (gus ? "experts.downScale" : "experts.gateUpScale")
-                 << " is required: fp8_e4m3 expert weights need both block-scale tensors (weight_scale_inv, f32, "
+                 << " is required: " << dtype_name(w) << " expert weights need both block-scale tensors (weight_scale_inv, f32, "
                     "one per 128×128 block)");
   constexpr int64_t B = kMoeFp8Block;
   auto blocks = [](int64_t n) { return (n + B - 1) / B; };
@@ -106,7 +106,7 @@ std::vector<OutSpec> check_moe_experts(const TensorView& x, const TensorView& id
   require_dtype(x, "x", {DType::kF32});
   require_dtype(ids, "ids", {DType::kI32});
   require_dtype(weights, "weights", {DType::kF32});
-  require_dtype(gate_up, "experts.gateUp", {DType::kF32, DType::kBF16, DType::kF16, DType::kFP8E4M3});
+  require_dtype(gate_up, "experts.gateUp", {DType::kF32, DType::kBF16, DType::kF16, DType::kFP8E4M3, DType::kI8});
   require_rank(x, "x", 2, 2);
   require_rank(ids, "ids", 2, 2);
   require_rank(gate_up, "experts.gateUp", 3, 3);

@@ -157,7 +157,7 @@ const char* moe_experts_kernel_name(const MoeExpertsParams& p, const MoeScratch*
 size_t moe_scratch_bytes(const MoeExpertsParams& max_shape);
 MoeScratch moe_scratch_carve(void* base, const MoeExpertsParams& max_shape);
 
-// Fill n elements (f32, bf16, or fp8_e4m3 codes) with seeded uniform values in [-scale, scale) (benchmarks).
+// Fill n elements (f32, bf16, or fp8_e4m3 / i8 codes) with seeded uniform values in [-scale, scale) (benchmarks).
 void moe_bench_fill(void* p, DType t, int64_t n, uint64_t seed, float scale, void* stream);
 
 // Fused MoE routing (router.cu): E ≤ kRouteMaxExperts, n_group ≤ 32; device pointers.

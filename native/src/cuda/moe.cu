@@ -8,14 +8,16 @@
 //   simt        f32 / f16 weights, or shapes the tensor-core kernels do not take (hidden or inter
 //               not a multiple of 8, unaligned pointers, more than 1024 experts): the generic
 //               kernels below, warp per (pair, output column);
-//   mma_skinny_fp8  routed FP8 block-scaled weights (w_dtype fp8_e4m3 + 128×128 scales, see
-//               MoeExpertsParams) at any batch size, shapes and pointers as mma_skinny: the
-//               skinny kernel decoding e4m3 exactly to bf16 in registers, scaling the f32
-//               partial of each 128-wide k block (moe_mma.cu);
-//   simt_fp8    FP8 weights the skinny kernel does not take: the generic kernels decoding each
-//               weight as e4m3 · scale (the CPU op's f32 value).
-// (FP8 prefill runs the skinny kernel, re-reading each expert's codes once per 16-row tile;
-// a tiled FP8 kernel would dequantise in its shared-memory stage: not implemented.)
+//   mma_skinny_fp8, mma_skinny_i8  routed 8-bit block-scaled weights (w_dtype fp8_e4m3 or i8 +
+//               128×128 scales, see MoeExpertsParams) at any batch size, shapes and pointers as
+//               mma_skinny: the skinny kernel decoding codes exactly to bf16 in registers,
+//               scaling the f32 partial of each 128-wide k block (moe_mma.cu);
+//   simt_fp8, simt_i8  8-bit weights the skinny kernel does not take: the generic kernels
+//               decoding each weight as code · scale (the CPU op's f32 value).
+// (8-bit prefill runs the skinny kernel, re-reading each expert's codes once per 16-row tile;
+// a tiled 8-bit kernel would dequantise in its shared-memory stage: not implemented.)
+// 8-bit shared experts (the engine's int8 / fp8 weights) run as two gemm calls (gemm.cu's
+// 8-bit tensor-core kernels) and the SIMT SwiGLU: the "simt" shared path.
 // Tensor-core path:
 //   prep (one launch): block 0 dispatches — counts per expert (shared-memory atomics), exclusive
 //             scan, per-expert segment offsets, a tile table {expert, first row} for the chosen
@@ -38,6 +40,7 @@
 #include "cuda_ops.h"
 #include "moe_mma.cuh"
 #include "ptx.cuh"
+#include "w8.cuh"
 #include "../core/dtype.h"
 #include "../core/fp8.h"
 
@@ -78,23 +81,24 @@ __device__ int expert_of(const int32_t* offsets, int64_t e, int64_t pos) {
   return static_cast<int>(lo);
 }
 
-// Weight [r, c] of expert ex's [rows, cols] matrix: load_weight, or for FP8 e4m3(code) · the
-// scale of its 128×128 block (one f32 rounding, as the CPU op's dequantisation).
-template <bool kFp8>
+// Weight [r, c] of expert ex's [rows, cols] matrix: load_weight, or for 8-bit codes (i8,
+// e4m3) code · the scale of its 128×128 block (one f32 rounding, as the CPU op's dequantisation).
+template <bool k8>
 __device__ __forceinline__ float routed_weight(const void* w, DType dt, const float* scale, int64_t ex, int64_t rows,
                                                int64_t cols, int64_t r, int64_t c) {
   const int64_t i = (ex * rows + r) * cols + c;
-  if constexpr (kFp8) {
-    const int64_t rb = (rows + kMoeFp8Block - 1) / kMoeFp8Block, cb = (cols + kMoeFp8Block - 1) / kMoeFp8Block;
-    return __fmul_rn(e4m3_to_f32_formula(static_cast<const uint8_t*>(w)[i]),
-                     scale[(ex * rb + r / kMoeFp8Block) * cb + c / kMoeFp8Block]);
+  if constexpr (k8) {
+    const int64_t rb = (rows + kMoeFp8Block - 1) / kMoeFp8Block;
+    (void)i;
+    return w8::scaled_weight(static_cast<const uint8_t*>(w) + ex * rows * cols, dt, scale + ex * rb * ((cols + kMoeFp8Block - 1) / kMoeFp8Block),
+                             rows, cols, r, c);
   } else {
     return load_weight(w, dt, i);
   }
 }
 
 // h[pos, j] = silu(x·gate_e[j]) · (x·up_e[j]) for the pair at segment position pos.
-template <bool kFp8>
+template <bool k8>
 __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p, const int32_t* offsets,
                                                               const int32_t* rows, float* h) {
   const int lane = threadIdx.x % 32;
@@ -105,8 +109,8 @@ __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p
   const float* x = p.x + (rows[pos] / p.top_k) * p.hidden;
   float g = 0.0f, u = 0.0f;
   for (int64_t k = lane; k < p.hidden; k += 32) {
-    g = fmaf(x[k], routed_weight<kFp8>(p.gate_up, p.w_dtype, p.gate_up_scale, ex, 2 * p.inter, p.hidden, j, k), g);
-    u = fmaf(x[k], routed_weight<kFp8>(p.gate_up, p.w_dtype, p.gate_up_scale, ex, 2 * p.inter, p.hidden, p.inter + j, k), u);
+    g = fmaf(x[k], routed_weight<k8>(p.gate_up, p.w_dtype, p.gate_up_scale, ex, 2 * p.inter, p.hidden, j, k), g);
+    u = fmaf(x[k], routed_weight<k8>(p.gate_up, p.w_dtype, p.gate_up_scale, ex, 2 * p.inter, p.hidden, p.inter + j, k), u);
   }
   for (int off = 16; off > 0; off >>= 1) {
     g += __shfl_xor_sync(0xffffffffu, g, off);
@@ -116,7 +120,7 @@ __global__ void __launch_bounds__(kWarps * 32) gate_up_kernel(MoeExpertsParams p
 }
 
 // slot_out[pair, n] = h[pos] · down_e[n]
-template <bool kFp8>
+template <bool k8>
 __global__ void __launch_bounds__(kWarps * 32) down_kernel(MoeExpertsParams p, const int32_t* offsets,
                                                            const int32_t* rows, const float* h, float* slot_out) {
   const int lane = threadIdx.x % 32;
@@ -126,7 +130,7 @@ __global__ void __launch_bounds__(kWarps * 32) down_kernel(MoeExpertsParams p, c
   const int ex = expert_of(offsets, p.n_experts, pos);
   float acc = 0.0f;
   for (int64_t j = lane; j < p.inter; j += 32)
-    acc = fmaf(h[pos * p.inter + j], routed_weight<kFp8>(p.down, p.w_dtype, p.down_scale, ex, p.hidden, p.inter, n, j), acc);
+    acc = fmaf(h[pos * p.inter + j], routed_weight<k8>(p.down, p.w_dtype, p.down_scale, ex, p.hidden, p.inter, n, j), acc);
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) slot_out[static_cast<int64_t>(rows[pos]) * p.hidden + n] = acc;
 }
@@ -251,9 +255,9 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(PrepArgs a) {
   }
 }
 
-enum class Path { kNone, kSimt, kSkinny, kTiled, kSimtFp8, kSkinnyFp8 };
-constexpr int kPaths = 6;
-const char* const kPathNames[kPaths] = {"none", "simt", "mma_skinny", "mma_tiled", "simt_fp8", "mma_skinny_fp8"};
+enum class Path { kNone, kSimt, kSkinny, kTiled, kSimtFp8, kSkinnyFp8, kSimtI8, kSkinnyI8 };
+constexpr int kPaths = 8;
+const char* const kPathNames[kPaths] = {"none", "simt", "mma_skinny", "mma_tiled", "simt_fp8", "mma_skinny_fp8", "simt_i8", "mma_skinny_i8"};
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
@@ -262,10 +266,11 @@ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 // tiles / n_tiles gets the SIMT kernels; moe_scratch_carve provides them all).
 Path routed_path(const MoeExpertsParams& p, const MoeScratch* s) {
   if (p.t * p.top_k == 0 || p.inter == 0 || p.hidden == 0 || p.n_experts == 0) return Path::kNone;
-  if (p.w_dtype == DType::kFP8E4M3) {  // the skinny kernel at every batch size (no tiled FP8 kernel)
+  if (w8::is_8bit(p.w_dtype)) {  // the skinny kernel at every batch size (no tiled 8-bit kernel)
     const bool mma = p.hidden % 8 == 0 && p.inter % 8 == 0 && p.n_experts <= kPrepMaxExperts && aligned16(p.x) &&
                      aligned16(p.gate_up) && aligned16(p.down) && (!s || (s->xb && s->tiles && s->n_tiles));
-    return mma ? Path::kSkinnyFp8 : Path::kSimtFp8;
+    const bool fp8 = p.w_dtype == DType::kFP8E4M3;
+    return mma ? (fp8 ? Path::kSkinnyFp8 : Path::kSkinnyI8) : (fp8 ? Path::kSimtFp8 : Path::kSimtI8);
   }
   const bool mma = p.w_dtype == DType::kBF16 && p.hidden % 8 == 0 && p.inter % 8 == 0 &&
                    p.n_experts <= kPrepMaxExperts && aligned16(p.x) && aligned16(p.gate_up) && aligned16(p.down) &&
@@ -286,8 +291,9 @@ Path shared_path(const MoeExpertsParams& p, const MoeScratch* s) {
   return p.t <= 64 ? Path::kSkinny : Path::kTiled;
 }
 
-bool tensor_core(Path x) { return x == Path::kSkinny || x == Path::kTiled || x == Path::kSkinnyFp8; }
-bool simt(Path x) { return x == Path::kSimt || x == Path::kSimtFp8; }
+bool skinny8(Path x) { return x == Path::kSkinnyFp8 || x == Path::kSkinnyI8; }
+bool tensor_core(Path x) { return x == Path::kSkinny || x == Path::kTiled || skinny8(x); }
+bool simt(Path x) { return x == Path::kSimt || x == Path::kSimtFp8 || x == Path::kSimtI8; }
 int tile_rows(Path x) { return x == Path::kTiled ? moe_mma::kTiledRows : moe_mma::kSkinnyRows; }
 
 // Tiles the grid reserves for the routed segments: each live tile holds ≥ 1 pair, and
@@ -301,11 +307,12 @@ void run_grouped(Path path, const moe_mma::Problem* probs, int n, bool swiglu, c
   l.n_prob = n;
   for (int i = 0; i < n; ++i) l.prob[i] = probs[i];
   if (path == Path::kSkinny) moe_mma::grouped_skinny(l, swiglu, st);
-  else if (path == Path::kSkinnyFp8) moe_mma::grouped_skinny_fp8(l, swiglu, st);
+  else if (path == Path::kSkinnyFp8) moe_mma::grouped_skinny_w8(l, DType::kFP8E4M3, swiglu, st);
+  else if (path == Path::kSkinnyI8) moe_mma::grouped_skinny_w8(l, DType::kI8, swiglu, st);
   else moe_mma::grouped_tiled(l, swiglu, st);
 }
 
-void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, bool fp8, cudaStream_t st) {
+void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, bool w8, cudaStream_t st) {
   const int64_t pairs = p.t * p.top_k;
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.counts, 0, p.n_experts * sizeof(int32_t), st));
   DSV2_CUDA_CHECK(cudaMemsetAsync(s.slot_out, 0, pairs * p.hidden * sizeof(float), st));
@@ -318,10 +325,10 @@ void simt_routed(const MoeExpertsParams& p, const MoeScratch& s, bool fp8, cudaS
   // Sized for the worst case (every pair routed): positions past offsets[E] exit at once.
   const dim3 gu_grid(static_cast<unsigned>(pairs), ceil_div(p.inter, kWarps));
   const dim3 dn_grid(static_cast<unsigned>(pairs), ceil_div(p.hidden, kWarps));
-  if (fp8) DSV2_LAUNCH((gate_up_kernel<true>), gu_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h);
+  if (w8) DSV2_LAUNCH((gate_up_kernel<true>), gu_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h);
   else DSV2_LAUNCH((gate_up_kernel<false>), gu_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h);
   DSV2_CUDA_LAUNCH_CHECK();
-  if (fp8) DSV2_LAUNCH((down_kernel<true>), dn_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h, s.slot_out);
+  if (w8) DSV2_LAUNCH((down_kernel<true>), dn_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h, s.slot_out);
   else DSV2_LAUNCH((down_kernel<false>), dn_grid, kWarps * 32, 0, st)(p, s.offsets, s.rows, s.h, s.slot_out);
   DSV2_CUDA_LAUNCH_CHECK();
 }
@@ -335,6 +342,7 @@ void simt_shared(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   g.x = p.x;
   g.w = p.shared_gate_up;
   g.w_dtype = p.shared_dtype;
+  g.w_scale = p.shared_gate_up_scale;
   g.y = s.shared_gu;
   gemm(g, stream);
   DSV2_LAUNCH(silu_mul_kernel, ceil_div(p.t * p.inter_shared, 256), 256, 0, st)(s.shared_gu, p.t, p.inter_shared, s.shared_h);
@@ -343,6 +351,7 @@ void simt_shared(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
   g.k = p.inter_shared;
   g.x = s.shared_h;
   g.w = p.shared_down;
+  g.w_scale = p.shared_down_scale;
   g.y = s.shared_out;
   gemm(g, stream);
 }
@@ -387,7 +396,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     DSV2_LAUNCH(prep_kernel, static_cast<unsigned>((rtc ? 1 : 0) + std::max<int64_t>(conv_blocks, 1)), kPrepThreads, 0, st)(a);
     DSV2_CUDA_LAUNCH_CHECK();
   }
-  if (simt(rp)) simt_routed(p, s, rp == Path::kSimtFp8, st);
+  if (simt(rp)) simt_routed(p, s, rp != Path::kSimt, st);
 
   // Tensor-core problems: routed gate+up / down over the tile table, shared over all t rows.
   uint16_t* hb = reinterpret_cast<uint16_t*>(s.h);          // bf16 [pairs, inter] in the f32 buffer
@@ -419,7 +428,7 @@ void moe_experts(const MoeExpertsParams& p, const MoeScratch& s, void* stream) {
     d.out = s.slot_out;
     d.o_rows = s.rows;
     d.o_scale = p.weights;
-    if (rp == Path::kSkinnyFp8) {  // e4m3 codes (w_stride counts codes) + block scales
+    if (skinny8(rp)) {  // 8-bit codes (w_stride counts codes) + block scales
       auto blocks = [](int64_t n) { return (n + kMoeFp8Block - 1) / kMoeFp8Block; };
       g.w8 = static_cast<const uint8_t*>(p.gate_up);
       g.w_scale = p.gate_up_scale;
@@ -486,14 +495,15 @@ __global__ void fill_kernel(void* p, DType t, int64_t n, uint64_t seed, float sc
     const float v = scale * (static_cast<float>(z >> 40) * 0x1.0p-23f - 1.0f);  // [-scale, scale)
     if (t == DType::kF32) static_cast<float*>(p)[i] = v;
     else if (t == DType::kFP8E4M3) static_cast<uint8_t*>(p)[i] = f32_to_e4m3(v);
+    else if (t == DType::kI8) static_cast<int8_t*>(p)[i] = static_cast<int8_t>(fmaxf(-127.0f, fminf(127.0f, rintf(v))));
     else static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
   }
 }
 }  // namespace
 
 void moe_bench_fill(void* p, DType t, int64_t n, uint64_t seed, float scale, void* stream) {
-  DSV2_CHECK(t == DType::kF32 || t == DType::kBF16 || t == DType::kFP8E4M3, kUnsupported,
-             "moe_bench_fill: f32, bf16 or fp8_e4m3 only");
+  DSV2_CHECK(t == DType::kF32 || t == DType::kBF16 || t == DType::kFP8E4M3 || t == DType::kI8, kUnsupported,
+             "moe_bench_fill: f32, bf16, fp8_e4m3 or i8 only");
   if (n == 0) return;
   DSV2_LAUNCH(fill_kernel, std::min<unsigned>(ceil_div(n, 256), 8192), 256, 0, static_cast<cudaStream_t>(stream))(p, t, n, seed, scale);
   DSV2_CUDA_LAUNCH_CHECK();

@@ -24,6 +24,7 @@
 
 #include "common.cuh"
 #include "ptx.cuh"
+#include "w8.cuh"
 #include "../core/dtype.h"
 
 namespace dsv2::cuda::moe_mma {
@@ -204,48 +205,28 @@ __global__ void __launch_bounds__(kSkWarps * 32) skinny_kernel(Launch l) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Skinny kernel with FP8 block-scaled weights (DeepSeek-V3 e4m3 + 128×128 weight_scale_inv).
+// Skinny kernel with 8-bit block-scaled weights (DeepSeek-V3 e4m3 + 128×128 weight_scale_inv,
+// or the engine's int8 codes in the same layout).
 
 // 8 bytes read once (weight codes): no L1 allocation.
 __device__ __forceinline__ uint2 ld_stream8(const void* p) {
   return ptx::ld_nc_na_v2(p);
 }
 
-// f32 multiply that keeps subnormal inputs whatever the compiler's -ftz setting (PTX mul
-// without .ftz): an exact power-of-two rescale of a subnormal stays exact.
-__device__ __forceinline__ float mul_keep_subnormal(float a, float b) {
-  return ptx::mul_rn_f32(a, b);
-}
-
-// Two e4m3 codes (byte 0 → low half, byte 1 → high half of `w2`, the other bytes ignored) →
-// bf16x2, exactly (every e4m3 value, subnormals included, is a bf16 value):
-//  - the code's 7 magnitude bits placed at f32 bits 20..26 give an f32 of value e4m3 · 2^-120
-//    (exponent bias 127 vs 7; an e4m3 subnormal lands on an f32 subnormal with the same
-//    mantissa), so · 2^120 is the value, exactly; its top 16 bits are the bf16;
-//  - the sign is or-ed in; NaN codes (magnitude 0x7f) become a bf16 NaN, as the CPU's table.
-__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t w2) {
-  const uint32_t spread = __byte_perm(w2, 0u, 0x4140);  // [b0, 0, b1, 0]
-  const float lo = mul_keep_subnormal(__uint_as_float((spread << 20) & 0x07f00000u), 0x1p120f);
-  const float hi = mul_keep_subnormal(__uint_as_float((spread << 4) & 0x07f00000u), 0x1p120f);
-  const uint32_t sign = (spread << 8) & 0x80008000u;
-  // 0x7f in a half's low 7 bits carries into its bit 7 after + 1: 0x7fc0 in that half (NaN).
-  const uint32_t nan = ((((spread & 0x007f007fu) + 0x00010001u) & 0x00800080u) >> 7) * 0x7fc0u;
-  return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632) | sign | nan;
-}
-
 // Bytes 2j, 2j + 1 of a lane's 8 codes (k offsets 2j, 2j + 1) as bf16x2: word j of the bf16
 // layout the bf16 kernel loads, so the fragment mapping below is the bf16 kernel's.
-__device__ __forceinline__ uint32_t fp8_word(const uint2& v, int j) {
+template <DType kCode>
+__device__ __forceinline__ uint32_t code_word(const uint2& v, int j) {
   const uint32_t w = j < 2 ? v.x : v.y;
-  return e4m3x2_to_bf16x2(j % 2 == 0 ? w : w >> 16);
+  return w8::codes_to_bf16x2<kCode>(j % 2 == 0 ? w : w >> 16);
 }
 
 // As skinny_kernel, with each lane loading 8 codes (8 bytes) per row and 32-wide k chunk. A
 // warp's kSkUnroll = 4 chunks of one iteration are the 128 k of one scale block (c is a
 // multiple of 4), so the iteration accumulates an exact-bf16-weight partial in f32 and adds it
 // times the scale of each row: acc += scale[row / 128, c / 4] · partial.
-template <bool kSwiGLU>
-__global__ void __launch_bounds__(kSkWarps * 32) skinny_fp8_kernel(Launch l) {
+template <bool kSwiGLU, DType kCode>
+__global__ void __launch_bounds__(kSkWarps * 32) skinny_w8_kernel(Launch l) {
   static_assert(kSkUnroll * 32 == 128, "one iteration = one 128-wide scale block of k");
   int64_t tile = blockIdx.x;
   const Problem P = pick(l, &tile);
@@ -327,10 +308,10 @@ __global__ void __launch_bounds__(kSkWarps * 32) skinny_fp8_kernel(Launch l) {
         uint32_t a[2][4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          a[mt][0] = fp8_word(wr[u][mt][0], 2 * s);
-          a[mt][1] = fp8_word(wr[u][mt][1], 2 * s);
-          a[mt][2] = fp8_word(wr[u][mt][0], 2 * s + 1);
-          a[mt][3] = fp8_word(wr[u][mt][1], 2 * s + 1);
+          a[mt][0] = code_word<kCode>(wr[u][mt][0], 2 * s);
+          a[mt][1] = code_word<kCode>(wr[u][mt][1], 2 * s);
+          a[mt][2] = code_word<kCode>(wr[u][mt][0], 2 * s + 1);
+          a[mt][3] = code_word<kCode>(wr[u][mt][1], 2 * s + 1);
         }
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -527,11 +508,15 @@ void grouped_skinny(const Launch& l, bool swiglu, cudaStream_t s) {
   DSV2_CUDA_LAUNCH_CHECK();
 }
 
-void grouped_skinny_fp8(const Launch& l, bool swiglu, cudaStream_t s) {
+void grouped_skinny_w8(const Launch& l, DType code, bool swiglu, cudaStream_t s) {
+  DSV2_CHECK(code == DType::kI8 || code == DType::kFP8E4M3, kInternal, "grouped_skinny_w8: codes must be i8 or fp8_e4m3");
   const Launch ln = normalized(l);
   const dim3 grid = grid_of(ln, swiglu ? 16 : 32);
-  if (swiglu) DSV2_LAUNCH((skinny_fp8_kernel<true>), grid, kSkWarps * 32, 0, s)(ln);
-  else DSV2_LAUNCH((skinny_fp8_kernel<false>), grid, kSkWarps * 32, 0, s)(ln);
+  const bool fp8 = code == DType::kFP8E4M3;
+  if (swiglu && fp8) DSV2_LAUNCH((skinny_w8_kernel<true, DType::kFP8E4M3>), grid, kSkWarps * 32, 0, s)(ln);
+  else if (fp8) DSV2_LAUNCH((skinny_w8_kernel<false, DType::kFP8E4M3>), grid, kSkWarps * 32, 0, s)(ln);
+  else if (swiglu) DSV2_LAUNCH((skinny_w8_kernel<true, DType::kI8>), grid, kSkWarps * 32, 0, s)(ln);
+  else DSV2_LAUNCH((skinny_w8_kernel<false, DType::kI8>), grid, kSkWarps * 32, 0, s)(ln);
   DSV2_CUDA_LAUNCH_CHECK();
 }
 

@@ -15,6 +15,8 @@
 
 #include <cuda_runtime.h>
 
+#include "dsv2/tensor.h"
+
 namespace dsv2::cuda::moe_mma {
 
 struct Problem {
@@ -39,7 +41,7 @@ struct Problem {
   float* out = nullptr;
   const int32_t* o_rows = nullptr;
   const float* o_scale = nullptr;
-  // FP8 block-scaled weights (grouped_skinny_fp8 only; w unused): w8 holds e4m3 codes laid out
+  // 8-bit block-scaled weights (grouped_skinny_w8 only; w unused): w8 holds i8 / e4m3 codes laid out
   // as w ([n_experts][n_w][k], w_stride bytes apart), w_scale the f32 scales of its 128×128
   // blocks, [n_experts][ceil(n_w / 128)][ceil(k / 128)] (scale_stride floats apart); the blocks
   // tile the stacked [n_w, k] matrix (SwiGLU: gate row j is row j, up row j is row n + j).
@@ -65,7 +67,8 @@ void grouped_skinny(const Launch& l, bool swiglu, cudaStream_t s);
 // e4m3 value is a bf16 value) and the mma accumulates one 128-wide k block at a time; the f32
 // block partial is multiplied by its row's scale and added (the scale is never folded into a
 // bf16 weight: e4m3 · scale is not always representable in bf16).
-void grouped_skinny_fp8(const Launch& l, bool swiglu, cudaStream_t s);
+// The skinny kernel on 8-bit codes (code: kI8 or kFP8E4M3) with block scales (Problem::w8).
+void grouped_skinny_w8(const Launch& l, DType code, bool swiglu, cudaStream_t s);
 // Prefill-shaped: 128×128 tiles, k in steps of 32, 4-stage cp.async pipeline, ldmatrix.
 void grouped_tiled(const Launch& l, bool swiglu, cudaStream_t s);
 

@@ -126,7 +126,8 @@ class Engine {
   // experts, lm_head. Kept as given: the embedding (one row read per token), the norms, the
   // router (its scores pick the experts; 0.1% of a token's bytes) and kv_b with its absorbed
   // halves W_UK / W_UV (read by the attention ops, which take float weights). `to` is kI8,
-  // kFP8E4M3, or kF32 for none (the default). CPU backend only (E_UNSUPPORTED on cuda).
+  // kFP8E4M3, or kF32 for none (the default). Both backends (the CUDA gemm and expert kernels
+  // take 8-bit codes with their scales).
   void set_weight_quantization(DType to);
   DType weight_quantization() const { return quant_; }
   // Every weight the config implies, random (seeded; the same values on every backend), in

@@ -58,8 +58,6 @@ void Engine::set_weight_quantization(DType to) {
   std::lock_guard<std::mutex> lock(mu_);
   DSV2_CHECK(to == DType::kF32 || to == DType::kI8 || to == DType::kFP8E4M3, kDtype,
              "weight quantization to " << dtype_name(to) << ": i8, fp8_e4m3 or none");
-  DSV2_CHECK(to == DType::kF32 || be_->device() == Device::kCpu, kUnsupported,
-             "8-bit weights (" << dtype_name(to) << ") run on the CPU engine only in this version: the CUDA gemm has no 8-bit kernel yet");
   quant_ = to;
 }
 
@@ -280,13 +278,13 @@ void Engine::random_weights(uint64_t seed, DType dtype) {
     }
   }
   if (quant_ == DType::kF32) return;
-  // 8-bit: quantise what was made (CPU only: set_weight_quantization refuses cuda, so the
-  // backend's memory is host memory here).
+  // 8-bit: quantise what was made (a host copy of each weight, quantised, placed back).
   for (const WeightSpec& w : specs) {
     if (!quantizable(w.name)) continue;
     std::lock_guard<std::mutex> lock(mu_);
     Weight* dst = slot(w.layer, w.name);
-    std::vector<uint8_t> copy(static_cast<const uint8_t*>(dst->data), static_cast<const uint8_t*>(dst->data) + dst->bytes);
+    std::vector<uint8_t> copy(dst->bytes);
+    be_->download(copy.data(), dst->data, dst->bytes);
     set_quantized_locked(w.layer, w.name, dst->dtype, w.shape, copy.data(), copy.size(), w.shape.size() == 3 ? 0 : -1);
   }
 }
