@@ -5,7 +5,7 @@
 #   DSV2_EMU_SOURCES    the emulator itself
 #   dsv2_emu_target(t)  the include paths, definitions and flags of a target built against it
 # Options: DSV2_EMU_ASAN (AddressSanitizer: run node with LD_PRELOAD of libasan),
-#          DSV2_EMU_COVERAGE (gcov line counts of the .cu files: scripts/emu-coverage.sh).
+#          DSV2_EMU_COVERAGE (gcov line counts of the .cu files: test/emu/coverage.sh).
 option(DSV2_EMU_ASAN "Emulator build: AddressSanitizer" OFF)
 option(DSV2_EMU_COVERAGE "Emulator build: gcov coverage of native/src/cuda" OFF)
 
@@ -25,6 +25,11 @@ if(DSV2_EMU_COVERAGE)
   list(APPEND DSV2_EMU_CU_FLAGS --coverage -O0)
 endif()
 set_source_files_properties(${DSV2_CUDA_SOURCES} PROPERTIES COMPILE_OPTIONS "${DSV2_EMU_CU_FLAGS}")
+# Static shared memory (__shared__: thread-locals, cuda_runtime.h) lies between two markers linked
+# right before and after the kernel objects (smem_begin.cc); the emulator poisons that range.
+set(DSV2_EMU_SMEM_BEGIN ${CMAKE_CURRENT_SOURCE_DIR}/native/emu/smem_begin.cc)
+set(DSV2_EMU_SMEM_END ${CMAKE_CURRENT_SOURCE_DIR}/native/emu/smem_end.cc)
+set(DSV2_CUDA_SOURCES ${DSV2_EMU_SMEM_BEGIN} ${DSV2_CUDA_SOURCES} ${DSV2_EMU_SMEM_END})
 message(STATUS "dsv2: CUDA EMULATOR build (native/emu): ${CMAKE_CXX_COMPILER_ID}, no GPU code")
 
 function(dsv2_emu_target t)
@@ -41,7 +46,8 @@ endfunction()
 
 # The emulator's own unit tests (instruction semantics from the PTX ISA, barriers, warp
 # operations, divergence detection, the runtime, graphs): build-emu/dsv2_emu_test.
-add_executable(dsv2_emu_test ${CMAKE_CURRENT_SOURCE_DIR}/native/emu/test/emu_test.cc ${DSV2_EMU_SOURCES})
+add_executable(dsv2_emu_test ${DSV2_EMU_SMEM_BEGIN} ${CMAKE_CURRENT_SOURCE_DIR}/native/emu/test/emu_test.cc ${DSV2_EMU_SMEM_END}
+  ${DSV2_EMU_SOURCES})
 set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/native/emu/test/emu_test.cc PROPERTIES
   COMPILE_OPTIONS "-fsanitize=alignment;-fno-sanitize-recover=alignment")
 dsv2_emu_target(dsv2_emu_test)

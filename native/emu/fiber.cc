@@ -23,13 +23,18 @@
 #include <ucontext.h>
 #endif
 
-// Static shared memory of every kernel (cuda_runtime.h: __shared__); weak: a program may have none.
-extern "C" __attribute__((weak)) char __start_dsv2emu_smem[];
-extern "C" __attribute__((weak)) char __stop_dsv2emu_smem[];
-
 namespace dsv2emu {
 
-__attribute__((tls_model("initial-exec"))) thread_local ThreadVars* t_vars = nullptr;
+// Static shared memory of every kernel (cuda_runtime.h: __shared__ is `static __thread`): this host
+// thread's copy lies between the markers of smem_begin.cc and smem_end.cc.
+extern __attribute__((visibility("hidden"))) __thread char smem_begin[1];
+extern __attribute__((visibility("hidden"))) __thread char smem_end[1];
+
+// The running block, fiber and thread's built-in variables: plain globals, not thread-locals — one
+// block runs at a time in the whole process (runtime.cc's device lock), and a thread-local would
+// have to be initial-exec to be as fast, which dlopen refuses for a module whose TLS block holds
+// the kernels' static shared memory (~120 KB: "cannot allocate memory in static TLS block").
+__attribute__((visibility("hidden"))) ThreadVars* t_vars = nullptr;
 
 namespace {
 
@@ -49,6 +54,8 @@ struct Block {
   std::string error;
   char* dyn = nullptr;
   size_t dyn_bytes = 0;
+  char* smem = nullptr;  // static shared memory (this host thread's copy: static_smem())
+  size_t smem_bytes = 0;
   void* sched_sp = nullptr;
   void* sched_fake = nullptr;
   const void* sched_bottom = nullptr;
@@ -58,8 +65,30 @@ struct Block {
 #endif
 };
 
-__attribute__((tls_model("initial-exec"))) thread_local Block* t_block = nullptr;
-__attribute__((tls_model("initial-exec"))) thread_local Fiber* t_fiber = nullptr;
+Block* t_block = nullptr;  // see t_vars
+Fiber* t_fiber = nullptr;
+
+// This host thread's static shared memory [p, p + bytes): checked once per thread to hold none of
+// the other thread-locals of the module (a wrong link order would otherwise poison them).
+struct StaticSmem {
+  char* p;
+  size_t bytes;
+};
+StaticSmem static_smem() {
+  char* b = smem_begin;
+  char* e = smem_end;
+  static thread_local bool checked = false;
+  if (!checked) {
+    checked = true;
+    const auto inside = [&](const void* v) { return static_cast<const char*>(v) >= b && static_cast<const char*>(v) < e; };
+    if (e < b || inside(&checked)) {
+      fprintf(stderr, "dsv2emu: static shared memory markers out of order (native/emu/smem_begin.cc and smem_end.cc must be "
+                      "linked right before and after the kernel objects)\n");
+      abort();
+    }
+  }
+  return {b, static_cast<size_t>(e - b)};
+}
 
 uint64_t next_rand(uint64_t& s) {  // splitmix64
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -393,8 +422,11 @@ std::string run_grid(const GridRun& g) {
     char* p;
     ~DynFree() { if (p) ::operator delete[](p, std::align_val_t(128)); }
   } dyn_free{dyn.release()};
-  char* s0 = __start_dsv2emu_smem;
-  const size_t s_bytes = s0 ? static_cast<size_t>(__stop_dsv2emu_smem - s0) : 0;
+  const StaticSmem ss = static_smem();
+  char* s0 = ss.p;
+  const size_t s_bytes = ss.bytes;
+  b.smem = s0;
+  b.smem_bytes = s_bytes;
 #if defined(DSV2EMU_ASAN)
   {
     pthread_attr_t attr;
@@ -645,8 +677,7 @@ uint32_t cvta_to_shared(const void* p) {
   Block* b = t_block;
   const char* c = static_cast<const char*>(p);
   if (b && b->dyn && c >= b->dyn && c <= b->dyn + b->dyn_bytes) return kDynBase + static_cast<uint32_t>(c - b->dyn);
-  if (__start_dsv2emu_smem && c >= __start_dsv2emu_smem && c < __stop_dsv2emu_smem)
-    return kStaticBase + static_cast<uint32_t>(c - __start_dsv2emu_smem);
+  if (b && c >= b->smem && c < b->smem + b->smem_bytes) return kStaticBase + static_cast<uint32_t>(c - b->smem);
   char buf[64];
   snprintf(buf, sizeof buf, "%p", p);
   raise(std::string("cvta.to.shared of ") + buf + ", which is not in this block's shared memory");
@@ -660,8 +691,7 @@ void* shared_ptr(uint32_t addr, size_t bytes, size_t align, const char* op) {
     raise(buf);
   }
   if (b && b->dyn && addr >= kDynBase && addr - kDynBase + bytes <= b->dyn_bytes) return b->dyn + (addr - kDynBase);
-  const size_t s_bytes = __start_dsv2emu_smem ? static_cast<size_t>(__stop_dsv2emu_smem - __start_dsv2emu_smem) : 0;
-  if (addr >= kStaticBase && addr - kStaticBase + bytes <= s_bytes) return __start_dsv2emu_smem + (addr - kStaticBase);
+  if (b && addr >= kStaticBase && addr - kStaticBase + bytes <= b->smem_bytes) return b->smem + (addr - kStaticBase);
   snprintf(buf, sizeof buf, "%s: .shared address 0x%x (+%zu bytes) is outside the block's shared memory (%zu dynamic bytes)",
            op, addr, bytes, b ? b->dyn_bytes : size_t{0});
   raise(buf);

@@ -24,11 +24,14 @@
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
-// Static shared memory: one copy per program (blocks run one at a time), placed in the section
-// dsv2emu_smem so the emulator can fill it with NaN before every block. GCC drops the section of
-// a static local in a template, so template kernels' static shared memory is not poisoned (it is
-// still one copy shared by the block's fibers). Dynamic shared memory: DSV2_DYNAMIC_SMEM.
-#define __shared__ static __attribute__((section("dsv2emu_smem")))
+// Static shared memory: thread-local statics (one copy per host thread; a block runs on one host
+// thread, blocks one at a time), in .tbss between the markers of native/emu/smem_begin.cc and
+// smem_end.cc, which the emulator fills with NaN before every block. Thread-local rather than a
+// named section: g++ (12) drops the section attribute of a static local in a template, which
+// left template kernels' static shared memory unpoisoned; the storage class is kept. A
+// __shared__ variable cannot have an initializer or a constructor (as in CUDA): __thread requires
+// a constant (zero) initializer. Dynamic shared memory: DSV2_DYNAMIC_SMEM.
+#define __shared__ static __thread
 
 // ---- vector types -----------------------------------------------------------------------------
 // Aligned as CUDA aligns them, so that -fsanitize=alignment reports a misaligned vector access.
@@ -189,7 +192,7 @@ struct ThreadVars {
   uint3 tid, bid;
   dim3 bdim, gdim;
 };
-extern thread_local ThreadVars* t_vars;
+extern __attribute__((visibility("hidden"))) ThreadVars* t_vars;  // one block runs at a time (fiber.cc)
 
 void syncthreads();
 void syncwarp(unsigned mask);

@@ -159,6 +159,29 @@ __global__ void poison_kernel(uint32_t* out) {
   d[threadIdx.x] = 2;
 }
 
+// Static shared memory of a template kernel and of a template device function (g++ ignores a section
+// attribute there: the emulator must poison it all the same), read before it is written.
+template <int N>
+__device__ uint32_t template_smem_read(int i) {
+  __shared__ uint32_t t[N];
+  const uint32_t v = t[i];
+  __syncthreads();
+  t[threadIdx.x % N] = 3;
+  return v;
+}
+template <int N>
+__global__ void template_poison_kernel(uint32_t* out) {
+  __shared__ uint32_t s[N];
+  const uint32_t a = s[N - 1];
+  const uint32_t b = template_smem_read<N + 1>(N);
+  if (threadIdx.x == 0) {
+    out[2 * blockIdx.x] = a;
+    out[2 * blockIdx.x + 1] = b;
+  }
+  __syncthreads();
+  s[threadIdx.x % N] = 1;
+}
+
 __global__ void big_smem_kernel(int* out) {
   DSV2_DYNAMIC_SMEM(int, d, 16);
   d[threadIdx.x] = threadIdx.x;
@@ -414,6 +437,12 @@ void test_shared_poison_and_limits() {
   auto h = host(d, 2);  // written by block 2, after blocks 0 and 1 wrote their shared memory
   CHECK(std::isnan(u2f(h[0])));
   CHECK(std::isnan(u2f(h[1])));
+  cudaFree(d);
+  d = dev<uint32_t>(6);
+  DSV2_LAUNCH(template_poison_kernel<8>, 3, 64, 0, nullptr)(d);
+  CHECK_EQ(cudaGetLastError(), cudaSuccess);
+  h = host(d, 6);  // every block, the template kernel's and the template helper's static arrays read NaN
+  for (int i = 0; i < 6; ++i) CHECK_EQ(h[i], 0xffffffffu);
   cudaFree(d);
 
   int* o = dev<int>(1024);
