@@ -15,13 +15,21 @@
  * Kernel names are checked against the documented dispatch rule; determinism is bit-exact.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  * On the emulated device (test:cuda-emu) the decode shapes and the large deterministic ones keep
- * M and K (so the same kernels, split-K included, run) with N cut to ≤ 256: "(scaled ...)".
+ * M and K (so the same kernels, split-K included, run) with N cut to ≤ 256; in the main grid
+ * M = 300 becomes 136 (still 2 M-tiles of BM 128, 3 of the SIMT kernel's 64, the last partial)
+ * and, for M > 32, K = 520 becomes 136 (4¼ K-tiles of 32: still a partial K-tile, K % 8 = 0) and
+ * K = 2048 becomes 264 (no split-K there at either K: splits ≤ K / (32·M)); for M ≤ 32 K = 2048
+ * becomes 1040 (still over 1024, a partial K-tile, split for M ≤ 16), K = 520 stays (split for M ≤ 8)
+ * — "(scaled ...)"; the "x bf16" cases take the same shapes (K = 1040 for M > 32 becomes 264).
+ * There the kernel name is read from a benchmark call on W's first 8 rows (the dispatch rule
+ * depends on M, K and the dtype only), not on the whole W: the benchmark runs the kernel three
+ * more times.
  */
 import * as ops from '../../lib/ops';
 import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
-import { EMU_TAG, gpuDescribe, gpuTitle, scaled } from './cuda';
+import { EMU_TAG, EMULATED, gpuDescribe, gpuTitle, scaled } from './cuda';
 
 type WType = 'f32' | 'bf16' | 'f16';
 
@@ -47,10 +55,20 @@ async function makeInputs(m: number, n: number, k: number, dt: WType, xBf16: boo
   return { x, w };
 }
 
+/** W's first min(n, 8) rows: the emulated device reads the kernel name from a benchmark call on these. */
+async function firstRows(w: Tensor, dt: WType): Promise<Tensor> {
+  const [n, k] = w.shape;
+  if (n <= 8) return w;
+  const w32 = (dt === 'f32' ? w : await ops.cast(w, 'f32')).data as Float32Array;
+  const t = Tensor.from(w32.slice(0, 8 * k), [8, k]);
+  return dt === 'f32' ? t : ops.cast(t, dt); // exact: the values are dt values already
+}
+
 async function check(x: Tensor, w: Tensor, dt: WType, xBf16: boolean): Promise<string> {
   const [m, k] = x.shape;
   const n = w.shape[0];
-  const kernel = (await binding().benchGemmCuda(x.raw('x'), w.raw('weight'), 1)).kernel;
+  const wBench = EMULATED ? await firstRows(w, dt) : w;
+  const kernel = (await binding().benchGemmCuda(x.raw('x'), wBench.raw('weight'), 1)).kernel;
   expect(kernel).toBe(expectedKernel(m, k, dt));
   const want = (await ops.gemm(x, w)).data as Float32Array;
   const got = (await ops.gemm(x, w, { device: 'cuda' })).data as Float32Array;
@@ -82,19 +100,31 @@ async function check(x: Tensor, w: Tensor, dt: WType, xBf16: boolean): Promise<s
 const EMULATED_NOTE = (n: number) => (scaled(n, Math.min(n, 256)) !== n ? EMU_TAG : '');
 
 const MS = [1, 2, 3, 7, 8, 9, 16, 17, 32, 33, 64, 65, 128, 300];
-// On the emulated device K = 2048 becomes 1040 (still over 1024, a partial K-tile): "(scaled ...)".
-const NK: [number, number][] = [[257, 520], [64, 77], [130, scaled(2048, 1040)], [31, 12]];
+const NK: [number, number][] = [[257, 520], [64, 77], [130, 2048], [31, 12]];
+/** The main grid's shape on the emulated device (see the header). */
+function emuShape(m: number, n: number, k: number): [number, number, number] {
+  if (m <= 32) return [m, n, k === 2048 ? 1040 : k];
+  return [m === 300 ? 136 : m, n, k === 520 ? 136 : k === 2048 || k === 1040 ? 264 : k];
+}
 
 gpuDescribe(gpuTitle('CUDA gemm vs the CPU op'), () => {
-  const cases = MS.flatMap((m) => NK.flatMap(([n, k]) => (['bf16', 'f16', 'f32'] as const).map((dt) => [`${dt} m=${m} n=${n} k=${k}${k === 1040 ? EMU_TAG : ''}`, m, n, k, dt] as const)));
+  const cases = MS.flatMap((m0) => NK.flatMap(([n0, k0]) => (['bf16', 'f16', 'f32'] as const).map((dt) => {
+    const [m, n, k] = scaled([m0, n0, k0], emuShape(m0, n0, k0));
+    const tag = m !== m0 || k !== k0 ? EMU_TAG : '';
+    return [`${dt} m=${m} n=${n} k=${k}${tag}`, m, n, k, dt] as const;
+  })));
   test.each(cases)('%s', async (name, m, n, k, dt) => {
     const { x, w } = await makeInputs(m, n, k, dt, false, name);
     await check(x, w, dt, false);
   });
 
   // bf16-representable x: the tensor-core kernels' only error is accumulation.
-  test.each([[1, 300, 1024], [33, 257, 520], [64, 130, 2048], [65, 257, 520], [300, 129, 1040]])(
-    'bf16 x bf16 m=%i n=%i k=%i', async (m, n, k) => {
+  const xCases = ([m0, n0, k0]: number[]) => {
+    const [m, n, k] = scaled([m0, n0, k0], emuShape(m0, n0, k0));
+    return [m, n, k, m !== m0 || k !== k0 ? EMU_TAG : ''] as const;
+  };
+  test.each([[1, 300, 1024], [33, 257, 520], [64, 130, 2048], [65, 257, 520], [300, 129, 1040]].map(xCases))(
+    'bf16 x bf16 m=%i n=%i k=%i%s', async (m, n, k) => {
       const { x, w } = await makeInputs(m, n, k, 'bf16', true, `xbf16 ${m} ${n} ${k}`);
       await check(x, w, 'bf16', true);
     });

@@ -10,13 +10,18 @@
  * bf16 and fp8 caches, permuted page tables with junk past each sequence's end, NaN-poisoned
  * unused pages, sequences with no queries and with no keys, an empty batch.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
+ * On the emulated device (test:cuda-emu) the V2 cases with 16 and 128 heads take n_q 100 where the
+ * real grid has 300 (still a full 64-row query tile and a partial one, after each prefix; the
+ * 1- and 3-head cases keep all 25 pairs at full length), and 128 heads become 20 (heads are the
+ * grid's y, and the expansion gemm's N = 256·h; 20 is a multiple of neither 16 nor 64): "(scaled ...)".
+ * Everything else runs as on a GPU.
  */
 import { KvCache, type KvCacheDtype } from '../../lib/kv-cache';
 import * as ops from '../../lib/ops';
 import { benchMlaPrefillCuda } from '../../lib/ops/mla';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
-import { gpuDescribe, gpuTitle } from './cuda';
+import { EMU_TAG, gpuDescribe, gpuTitle, scaled } from './cuda';
 import { permutation } from './util';
 
 interface Dims { dC: number; dR: number; dNope: number; dV: number }
@@ -29,21 +34,29 @@ const FLASH = 'flash_mma_bf16_qk192_v128';
 const GENERIC = 'generic_simt_f32';
 
 interface Seq { prefix: number; nq: number }
-interface Case { dtype: KvCacheDtype; dims: Dims; h: number; seqs: Seq[]; kvB: 'bf16' | 'f32' }
+interface Case { dtype: KvCacheDtype; dims: Dims; h: number; seqs: Seq[]; kvB: 'bf16' | 'f32'; emu?: boolean }
 
 const PREFIXES = [0, 1, 63, 64, 65];
 const NQ = [1, 7, 64, 65, 300];
+/** NQ of the wide V2 cases on the emulated device (see the header). */
+const NQ_EMU = [1, 7, 64, 65, 100];
 
-/** Batch k of 5: sequence i has prefix PREFIXES[i] and n_q NQ[(i + k) % 5], so the 5 batches cover all 25 pairs. */
-function rotation(k: number): Seq[] {
-  return PREFIXES.map((prefix, i) => ({ prefix, nq: NQ[(i + k) % NQ.length] }));
+/** Batch k of 5: sequence i has prefix PREFIXES[i] and n_q nq[(i + k) % 5], so the 5 batches cover all 25 pairs. */
+function rotation(k: number, nq = NQ): Seq[] {
+  return PREFIXES.map((prefix, i) => ({ prefix, nq: nq[(i + k) % nq.length] }));
+}
+
+/** A V2 case with h heads: with 16 or more, scaled on the emulated device (see the header). */
+function v2(dtype: KvCacheDtype, h: number, k: number, kvB: 'bf16' | 'f32'): Case {
+  if (h < 16) return { dtype, dims: V2, h, seqs: rotation(k), kvB };
+  return { dtype, dims: V2, h: h === 128 ? scaled(128, 20) : h, seqs: rotation(k, scaled(NQ, NQ_EMU)), kvB, ...scaled({}, { emu: true }) };
 }
 
 function cases(): Case[] {
   const out: Case[] = [];
   for (const dtype of ['bf16', 'fp8'] as const) {
-    for (const h of [1, 3, 16, 128]) for (let k = 0; k < 5; k++) out.push({ dtype, dims: V2, h, seqs: rotation(k), kvB: 'bf16' });
-    out.push({ dtype, dims: V2, h: 16, seqs: rotation(2), kvB: 'f32' }); // f32 weights holding bf16 values
+    for (const h of [1, 3, 16, 128]) for (let k = 0; k < 5; k++) out.push(v2(dtype, h, k, 'bf16'));
+    out.push(v2(dtype, 16, 2, 'f32')); // f32 weights holding bf16 values
     // sequences with no queries (with and without cached keys) between real ones
     out.push({ dtype, dims: V2, h: 3, seqs: [{ prefix: 0, nq: 0 }, { prefix: 70, nq: 0 }, { prefix: 5, nq: 65 }, { prefix: 0, nq: 0 }], kvB: 'bf16' });
     for (const dims of [SMALL, ODD]) for (const h of [1, 3, 16]) for (const k of [0, 3]) out.push({ dtype, dims, h, seqs: rotation(k), kvB: 'bf16' });
@@ -111,18 +124,35 @@ async function setup(c: Case) {
   // V2's YaRN mscale² ≈ 1.6 on top of dQk^-½; the small dims keep the plain scale.
   const scale = (c.dims === V2 ? 1.6 : 1) / Math.sqrt(dNope + dR);
   const tables = [Tensor.from(bt, [b, maxBlocks]), Tensor.from(Int32Array.from(lens)), Tensor.from(cu)] as const;
-  return { cpu, gpu, q, kvB, scale, tables, T };
+  return { cpu, gpu, q, kvB, scale, tables, T, slots, lens, cu, total };
 }
 
 gpuDescribe(gpuTitle('CUDA mla_prefill (flash and generic kernels) vs CPU'), () => {
   jest.setTimeout(120_000);
 
   test.each(cases().map((c) => [
-    `${c.dtype} ${c.dims === V2 ? 'V2' : JSON.stringify(c.dims)} h=${c.h} kvB=${c.kvB} seqs=${c.seqs.map((s) => `${s.prefix}+${s.nq}`).join(',')}`, c,
+    `${c.dtype} ${c.dims === V2 ? 'V2' : JSON.stringify(c.dims)} h=${c.h} kvB=${c.kvB} seqs=${c.seqs.map((s) => `${s.prefix}+${s.nq}`).join(',')}${c.emu ? EMU_TAG : ''}`, c,
   ] as const))('%s', async (_n, c) => {
-    const { cpu, gpu, q, kvB, scale, tables, T } = await setup(c);
+    const { cpu, gpu, q, kvB, scale, tables, T, slots, lens, cu, total } = await setup(c);
     const opts = { scale, dNope: c.dims.dNope, dV: c.dims.dV };
     const want = (await ops.mlaPrefill(q, cpu, 1, ...tables, kvB, { ...opts, impl: 'fast' })).data as Float32Array;
+    if (c.dims !== V2 && c.dtype === 'fp8' && c.kvB === 'bf16' && c.dims.dC % 8 === 0 && slots.length > 0) {
+      // The generic kernel's one rounding: its expansion gemm (kvx = c · kv_bᵀ, M = the
+      // sequence's key count, bf16 kv_b, K = d_c a multiple of 8: gemm.cu's tensor-core
+      // kernels) rounds the latent c to bf16 (nearest even) when a sequence has more than 32
+      // keys, and splits it exactly enough (hi + lo, 2^-16) up to 32. A bf16 cache's latent is
+      // bf16 already; an fp8 cache's dequantized latent (code · scale) is not. So for those
+      // sequences the reference is the CPU op on a bf16 cache holding bf16(dequantized latent):
+      // the same inputs the GPU's attention sees, and the f32 tolerance below applies as is.
+      const { cKv, kPe } = await cpu.read(1, Tensor.from(Int32Array.from(slots)));
+      const round = await ops.cast(await ops.cast(cKv, 'bf16'), 'f32');
+      const ref = await KvCache.create({ layers: 2, pages: total, dC: c.dims.dC, dR: c.dims.dR, pageSize: PAGE, dtype: 'bf16' });
+      await ref.append(1, round, kPe, Tensor.from(Int32Array.from(slots)));
+      const rounded = (await ops.mlaPrefill(q, ref, 1, ...tables, kvB, { ...opts, impl: 'fast' })).data as Float32Array;
+      ref.dispose();
+      const row = c.h * c.dims.dV;
+      for (let s = 0; s < lens.length; s++) if (lens[s] > 32) want.set(rounded.subarray(cu[s] * row, cu[s + 1] * row), cu[s] * row);
+    }
     const got = (await ops.mlaPrefill(q, gpu, 1, ...tables, kvB, opts)).data as Float32Array;
     expect(got.length).toBe(T * c.h * c.dims.dV);
     const dV = c.dims.dV;

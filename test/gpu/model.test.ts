@@ -11,6 +11,11 @@
  * two experts' scores are within that error, so greedy continuations are compared only while
  * the CPU's top-2 logit gap exceeds twice the allowance.
  *
+ * Per tiny kind (v2, v2-lite, v3) and cache (bf16, fp8): prefill and cached decode logits,
+ * greedy generation alone and as concurrent requests sharing decode steps (continuous
+ * batching), each against the CPU engine; decode replayed as CUDA graphs against the same
+ * steps launched one by one (DSV2_CUDA_GRAPHS=0), bit for bit.
+ *
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  */
 import { spawnSync } from 'node:child_process';
@@ -53,6 +58,44 @@ function expectClose(cpu: Tensor, gpu: Tensor, label: string): void {
     }
     if (!(worst <= tol)) throw new Error(`${label}: row ${r}, logit ${at}: cpu ${ra[at]} cuda ${rb[at]} (|diff| ${worst} > ${tol})`);
   }
+}
+
+/**
+ * `got` (greedy tokens of the CUDA engine for `prompt`) against the CPU engine's greedy tokens,
+ * step by step while the CPU's top-2 logit gap exceeds twice the allowance (past a near tie the
+ * two may rightly part); returns how many steps were compared.
+ */
+async function expectGreedyAsCpu(cpu: Model, prompt: readonly number[], got: readonly number[], n: number, label: string): Promise<number> {
+  const want = (await cpu.generate({ tokens: [...prompt], maxNewTokens: n }).result).tokens;
+  const seq = [...prompt];
+  let i = 0;
+  for (; i < want.length; i++) {
+    const l = await cpu.logits(seq);
+    const V = l.shape[1];
+    const last = (l.data as Float32Array).subarray((seq.length - 1) * V);
+    if (top2Gap(last) <= 2 * allowance(last)) break;
+    expect([label, i, got[i]]).toEqual([label, i, want[i]]);
+    seq.push(want[i]);
+  }
+  return i;
+}
+
+/**
+ * Random prompts of the given lengths whose next token is clear on the CPU (top-2 gap over twice
+ * the allowance), so that a greedy comparison compares something: the tiny random models' logits
+ * are flat, and many prompts start at a near tie.
+ */
+async function clearPrompts(cpu: Model, label: string, lens: readonly number[]): Promise<number[][]> {
+  const out: number[][] = [];
+  for (let s = 0; out.length < lens.length && s < 200; s++) {
+    const p = randomPrompt(`${label}-${s}`, lens[out.length]);
+    const l = await cpu.logits(p);
+    const V = l.shape[1];
+    const last = (l.data as Float32Array).subarray((p.length - 1) * V);
+    if (top2Gap(last) > 2 * allowance(last)) out.push(p);
+  }
+  expect(out.length).toBe(lens.length);
+  return out;
 }
 
 function top2Gap(row: Float32Array): number {
@@ -99,20 +142,25 @@ gpuDescribe(gpuTitle('the model on CUDA vs the CPU'), () => {
       }
     });
 
-    test('greedy continuations equal the CPU while the top-2 gap is clear', async () => {
+    test.each(CACHES)('%s cache: greedy continuations equal the CPU while the top-2 gap is clear', async (kv) => {
       const n = 12;
-      const a = await cpu.bf16.generate({ tokens: prompt, maxNewTokens: n }).result;
-      const b = await gpu.bf16.generate({ tokens: prompt, maxNewTokens: n }).result;
-      // Compare up to the first step whose CPU top-2 gap is within twice the allowance.
-      const seq = [...prompt];
-      for (let i = 0; i < a.tokens.length; i++) {
-        const l = await cpu.bf16.logits(seq);
-        const V = l.shape[1];
-        const last = (l.data as Float32Array).subarray((seq.length - 1) * V);
-        if (top2Gap(last) <= 2 * allowance(last)) break;
-        expect([i, b.tokens[i]]).toEqual([i, a.tokens[i]]);
-        seq.push(a.tokens[i]);
-      }
+      const b = await gpu[kv].generate({ tokens: prompt, maxNewTokens: n }).result;
+      await expectGreedyAsCpu(cpu[kv], prompt, b.tokens, n, `${kind} ${kv}`);
+    });
+
+    // Continuous batching: three requests in flight at once share the engine's decode steps
+    // (fewer steps than tokens); each request's greedy tokens are still the CPU's.
+    test.each(CACHES)('%s cache: concurrent greedy requests share decode steps and equal the CPU', async (kv) => {
+      const n = 8;
+      const prompts = await clearPrompts(cpu[kv], `gpu-${kind}-batch`, [5, 17, 30]);
+      const before = gpu[kv].batchStats();
+      const outs = await Promise.all(prompts.map((p) => gpu[kv].generate({ tokens: p, maxNewTokens: n }).result));
+      const after = gpu[kv].batchStats();
+      expect(after.tokens - before.tokens).toBeGreaterThan(0);
+      expect(after.steps - before.steps).toBeLessThan(after.tokens - before.tokens);
+      let compared = 0;
+      for (let i = 0; i < 3; i++) compared += await expectGreedyAsCpu(cpu[kv], prompts[i], outs[i].tokens, n, `${kind} ${kv} request ${i}`);
+      expect(compared).toBeGreaterThanOrEqual(3); // each prompt's first token at least (clearPrompts)
     });
 
     test('sampling is reproducible per seed on the device', async () => {
@@ -129,15 +177,16 @@ gpuDescribe(gpuTitle('the model on CUDA vs the CPU'), () => {
   // jest's process.env is a copy that native code never sees (found on the emulated device:
   // setting it here left the "eager" model capturing graphs). The child loads the built package
   // (dist/, from npm ci / npm run build:ts) with the same addon.
-  test('decode steps replayed as CUDA graphs give the same bits as launched one by one (DSV2_CUDA_GRAPHS=0)', async () => {
-    const dir = path.join(root, 'v2');
-    const graphs = await Model.load(dir, { device: 'cuda' });
+  test.each([['v2', 'bf16'], ['v3', 'fp8']] as const)(
+    '%s, %s cache: decode steps replayed as CUDA graphs give the same bits as launched one by one (DSV2_CUDA_GRAPHS=0)', async (kind, kv) => {
+    const dir = path.join(root, kind); // made by the kind's describe above
+    const graphs = await Model.load(dir, { device: 'cuda', kvCache: kv });
     const prompt = randomPrompt('graphs', 70); // decode crosses a 64-token page (the block table padded to 16 pages keeps one graph)
     const o = { tokens: prompt, maxNewTokens: 12, temperature: 0.9, topK: 40, seed: 3 };
     const script = `
       const { Model } = require(${JSON.stringify(path.resolve(__dirname, '../../dist/lib'))});
       (async () => {
-        const m = await Model.load(${JSON.stringify(dir)}, { device: 'cuda' });
+        const m = await Model.load(${JSON.stringify(dir)}, { device: 'cuda', kvCache: ${JSON.stringify(kv)} });
         const l = (await m.logits(${JSON.stringify(prompt)}, { mode: 'decode' })).data;
         const t = (await m.generate(${JSON.stringify(o)}).result).tokens;
         const g = m.memory().graphs;

@@ -11,9 +11,12 @@
 //   Numerics: q, K_nope, K_pe, V and the probabilities P are rounded to bf16 (nearest even)
 //   for the mma; everything else is f32.
 //
-// generic (any d_v ≤ kPrefillMaxDv), SIMT, all f32:
+// generic (any d_v ≤ kPrefillMaxDv), SIMT, f32:
 //   1. gather c f32 and k_pe f32; 2. expand kvx f32 [s_k, h·(d_nope + d_v)] with cuda::gemm;
 //   3. a warp per (query, head) walks its visible keys with an online softmax.
+//   Numerics: f32, except what cuda::gemm does to c (gemm.cu): with a bf16 kv_b and d_c a
+//   multiple of 8 it rounds c to bf16 when s_k > 32 (exact for a bf16 cache's latent, not for
+//   an fp8 cache's dequantized one) and splits it into bf16 hi + lo (2^-16) up to 32 keys.
 #include <algorithm>
 #include <cfloat>
 
