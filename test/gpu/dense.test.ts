@@ -93,4 +93,21 @@ gpuDescribe(gpuTitle('CUDA dense kernels vs CPU'), () => {
     for (const v of x.data as Float32Array) a = Math.max(a, Math.abs(scale * v));
     close(want, got, (k) => (8 * a + n + 20) * U * Math.abs(want[k]), 'softmax');
   });
+
+  test('softmax: a row holding a NaN, and a row of -inf only, are NaN as on the CPU; -inf elsewhere gives 0', async () => {
+    const n = 300;
+    const x = randn(4 * n, 5);
+    x[1 * n + 17] = NaN;                          // row 1: NaN
+    x.fill(-Infinity, 2 * n, 3 * n);              // row 2: all -inf
+    x[3 * n + 3] = -Infinity;                     // row 3: one -inf, an ordinary row otherwise
+    const t = Tensor.from(x, [4, n]);
+    const want = (await ops.softmax(t, { scale: 1 })).data as Float32Array;
+    const got = (await ops.softmax(t, { scale: 1, device: 'cuda' })).data as Float32Array;
+    for (let i = n; i < 3 * n; i++) expect([i, Number.isNaN(want[i]), Number.isNaN(got[i])]).toEqual([i, true, true]);
+    expect(got[3 * n + 3]).toBe(0);
+    let a = 0;
+    for (const v of x) if (Number.isFinite(v)) a = Math.max(a, Math.abs(v));
+    const rows = (v: Float32Array) => Float32Array.from([...v.subarray(0, n), ...v.subarray(3 * n)]);
+    close(rows(want), rows(got), (k) => (8 * a + n + 20) * U * Math.abs(rows(want)[k]), 'softmax'); // the bound of the test above
+  });
 });

@@ -3,8 +3,10 @@
  * float64 reference): V2 (160 experts, 8 groups, top-3 groups, top-6, ×16), V2-Lite (64,
  * greedy), V3 (256, noaux_tc sigmoid + bias, top-8, normalised ×2.5); T ∈ {1, 7, 64, 513, 4096};
  * forced ties, NaN rows, all tokens to one expert (at T = 64: the one-block launch, and T = 513:
- * the grid launch); determinism across runs. (The unfused baseline of the router benchmark,
- * router_unfused.cu, is timed by scripts/bench/moe.ts only.)
+ * the grid launch); determinism across runs. The unfused baseline of the router benchmark
+ * (router_unfused.cu, timed by scripts/bench/moe.ts) keeps its outputs inside the benchmark, so
+ * here it is only run, for each geometry: on the emulated device that checks its launches
+ * (bounds of shared memory, alignment, barriers and warp operations all reached).
  * Expert ids identical; weights within fp32 rounding (the CPU computes the softmax in
  * double, the GPU in f32: relative 2^-20 covers both roundings with margin); counts exact.
  * Softmax scores also carry the rounding of the GPU's f32 argument d = logit − max (≤ |d|·2^-24,
@@ -13,6 +15,7 @@
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  */
 import * as ops from '../../lib/ops';
+import { binding } from '../../lib/native';
 import { Tensor } from '../../lib/tensor';
 import { Rng } from '../reference/rng';
 import { gpuDescribe, gpuTitle } from './cuda';
@@ -55,5 +58,20 @@ gpuDescribe(gpuTitle('CUDA moe_route vs CPU'), () => {
     }
     expect(Array.from(got.tokensPerExpert.data as Int32Array)).toEqual(Array.from(want.tokensPerExpert.data as Int32Array));
     expect(Array.from(got.tokensPerGroup.data as Int32Array)).toEqual(Array.from(want.tokensPerGroup.data as Int32Array));
+  });
+
+  test.each(Object.keys(GEOMETRIES) as (keyof typeof GEOMETRIES)[])('the benchmark\'s unfused baseline runs (%s, T = 64, NaN rows)', async (g) => {
+    const geo = GEOMETRIES[g];
+    const rng = new Rng(`unfused ${g}`);
+    const x = Tensor.from(routerLogits(rng, 64, geo.e, 'nan-rows'), [64, geo.e]);
+    const bias = geo.opts.method === 'noaux_tc' ? Tensor.from(Float32Array.from({ length: geo.e }, () => rng.normal() * 0.01)) : null;
+    const o = geo.opts as { topK: number; method: string; scoring?: string; nGroup?: number; topkGroup?: number; normTopkProb?: boolean; routedScalingFactor?: number };
+    const raw = { topK: o.topK, method: o.method, scoring: o.scoring ?? 'softmax', nGroup: o.nGroup ?? 1, topkGroup: o.topkGroup ?? 1,
+      normTopkProb: o.normTopkProb ?? false, routedScalingFactor: o.routedScalingFactor ?? 1, device: 'cuda' as const }; // as scripts/bench/moe.ts
+    for (const unfused of [true, false]) {
+      const r = await binding().benchMoeRouteCuda(x.raw('logits'), { ...raw, unfused }, bias ? bias.raw('bias') : null, 1);
+      expect(r.kernel).toBe(unfused ? 'unfused' : 'fused_one_block');
+      expect(r.us).toBeGreaterThan(0);
+    }
   });
 });
