@@ -15,7 +15,8 @@
  * Kernel names are checked against the documented dispatch rule; determinism is bit-exact.
  * Skipped with the reason in the title where no CUDA device is usable (CI).
  * On the emulated device (test:cuda-emu) the decode shapes and the large deterministic ones keep
- * M and K (so the same kernels, split-K included, run) with N cut to ≤ 256; in the main grid
+ * M and K (so the same kernels, split-K included, run) with N cut to ≤ 128 (one column tile of the
+ * tensor-core kernels: their splits still fill the SMs); in the main grid
  * M = 300 becomes 136 (still 2 M-tiles of BM 128, 3 of the SIMT kernel's 64, the last partial)
  * and, for M > 32, K = 520 becomes 136 (4¼ K-tiles of 32: still a partial K-tile, K % 8 = 0) and
  * K = 2048 becomes 264 (no split-K there at either K: splits ≤ K / (32·M)); for M ≤ 32 K = 2048
@@ -97,7 +98,7 @@ async function check(x: Tensor, w: Tensor, dt: WType, xBf16: boolean): Promise<s
 // (520 = 16¼ tiles of 32), K odd (the SIMT fallback for bf16), and a longer K that the
 // small-M kernels split.
 /** The scaled-case tag where the emulated device cuts N. */
-const EMULATED_NOTE = (n: number) => (scaled(n, Math.min(n, 256)) !== n ? EMU_TAG : '');
+const EMULATED_NOTE = (n: number) => (scaled(n, Math.min(n, 128)) !== n ? EMU_TAG : '');
 
 const MS = [1, 2, 3, 7, 8, 9, 16, 17, 32, 33, 64, 65, 128, 300];
 const NK: [number, number][] = [[257, 520], [64, 77], [130, 2048], [31, 12]];
@@ -130,7 +131,7 @@ gpuDescribe(gpuTitle('CUDA gemm vs the CPU op'), () => {
     });
 
   // Decode shapes of the model: split-K over long K (o_proj) and a wide, short-K projection.
-  const emuN = ([m, n, k]: number[]) => [m, scaled(n, Math.min(n, 256)), k, EMULATED_NOTE(n)] as const;
+  const emuN = ([m, n, k]: number[]) => [m, scaled(n, Math.min(n, 128)), k, EMULATED_NOTE(n)] as const;
   test.each([[1, 5120, 16384], [8, 512, 16384], [16, 1536, 5120], [33, 384, 5120], [4, 4096, 512]].map(emuN))(
     'decode bf16 m=%i n=%i k=%i%s', async (m, n, k) => {
       const { x, w } = await makeInputs(m, n, k, 'bf16', false, `decode ${m} ${n} ${k}`);
